@@ -1,0 +1,37 @@
+# Two commands a new machine needs: `make demo` and `make test`. Both build .venv when missing.
+PY_SYS  ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export PYTHONDONTWRITEBYTECODE ?=
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(STAMP)
+
+# requirements.lock pins every transitive version; taming goes in without deps
+# because its declared torchvision pulls a CUDA torch (see PITFALLS in README).
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install -q --no-deps taming-transformers-rom1504==0.0.6
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pipeline.cli demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) -m bench.run --out bench-out
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Visual BPE pipeline: ingest -> quantize -> learn -> tokenize -> train, plus report."""

@@ -1,0 +1,1 @@
+"""Contracts between stages: pydantic configs (YAML) and Arrow schemas of every Parquet file."""
