@@ -1,0 +1,1 @@
+"""Learn a visual BPE vocabulary from code grids (contract: ../shared/VBPE_SPEC.md, in README)."""

@@ -1,0 +1,1 @@
+"""Apply a learned vocabulary to code grids and write token corpora for trainers."""
