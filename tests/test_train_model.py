@@ -206,3 +206,19 @@ def test_checkpoint_state_resumes_exactly(bases, tmp_path):
         model, _ = load(paths[False])
         other = apply_stage(model, "stage1", layout.text_vocab_size).trainable()
         ckpt.load(str(tmp_path), other, torch.optim.AdamW([p for _, p in other]))
+
+
+def test_activation_checkpointing_gives_the_same_gradients(bases):
+    paths, layout = bases
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = load(paths[True], tokenizer=False)
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        params = apply_stage(model, "stage2", layout.text_vocab_size).trainable()
+        ids = batch(layout, 5)
+        torch.nn.functional.cross_entropy(model(input_ids=ids, use_cache=False).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+        grads.append({n: p.grad.clone() for n, p in params})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])

@@ -173,9 +173,9 @@ def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_three_stages_two_workers_tied(fast_ray, inputs, tmp_path):
+def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
     _, layout = inputs
-    cfg = config(inputs, str(tmp_path / "run2"), tied=True, num_workers=2)
+    cfg = config(inputs, str(tmp_path / "run2"), tied=True, num_workers=2, gradient_checkpointing=True)
     _, *stages = run_all(cfg)
     assert [s["geometry"]["world_size"] for s in stages] == [2, 2, 2]
     assert [s["steps"] for s in stages] == [5, 10, 10]

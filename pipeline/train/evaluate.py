@@ -8,10 +8,12 @@ def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | No
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from pipeline.train.batches import Sequences
     from pipeline.train.files import local_dir
 
+    hf_logging.disable_progress_bar()
     seqs = Sequences.read(sequences)
     rows = np.arange(len(seqs)) if rows is None else np.asarray(rows)
     with local_dir(model_dir) as d:

@@ -79,7 +79,9 @@ def init_rows(weight: torch.Tensor, n_old: int, rule: str, noise: float, generat
 
 def init_base_model(icfg: InitConfig, out: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     layout = IdLayout.from_yaml(icfg.layout)
     with local_dir(icfg.source_model) as src, local_dir(icfg.tokenizer or icfg.source_model) as tok_src:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)

@@ -38,8 +38,9 @@ def _optimizer(params, scfg: dict):
 
 
 def _load_model(base: str, precision: str, device, gradient_checkpointing: bool):
+    """The model to train (fp32 master weights unless pure bf16) and the dtype its checkpoint was saved in."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from pipeline.train.files import local_dir
@@ -47,21 +48,26 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
     hf_logging.disable_progress_bar()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     with local_dir(base) as d:
+        saved_dtype = AutoConfig.from_pretrained(d).dtype or torch.float32
         model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
     model.config.use_cache = False
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    return model.to(device)
+    return model.to(device), saved_dtype
 
 
-def _save_final(model, base: str, dest: str, info: dict) -> None:
+def _save_final(model, dtype, base: str, dest: str, info: dict) -> None:
+    """Saved in the base model's dtype (as HF checkpoints are), ready for inference (KV cache on)."""
     from transformers import AutoTokenizer
 
     from pipeline.train.files import local_dir, publish_dir
 
+    model.config.use_cache = True
+    if model.is_activation_checkpointing:
+        model.activation_checkpointing_disable()
     with tempfile.TemporaryDirectory(prefix="vbpe-final-") as tmp:
-        model.save_pretrained(tmp)
+        model.to(dtype).save_pretrained(tmp)
         with local_dir(base) as d:
             AutoTokenizer.from_pretrained(d).save_pretrained(tmp)
             for extra in ("layout.yaml", "vbpe_init.json"):
@@ -110,7 +116,7 @@ def train_loop(cfg: dict) -> dict:
     seqs = Sequences.read(cfg["sequences"])
     plan = np.asarray(cfg["plan"], np.int64)
     geo = Geometry.of(len(plan), scfg["batch_size"], scfg["grad_accum"], world, scfg.get("max_steps"))
-    model = _load_model(cfg["base_model"], precision, device, cfg["gradient_checkpointing"])
+    model, saved_dtype = _load_model(cfg["base_model"], precision, device, cfg["gradient_checkpointing"])
     stage_plan = apply_stage(model, stage, cfg["n_old"], scfg.get("unfreeze_fraction", 0.25))
     params = stage_plan.trainable()
     optimizer = _optimizer(params, scfg)
@@ -227,6 +233,6 @@ def train_loop(cfg: dict) -> dict:
         "seconds_this_attempt": time.time() - t_start,
     }
     _write_metrics(cfg["metrics_path"], progress["metrics"])
-    _save_final(final, cfg["base_model"], cfg["output_model"], info)
+    _save_final(final, saved_dtype, cfg["base_model"], cfg["output_model"], info)
     log.info("%s: done (%d steps), model in %s", stage, geo.steps, cfg["output_model"])
     return info

@@ -95,28 +95,19 @@ def inputs_fingerprint(data: DataConfig, layout: IdLayout, tokenizer: Any) -> st
     for src in data.conversations:
         files += storage.expand(src.paths(), (".json", ".jsonl", ".parquet"))
     files += storage.expand(data.corpus, (".parquet",))
-    sizes = [(p, storage.get_fs(p)[0].size(storage.get_fs(p)[1])) for p in files]
+    sizes = []
+    for path in files:
+        fs, p = storage.get_fs(path)
+        sizes.append((path, fs.size(p)))
     blob = json.dumps([data.model_dump(mode="json"), layout.fingerprint(), tokenizer_fingerprint(tokenizer), sizes])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) -> dict:
-    """Write sequences.parquet, rejects.parquet and stats.json under out_dir; returns the stats."""
-    if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
-    fingerprint = inputs_fingerprint(data, layout, tokenizer)
-    stats_path = storage.join(out_dir, "stats.json")
-    if storage.exists(stats_path):
-        old = json.loads(storage.read_text(stats_path))
-        if old.get("fingerprint") == fingerprint:
-            log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
-            return old
-
-    records, rejects = read_records(data.conversations)
-    n_in = len(records) + len(rejects)
+def _build(records: list[Record], data: DataConfig, tokenizer: Any, layout: IdLayout) -> tuple[list, list[Reject], dict]:
     wanted = {corpus_key(r.image, data.image_key) for r in records if r.image}
-    images, corpus_stats = load_images(data.corpus, wanted, layout) if wanted else ({}, {})
+    images, counts = load_images(data.corpus, wanted, layout) if wanted else ({}, {})
     seqs: list[tuple[Record, Sequence]] = []
+    rejects: list[Reject] = []
     trailing = 0
     for rec in records:
         try:
@@ -133,8 +124,11 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
             seqs.append((rec, build_sequence(tokenizer, rec, image_ids, data)))
         except ValueError as err:
             rejects.append(Reject(rec.id, rec.source, rec.row, str(err)))
+    return seqs, rejects, {**counts, "trailing_prompts_dropped": trailing}
 
-    table = pa.Table.from_arrays(
+
+def _sequences_table(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> pa.Table:
+    return pa.Table.from_arrays(
         [
             pa.array([r.id for r, _ in seqs], pa.string()),
             pa.array([r.category for r, _ in seqs], pa.string()),
@@ -149,17 +143,39 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
         ],
         schema=SEQUENCES_SCHEMA,
     )
-    with storage.open_file(storage.join(out_dir, "sequences.parquet"), "wb") as f:
-        pq.write_table(table, f)
-    reject_table = pa.Table.from_pylist(
-        [{"key": r.key, "source": r.source, "row": r.row, "stage": "train", "reason": r.reason} for r in rejects],
-        schema=REJECTS_SCHEMA,
-    )
-    with storage.open_file(storage.join(out_dir, "rejects.parquet"), "wb") as f:
-        pq.write_table(reject_table, f)
 
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    with storage.open_file(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) -> dict:
+    """Write sequences.parquet, rejects.parquet, then stats.json (the marker of a complete preparation)."""
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
+    fingerprint = inputs_fingerprint(data, layout, tokenizer)
+    stats_path = storage.join(out_dir, "stats.json")
+    if storage.exists(stats_path):
+        old = json.loads(storage.read_text(stats_path))
+        if old.get("fingerprint") == fingerprint:
+            log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
+            return old
+
+    records, rejects = read_records(data.conversations)
+    n_in = len(records) + len(rejects)
+    seqs, more, counts = _build(records, data, tokenizer, layout)
+    rejects += more
     if len(seqs) + len(rejects) != n_in:
         raise RuntimeError(f"lost records: {n_in} in, {len(seqs)} sequences + {len(rejects)} rejects")
+    _write_parquet(_sequences_table(seqs, data), storage.join(out_dir, "sequences.parquet"))
+    _write_parquet(
+        pa.Table.from_pylist(
+            [{"key": r.key, "source": r.source, "row": r.row, "stage": "train", "reason": r.reason} for r in rejects],
+            schema=REJECTS_SCHEMA,
+        ),
+        storage.join(out_dir, "rejects.parquet"),
+    )
     stats = {
         "fingerprint": fingerprint,
         "records": n_in,
@@ -168,11 +184,10 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
         "reject_reasons": dict(sorted(collections.Counter(r.reason.split(":")[0] for r in rejects).items())),
         "truncated": int(sum(s.truncated for _, s in seqs)),
         "text_only": sum(1 for r, _ in seqs if not r.image),
-        "trailing_prompts_dropped": trailing,
         "tokens": int(sum(len(s.input_ids) for _, s in seqs)),
         "label_tokens": int(sum((s.labels != IGNORE).sum() for _, s in seqs)),
         "per_category": {c: sum(1 for r, _ in seqs if r.category == c) for c in CATEGORIES},
-        **corpus_stats,
+        **counts,
     }
     storage.write_text(stats_path, json.dumps(stats, indent=1))
     log.info(
