@@ -64,7 +64,7 @@ class StageConfig(Config):
     mixture: Mixture
     epochs: float = Field(1.0, gt=0)
     samples: int | None = Field(None, gt=0, description="sequences per epoch; None: as many as the pool gives without repeats")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (schedule still spans them)")
+    max_steps: int | None = Field(None, gt=0, description="at most this many optimizer steps; the schedule spans the steps actually run")
     batch_size: int = Field(1, gt=0, description="sequences per worker per micro-step")
     grad_accum: int = Field(1, gt=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"

@@ -175,10 +175,11 @@ def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
 @pytest.mark.slow
 def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
     _, layout = inputs
-    cfg = config(inputs, str(tmp_path / "run2"), tied=True, num_workers=2, gradient_checkpointing=True)
+    short = {"max_steps": 4}
+    cfg = config(inputs, str(tmp_path / "run2"), tied=True, num_workers=2, gradient_checkpointing=True, stage1=short, stage2=short, stage3=short)
     _, *stages = run_all(cfg)
     assert [s["geometry"]["world_size"] for s in stages] == [2, 2, 2]
-    assert [s["steps"] for s in stages] == [5, 10, 10]
+    assert [s["geometry"]["global_batch"] for s in stages] == [8, 8, 8] and [s["steps"] for s in stages] == [4, 4, 4]
     sd = [weights(m) for m in stage_models(cfg)]
     for i, stage in enumerate(STAGES):
         check_freezing(sd[i], sd[i + 1], stage, layout.text_vocab_size, layers=1)

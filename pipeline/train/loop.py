@@ -14,6 +14,8 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -85,154 +87,207 @@ def _write_metrics(path: str, rows: list[dict]) -> None:
     storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def train_loop(cfg: dict) -> dict:
+@dataclass
+class Run:
+    """What one worker holds for one stage."""
+
+    cfg: dict
+    rank: int
+    world: int
+    device: Any
+    precision: str
+    seqs: Any
+    plan: np.ndarray
+    geo: Any
+    model: Any
+    net: Any
+    stage_plan: Any
+    params: list
+    optimizer: Any
+    scaler: Any
+    autocast: Any
+
+
+def _setup(cfg: dict) -> tuple[Run, Any]:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
 
     from pipeline import storage
-    from pipeline.train import state as ckpt
-    from pipeline.train.batches import Geometry, Sequences, global_batch, worker_micro_batches
+    from pipeline.train.batches import Geometry, Sequences
     from pipeline.train.freeze import apply_stage
-    from pipeline.train.schedule import lr_at
     from schemas.base import StorageOptions
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.get("storage"):
         storage.set_default_storage(StorageOptions(**cfg["storage"]))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    precision = _resolve_precision(cfg["precision"], on_gpu)
-    if on_gpu and cfg["tf32"]:
+    precision = _resolve_precision(cfg["precision"], device.type == "cuda")
+    if device.type == "cuda" and cfg["tf32"]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    scfg, stage = cfg["stage_cfg"], cfg["stage"]
-
-    seqs = Sequences.read(cfg["sequences"])
+    scfg = cfg["stage_cfg"]
     plan = np.asarray(cfg["plan"], np.int64)
-    geo = Geometry.of(len(plan), scfg["batch_size"], scfg["grad_accum"], world, scfg.get("max_steps"))
     model, saved_dtype = _load_model(cfg["base_model"], precision, device, cfg["gradient_checkpointing"])
-    stage_plan = apply_stage(model, stage, cfg["n_old"], scfg.get("unfreeze_fraction", 0.25))
+    stage_plan = apply_stage(model, cfg["stage"], cfg["n_old"], scfg.get("unfreeze_fraction", 0.25))
     params = stage_plan.trainable()
-    optimizer = _optimizer(params, scfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed")
-    geometry = {"global_batch": geo.global_batch, "steps": geo.steps, "world_size": world, "plan": len(plan)}
-
-    progress = {"step": 0, "metrics": [], "fingerprint": cfg["fingerprint"], "geometry": geometry}
-    resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            progress = ckpt.load(d, params, optimizer)
-        if progress["fingerprint"] != cfg["fingerprint"]:
-            raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {cfg['fingerprint']})")
-        if progress["geometry"] != geometry:
-            raise ValueError(f"cannot resume {stage}: checkpoint batch geometry {progress['geometry']} != now {geometry} (same num_workers needed)")
-        if "scaler" in progress:
-            scaler.load_state_dict(progress["scaler"])
-        resumed_from = progress["step"]
-        log.info("%s: resuming at step %d of %d", stage, resumed_from, geo.steps)
-
-    net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision]))
-        if precision in DTYPES
-        else contextlib.nullcontext()
+    run = Run(
+        cfg=cfg, rank=rank, world=world, device=device, precision=precision,
+        seqs=Sequences.read(cfg["sequences"]), plan=plan,
+        geo=Geometry.of(len(plan), scfg["batch_size"], scfg["grad_accum"], world, scfg.get("max_steps")),
+        model=model, net=None, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, scfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed"),
+        autocast=torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision])) if precision in DTYPES else contextlib.nullcontext(),
     )
-    chaos = cfg.get("chaos") or {}
+    return run, saved_dtype
+
+
+def _geometry(run: Run) -> dict:
+    return {"global_batch": run.geo.global_batch, "steps": run.geo.steps, "world_size": run.world, "plan": len(run.plan)}
+
+
+def _resume(run: Run) -> dict:
+    """The loop's progress: fresh, or restored from the checkpoint Ray hands back."""
+    import ray.train
+
+    from pipeline.train import state as ckpt
+
+    stage, fingerprint = run.cfg["stage"], run.cfg["fingerprint"]
+    progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return progress
+    with checkpoint.as_directory() as d:
+        progress = ckpt.load(d, run.params, run.optimizer)
+    if progress["fingerprint"] != fingerprint:
+        raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
+    if progress["geometry"] != _geometry(run):
+        raise ValueError(f"cannot resume {stage}: checkpoint batch geometry {progress['geometry']} != now {_geometry(run)} (same num_workers needed)")
+    if "scaler" in progress:
+        run.scaler.load_state_dict(progress["scaler"])
+    log.info("%s: resuming at step %d of %d", stage, progress["step"], run.geo.steps)
+    return progress
+
+
+def _step(run: Run, step: int) -> dict:
+    """One optimizer step over this step's global batch; returns its metrics row (same on every rank)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from pipeline.train.batches import global_batch, worker_micro_batches
+    from pipeline.train.schedule import lr_at
+
+    scfg, device = run.cfg["stage_cfg"], run.device
+    t0 = time.time()
+    torch.manual_seed(run.cfg["seed"] * 1_000_003 + step * 1009 + run.rank)
+    lr = lr_at(step, run.geo.steps, scfg["lr"], scfg["schedule"], scfg["warmup_ratio"], scfg["min_lr_ratio"])
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    rows = global_batch(run.plan, step, run.geo)
+    n_targets = int(run.seqs.targets[rows].sum())
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, non-pad tokens
+    micro = worker_micro_batches(rows, run.seqs, run.geo, run.rank)
+    for m, mb in enumerate(micro):
+        ids, mask, labels = (torch.from_numpy(a).to(device) for a in run.seqs.collate(mb, run.cfg["pad_id"]))
+        last = m == len(micro) - 1
+        with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
+            with run.autocast:
+                logits = run.net(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+            run.scaler.scale(loss * run.world / max(n_targets, 1)).backward()
+        totals[0] += loss.detach().double()
+        totals[1] += mask.sum()
+        del logits, loss
+    run.scaler.unscale_(run.optimizer)
+    trainable = [p for _, p in run.params]
+    max_norm = scfg["max_grad_norm"] or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.world > 1:
+        dist.all_reduce(totals)
+    dt = time.time() - t0
+    return {
+        "stage": run.cfg["stage"],
+        "step": step + 1,
+        "loss": float(totals[0]) / max(n_targets, 1),
+        "lr": lr,
+        "tokens_per_s": float(totals[1]) / dt,
+        "tokens": int(totals[1]),
+        "target_tokens": n_targets,
+        "grad_norm": float(grad_norm),
+        "samples": (step + 1) * run.geo.global_batch,
+        "step_s": dt,
+    }
+
+
+def _checkpoint(run: Run, progress: dict) -> None:
+    """Report a checkpoint (rank 0 writes it; every rank must call report)."""
+    import ray.train
+
+    from pipeline.train import state as ckpt
+
+    if run.scaler.is_enabled():
+        progress["scaler"] = run.scaler.state_dict()
+    with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as d:
+        if run.rank == 0:
+            ckpt.save(d, run.params, run.optimizer, progress)
+            _write_metrics(run.cfg["metrics_path"], progress["metrics"])
+        metrics = {"step": progress["step"], "loss": progress["metrics"][-1]["loss"]}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if run.rank == 0 else None)
+
+
+def _maybe_crash(run: Run, step: int) -> None:
+    """Test hook (`chaos` in the loop config, never in YAML): die like a lost worker, once."""
+    chaos = run.cfg.get("chaos") or {}
+    if chaos.get("crash_after_step") == step and run.rank == chaos.get("rank", 0) and not os.path.exists(chaos["marker"]):
+        open(chaos["marker"], "w").close()
+        log.warning("%s: simulated worker crash after step %d", run.cfg["stage"], step)
+        os._exit(1)
+
+
+def train_loop(cfg: dict) -> dict:
+    """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
+    import ray.train.torch
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run, saved_dtype = _setup(cfg)
+    progress = _resume(run)
+    resumed_from = progress["step"]
+    run.net = ray.train.torch.prepare_model(run.model, move_to_device=False) if run.world > 1 else run.model
+    scfg, stage, steps = cfg["stage_cfg"], cfg["stage"], run.geo.steps
     t_start = time.time()
-    for step in range(progress["step"], geo.steps):
-        t0 = time.time()
-        torch.manual_seed(cfg["seed"] * 1_000_003 + step * 1009 + rank)
-        lr = lr_at(step, geo.steps, scfg["lr"], scfg["schedule"], scfg["warmup_ratio"], scfg["min_lr_ratio"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        rows = global_batch(plan, step, geo)
-        n_targets = int(seqs.targets[rows].sum())
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        n_tokens = torch.zeros((), device=device, dtype=torch.float64)
-        micro = worker_micro_batches(rows, seqs, geo, rank)
-        for m, mb in enumerate(micro):
-            ids, mask, labels = (torch.from_numpy(a).to(device) for a in seqs.collate(mb, cfg["pad_id"]))
-            sync = m == len(micro) - 1 or world == 1
-            with contextlib.nullcontext() if sync else net.no_sync():
-                with autocast:
-                    logits = net(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                token_loss = F.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
-                )
-                scaler.scale(token_loss * world / max(n_targets, 1)).backward()
-            loss_sum += token_loss.detach().double()
-            n_tokens += mask.sum()
-            del logits, token_loss
-        scaler.unscale_(optimizer)
-        trainable = [p for _, p in params]
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(trainable, scfg["max_grad_norm"])
-            if scfg["max_grad_norm"]
-            else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None]))
-        )
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            totals = torch.stack([loss_sum, n_tokens])
-            dist.all_reduce(totals)
-            loss_sum, n_tokens = totals[0], totals[1]
-        dt = time.time() - t0
-        row = {
-            "stage": stage,
-            "step": step + 1,
-            "loss": float(loss_sum) / max(n_targets, 1),
-            "lr": lr,
-            "tokens_per_s": float(n_tokens) / dt,
-            "tokens": int(n_tokens),
-            "target_tokens": n_targets,
-            "grad_norm": float(grad_norm),
-            "samples": (step + 1) * geo.global_batch,
-            "step_s": dt,
-        }
+    for step in range(progress["step"], steps):
+        row = _step(run, step)
         progress["metrics"].append(row)
         progress["step"] = step + 1
-        if rank == 0 and ((step + 1) % scfg["log_every"] == 0 or step + 1 == geo.steps):
+        if run.rank == 0 and ((step + 1) % scfg["log_every"] == 0 or step + 1 == steps):
             log.info(
                 "%s step %d/%d loss %.4f lr %.3g tokens/s %.0f grad_norm %.3g",
-                stage, step + 1, geo.steps, row["loss"], lr, row["tokens_per_s"], row["grad_norm"],
+                stage, step + 1, steps, row["loss"], row["lr"], row["tokens_per_s"], row["grad_norm"],
             )
-        if (step + 1) % scfg["checkpoint_every"] == 0 or step + 1 == geo.steps:
-            if scaler.is_enabled():
-                progress["scaler"] = scaler.state_dict()
-            with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as d:
-                if rank == 0:
-                    ckpt.save(d, params, optimizer, progress)
-                    _write_metrics(cfg["metrics_path"], progress["metrics"])
-                report = {"step": step + 1, "loss": row["loss"]}
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
-            if chaos.get("crash_after_step") == step + 1 and rank == chaos.get("rank", 0) and not os.path.exists(chaos["marker"]):
-                open(chaos["marker"], "w").close()
-                log.warning("%s: simulated worker crash after step %d", stage, step + 1)
-                os._exit(1)
+        if (step + 1) % scfg["checkpoint_every"] == 0 or step + 1 == steps:
+            _checkpoint(run, progress)
+            _maybe_crash(run, step + 1)
 
-    if rank != 0:
+    if run.rank != 0:
         return {}
-    final = stage_plan.merge()
     info = {
         "stage": stage,
-        "steps": geo.steps,
+        "steps": steps,
         "resumed_from_step": resumed_from,
-        "layers_unfrozen": stage_plan.layers_unfrozen,
-        "trainable_parameters": int(sum(p.numel() for _, p in params)),
+        "layers_unfrozen": run.stage_plan.layers_unfrozen,
+        "trainable_parameters": int(sum(p.numel() for _, p in run.params)),
         "final_loss": progress["metrics"][-1]["loss"] if progress["metrics"] else None,
-        "geometry": geometry,
-        "precision": precision,
+        "geometry": _geometry(run),
+        "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,
     }
     _write_metrics(cfg["metrics_path"], progress["metrics"])
-    _save_final(final, saved_dtype, cfg["base_model"], cfg["output_model"], info)
-    log.info("%s: done (%d steps), model in %s", stage, geo.steps, cfg["output_model"])
+    _save_final(run.stage_plan.merge(), saved_dtype, cfg["base_model"], cfg["output_model"], info)
+    log.info("%s: done (%d steps), model in %s", stage, steps, cfg["output_model"])
     return info
