@@ -139,12 +139,12 @@ async def _tail(client: Any, submission_id: str, out: TextIO) -> None:
         out.flush()
 
 
-def follow(client: Any, submission_id: str, out: TextIO = sys.stdout, poll_seconds: float = 0.5,
+def follow(client: Any, submission_id: str, out: TextIO | None = None, poll_seconds: float = 0.5,
            timeout: float | None = None) -> Any:
     """Stream the job's logs until it ends; return its final info."""
     started = time.monotonic()
     try:
-        asyncio.run(_tail(client, submission_id, out))
+        asyncio.run(_tail(client, submission_id, out or sys.stdout))
     except RuntimeError as err:  # the log stream can close early (e.g. a dashboard restart): fall back to polling
         log.warning("log stream ended: %s; polling the job status", err)
     while True:
@@ -187,7 +187,7 @@ def _submit_with_retry(client: Any, agent_wait_seconds: float = 60.0, **kwargs: 
             delay = min(delay * 2, 5.0)
 
 
-def submit(req: SubmitRequest, client: Any = None, out: TextIO = sys.stdout) -> SubmitResult:
+def submit(req: SubmitRequest, client: Any = None, out: TextIO | None = None) -> SubmitResult:
     text, _ = read_and_validate(req)
     config_arg, env = config_argument(req, text)
     entrypoint = build_entrypoint(req, config_arg)
@@ -196,7 +196,10 @@ def submit(req: SubmitRequest, client: Any = None, out: TextIO = sys.stdout) -> 
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(req.address)
+        try:
+            client = JobSubmissionClient(req.address)
+        except ConnectionError as err:
+            raise ConfigError(f"cannot reach the Ray job API at {req.address} (the dashboard, port 8265 by default): {err}") from None
 
     if req.schedule_date:
         sid, info = _existing_attempt(client, req, digest)

@@ -131,10 +131,18 @@ def _prepare_version(cfg: TokenizeConfig, vocab: Vocabulary, layout: IdLayout | 
     return manifest
 
 
+def _fresh_listings(paths: list[str], options) -> None:
+    """fsspec caches S3 listings per process: a long-lived driver would not see shards added since its last run."""
+    for path in paths:
+        if storage.is_remote(path):
+            storage.get_fs(path, options)[0].invalidate_cache()
+
+
 def run(cfg: TokenizeConfig) -> TokenizeSummary:
     started = time.perf_counter()
     options = cfg.storage
     storage.set_default_storage(options)
+    _fresh_listings([*cfg.inputs, cfg.out], options)
     vocab = Vocabulary.load(cfg.vocab)
     layout = resolve_layout(cfg.layout)
     if layout is not None:
