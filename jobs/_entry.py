@@ -39,12 +39,24 @@ def load_config(spec: str, cls: type) -> Any:
     return cls.from_dict(data, source=spec)
 
 
+MAX_LIST = 50
+
+
+def _compact(value: Any) -> Any:
+    """Long lists (a vocabulary's merges, say) become their length: the full result is in the stage's files."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return f"<{len(value)} items>" if len(value) > MAX_LIST else [_compact(v) for v in value]
+    return value
+
+
 def _report(result: Any) -> Any:
     if hasattr(result, "to_json"):
-        return result.to_json()
+        return _compact(result.to_json())
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return dataclasses.asdict(result)
-    return result
+        return _compact(dataclasses.asdict(result))
+    return _compact(result)
 
 
 def main(stage_name: str, argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 import jobs._entry as entry
 from pipeline.submit import stages
-from tokenize_support import V, grids, learn_vocab, write_grid_file
+from tests.tokenize_support import V, grids, learn_vocab, write_grid_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,3 +93,18 @@ def test_stage_with_failures_exits_3(tok_config, tmp_path, capsys):
     cfg.write_text(text.replace(f"[{root}/g]", f"[{tmp_path}/g]").replace(f"{root}/out", f"{tmp_path}/out"))
     assert entry.main("tokenize", ["--config", str(cfg)]) == 3
     assert json.loads(capsys.readouterr().out)["failed"]
+
+
+def test_learn_then_tokenize_jobs_chain(tmp_path, capsys):
+    """The learner's own entrypoint writes a vocabulary the tokenize entrypoint accepts."""
+    pytest.importorskip("schemas.learn")
+    codes = grids(60, seed=7)
+    write_grid_file(str(tmp_path / "g" / "a.parquet"), codes, "a")
+    (tmp_path / "learn.yaml").write_text(f"inputs: [{tmp_path}/g]\nout: {tmp_path}/v.json\nmerges: 10\nprogress: false\n")
+    assert entry.main("learn", ["--config", str(tmp_path / "learn.yaml")]) == 0
+    vocab = json.loads(capsys.readouterr().out)
+    assert len(vocab["merges"]) == 10 and vocab["codebook_size"] == V
+    (tmp_path / "tok.yaml").write_text(f"inputs: [{tmp_path}/g]\nvocab: {tmp_path}/v.json\nout: {tmp_path}/out\n")
+    assert entry.main("tokenize", ["--config", str(tmp_path / "tok.yaml")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows_written"] == 60 and summary["tokens"] < summary["cells"]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from tokenize_support import V, LocalRayCluster, grids, learn_vocab, write_grid_file
+from tests.tokenize_support import V, LocalRayCluster, grids, learn_vocab, write_grid_file
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

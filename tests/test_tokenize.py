@@ -16,7 +16,7 @@ from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
 from schemas.tokens import LAYOUT_FINGERPRINT_KEY, VOCAB_FINGERPRINT_KEY
-from tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
+from tests.tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
 
 LAYOUT = IdLayout(text_vocab_size=1000, codebook_size=V, num_merges=20)
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline.tokenize.api import run
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
-from tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
+from tests.tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
 
 LAYOUT = IdLayout(text_vocab_size=500, codebook_size=V, num_merges=12)
 

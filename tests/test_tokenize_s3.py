@@ -12,7 +12,7 @@ from pipeline.tokenize.api import run
 from schemas.base import StorageOptions
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
-from tokenize_support import V, free_port, grids, learn_vocab
+from tests.tokenize_support import V, free_port, grids, learn_vocab
 
 BUCKET = "corpus"
 

@@ -8,28 +8,16 @@ import sys
 EXIT_FAILED_INPUTS = 3
 
 
+FLAGS = {"inputs": "inputs", "vocab": "vocab", "out": "out", "layout": "layout", "input_kind": "input_kind",
+         "executor": "executor", "workers": "workers", "ray_address": "ray_address"}
+
+
 def config_from_args(args: argparse.Namespace):
     """Flags override the config file; the result is validated before any work."""
-    import yaml
-
-    from pipeline import storage
-    from schemas.base import ConfigError
+    from pipeline.configargs import build_config
     from schemas.tokenize import TokenizeConfig
 
-    data: dict = {}
-    source = "command line"
-    if args.config:
-        source = args.config
-        data = yaml.safe_load(storage.read_text(args.config)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"invalid config {args.config}: expected a mapping at the top level")
-    flags = {
-        "inputs": args.inputs or None, "vocab": args.vocab, "out": args.out, "layout": args.layout,
-        "input_kind": args.input_kind, "executor": args.executor, "workers": args.workers,
-        "ray_address": args.ray_address,
-    }
-    data.update({k: v for k, v in flags.items() if v is not None})
-    return TokenizeConfig.from_dict(data, source=source)
+    return build_config(TokenizeConfig, args, FLAGS)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,13 +33,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from pipeline.configargs import add_config_flag
+
     p = subparsers.add_parser(
         "tokenize", help="apply a vocabulary to code grids: versioned token corpus for trainers (Parquet)",
         description="Encode code-grid Parquet with a learned vocabulary. Output: OUT/<version>/data/*.parquet, one "
         "version per (vocabulary, layout); re-runs process only inputs not yet done. Exit 3 if some inputs failed.",
     )
     p.add_argument("inputs", nargs="*", metavar="GRIDS", help="Parquet files, directories, globs or s3:// URLs")
-    p.add_argument("--config", help="tokenize config YAML (schemas/tokenize.py); flags override it")
     p.add_argument("--vocab", help="vocabulary JSON (vbpe learn)")
     p.add_argument("--out", help="corpus root directory (local or s3://)")
     p.add_argument("--layout", help="id layout YAML (schemas/layout.py): adds input_ids for the LLM")
@@ -60,4 +49,5 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="run on Ray with this many files in flight")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    add_config_flag(p)
     p.set_defaults(handler=_run)
