@@ -216,3 +216,33 @@ def test_cli_round_trip_and_one_line_errors(corpus, tmp_path, capsys):
     bad.write_text(f"inputs: [{corpus['root']}/grids]\nvocab: x.json\nout: o\nworkers: -1\n")
     assert cli.main(["tokenize", "--config", str(bad)]) == 2
     assert "workers" in capsys.readouterr().err
+
+
+def test_overlapping_runs_of_one_version_keep_each_others_entries(corpus, tmp_path):
+    from pipeline.tokenize import versions
+
+    out = tmp_path / "out"
+    s = run(cfg_for(corpus, out))
+    paths = versions.VersionPaths(str(out), s.version)
+    meta = json.load(open(paths.manifest))
+    stale = versions.Manifest(paths, json.loads(json.dumps(meta)))  # a run that loaded the manifest earlier
+    del stale.data["inputs"][next(iter(meta["inputs"]))]
+    stale.record("/elsewhere/c.parquet", status="failed", identity={}, error="x")
+    stale.save()
+    merged = json.load(open(paths.manifest))["inputs"]
+    assert set(merged) == set(meta["inputs"]) | {"/elsewhere/c.parquet"}
+
+
+def test_image_shards_need_the_quantize_stage(corpus, tmp_path):
+    from pipeline.tokenize.shards import quantize_available
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "s-000.tar").write_bytes(b"")
+    cfg = cfg_for(corpus, tmp_path / "out", inputs=[str(tmp_path / "shards")])
+    expected = "not wired to this build's quantize stage" if quantize_available() else "no quantize stage"
+    with pytest.raises(ConfigError, match=expected):
+        run(cfg)
+    with pytest.raises(InputError, match="mix image shards and code-grid Parquet"):
+        run(cfg_for(corpus, tmp_path / "out", inputs=[str(tmp_path / "shards"), str(corpus["root"] / "grids")]))
+    with pytest.raises(ConfigError, match="needs a `quantize` section"):
+        cfg_for(corpus, tmp_path / "out", input_kind="shards")

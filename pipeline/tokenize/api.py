@@ -168,7 +168,8 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
             continue
         name = versions.output_name(url)
         jobs.append(FileJob(
-            grid_file=vars(gf).copy(), output=storage.join(paths.data_dir, name), rejects=storage.join(paths.rejects_dir, name),
+            grid_file=vars(gf).copy(), output=storage.join(paths.data_dir, name),
+            rejects=storage.join(paths.rejects_dir, versions.rejects_name(name)),
             layout=layout.model_dump(mode="json") if layout else None, storage=options.model_dump(mode="json"),
         ))
     log.info("%s: %d inputs, %d to tokenize, %d already done", paths.name, len(corpus.files), len(jobs), summary.skipped)
@@ -187,7 +188,7 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
             r = outcome.result
             manifest.record(
                 url, status="done", identity=identities[url], output=f"data/{name}",
-                rejects=f"rejects/{name}" if r.rejects_written else None, rows_in=r.rows_in, rows_written=r.rows_written,
+                rejects=f"rejects/{versions.rejects_name(name)}" if r.rejects_written else None, rows_in=r.rows_in, rows_written=r.rows_written,
                 rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells, seconds=round(r.seconds, 3),
             )
             summary.done += 1

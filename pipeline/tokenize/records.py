@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.codegrids import Grids
-from pipeline.tokenize.encoder import Encoded
+from pipeline.tokenize.encoder import Encoded, Encoder
 from pipeline.tokenize.layout import wrap_images
 from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY
 from schemas.layout import IdLayout
@@ -55,3 +55,10 @@ def token_table(grids: Grids, enc: Encoded, schema: pa.Schema, layout: IdLayout 
     if layout is not None:
         cols["input_ids"] = _lists(*wrap_images(enc.tokens, offsets, layout))
     return pa.table(cols, schema=schema)
+
+
+def encode_to_table(grids: Grids, encoder: Encoder, schema: pa.Schema, layout: IdLayout | None,
+                    default_source: str) -> pa.Table:
+    """Validated grids -> output rows; shared by the grid-file worker and the image-shard path."""
+    enc = encoder.encode(grids.codes, grids.heights, grids.widths)
+    return token_table(grids, enc, schema, layout, default_source)

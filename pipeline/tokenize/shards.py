@@ -2,6 +2,12 @@
 
 Needs the quantize stage (pipeline.quantize). Until that stage is part of this build, asking for
 shard input is a clear configuration error; code-grid Parquet input works without it.
+
+The seam: the quantize stage's Ray Data pipeline (read shards -> encoder actors) gains one more
+`map_batches` that validates the code rows (codegrids) and calls `records.encode_to_table`; the
+driver regroups rows per shard as quantize does and commits each shard exactly like a grid file
+(`files.atomic_write`, then a `versions.Manifest` entry keyed by the shard URL), so versions,
+incremental runs and rejects behave the same for both kinds of input.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     OUT/<version>/vocab.json           the vocabulary used, copied (the corpus is self-describing)
     OUT/<version>/layout.yaml          the id layout (absent when none was given)
     OUT/<version>/data/*.parquet       one tokenized file per input; nothing else lives here
-    OUT/<version>/rejects/*.parquet    one rejects file per input that had rejects
+    OUT/<version>/rejects/*.rejects.parquet   one rejects file per input that had rejects
 
 The version name is derived from the vocabulary and layout fingerprints, so a new vocabulary or
 layout never writes into an old version. An input counts as done only when its manifest entry
@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline import storage
 from schemas.base import InputError, StorageOptions
+from schemas.grids import REJECTS_SUFFIX
 from schemas.layout import IdLayout
 
 FORMAT_NAME = "vbpe-tokens"
@@ -54,6 +55,11 @@ def output_name(url: str) -> str:
             break
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip("._") or "input"
     return f"{base}-{hashlib.sha1(url.encode()).hexdigest()[:8]}.parquet"
+
+
+def rejects_name(output: str) -> str:
+    """`x.parquet` -> `x.rejects.parquet`: the suffix every stage's readers skip (schemas.grids.REJECTS_SUFFIX)."""
+    return output[: -len(".parquet")] + REJECTS_SUFFIX
 
 
 def input_identity(url: str, options: StorageOptions | None = None) -> dict[str, Any]:
@@ -103,6 +109,7 @@ class Manifest:
     def __init__(self, paths: VersionPaths, data: dict[str, Any]):
         self.paths = paths
         self.data = data
+        self._touched: set[str] = set()  # inputs this run recorded: its entries win over what is on disk
 
     @classmethod
     def open(cls, paths: VersionPaths, vocab_meta: dict[str, Any], layout: IdLayout | None,
@@ -149,6 +156,7 @@ class Manifest:
 
     def record(self, url: str, **entry: Any) -> None:
         self.inputs[url] = {**entry, "recorded": now()}
+        self._touched.add(url)
 
     def totals(self) -> dict[str, int]:
         done = [e for e in self.inputs.values() if e.get("status") == "done"]
@@ -159,6 +167,16 @@ class Manifest:
         return out
 
     def save(self, options: StorageOptions | None = None) -> None:
+        """Entries another run recorded meanwhile (same version, e.g. a schedule overlapping a manual run) are kept."""
+        if storage.exists(self.paths.manifest, options):
+            try:
+                on_disk = json.loads(storage.read_text(self.paths.manifest, options)).get("inputs", {})
+            except (json.JSONDecodeError, OSError):
+                on_disk = {}
+            for url, entry in on_disk.items():
+                mine = self.inputs.get(url)
+                if mine is None or (entry.get("recorded", "") > mine.get("recorded", "") and url not in self._touched):
+                    self.inputs[url] = entry
         self.data["updated"] = now()
         self.data["totals"] = self.totals()
         storage.write_text(self.paths.manifest, json.dumps(self.data, indent=1, sort_keys=False) + "\n", options)

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import codegrids, storage
 from pipeline.learn.vocab import Vocabulary
 from pipeline.tokenize.encoder import Encoder
 from pipeline.tokenize.files import atomic_write, remove
-from pipeline.tokenize.records import output_schema, token_table
+from pipeline.tokenize.records import encode_to_table, output_schema
 from schemas.base import StorageOptions
 from schemas.grids import REJECTS_SCHEMA
 from schemas.layout import IdLayout
@@ -99,10 +100,10 @@ def tokenize_file(job: FileJob, vocab_json: dict[str, Any]) -> FileResult:
                 grids = codegrids.read_file(gf, vocab.codebook_size, lo, hi, options)
                 rejects.extend(grids.rejects)
                 if len(grids):
-                    enc = encoder.encode(grids.codes, grids.heights, grids.widths)
-                    writer.write_table(token_table(grids, enc, schema, layout, gf.path))
+                    table = encode_to_table(grids, encoder, schema, layout, gf.path)
+                    writer.write_table(table)
                     written += len(grids)
-                    tokens += int(enc.offsets[-1])
+                    tokens += int(pc.sum(table.column("n_tokens")).as_py())
                     cells += int(grids.codes.shape[0])
             if written + len(rejects) != gf.rows:
                 raise RuntimeError(f"{gf.path}: {gf.rows} rows in but {written} written + {len(rejects)} rejected")
