@@ -15,7 +15,7 @@ from typing import Any
 from pipeline import codegrids, storage
 from pipeline.learn.vocab import Vocabulary
 from pipeline.tokenize import versions
-from pipeline.tokenize.execute import run_jobs
+from pipeline.tokenize.execute import Outcome, run_jobs
 from pipeline.tokenize.files import remove_stale_temps
 from pipeline.tokenize.layout import check_layout, resolve_layout
 from pipeline.tokenize.worker import FileJob
@@ -138,6 +138,52 @@ def _fresh_listings(paths: list[str], options) -> None:
             storage.get_fs(path, options)[0].invalidate_cache()
 
 
+def _plan(cfg: TokenizeConfig, corpus: codegrids.Corpus, manifest: versions.Manifest, layout: IdLayout | None,
+          summary: TokenizeSummary) -> tuple[list[FileJob], dict[str, dict]]:
+    """A job for every input this version does not have yet (or whose file changed since)."""
+    options, paths = cfg.storage, manifest.paths
+    jobs, identities = [], {}
+    for gf in corpus.files:
+        url = versions.canonical_url(gf.path)
+        identities[url] = versions.input_identity(gf.path, options)
+        if manifest.is_done(url, identities[url], options):
+            summary.skipped += 1
+            continue
+        name = versions.output_name(url)
+        jobs.append(FileJob(
+            grid_file=vars(gf).copy(), output=storage.join(paths.data_dir, name),
+            rejects=storage.join(paths.rejects_dir, versions.rejects_name(name)),
+            layout=layout.model_dump(mode="json") if layout else None, storage=options.model_dump(mode="json"),
+        ))
+    return jobs, identities
+
+
+def _commit(outcome: Outcome, identity: dict, manifest: versions.Manifest, summary: TokenizeSummary, progress: str) -> None:
+    """The outcome's files are already in place: record it (the manifest is saved by the caller)."""
+    url = versions.canonical_url(outcome.job.grid_file["path"])
+    if outcome.error is not None:
+        summary.failed[url] = outcome.error
+        manifest.record(url, status="failed", identity=identity, error=outcome.error)
+        log.warning("%s FAILED %s: %s", progress, url, outcome.error)
+        return
+    r, name = outcome.result, versions.output_name(url)
+    manifest.record(
+        url, status="done", identity=identity, output=f"data/{name}",
+        rejects=f"rejects/{versions.rejects_name(name)}" if r.rejects_written else None,
+        rows_in=r.rows_in, rows_written=r.rows_written, rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells,
+        seconds=round(r.seconds, 3),
+    )
+    summary.done += 1
+    summary.rows_in += r.rows_in
+    summary.rows_written += r.rows_written
+    summary.rows_rejected += r.rows_rejected
+    summary.tokens += r.tokens
+    summary.cells += r.cells
+    summary.reasons.update(r.reasons)
+    log.info("%s %s: %d written, %d rejected, %.0f rows/s", progress, url, r.rows_written, r.rows_rejected,
+             r.rows_in / max(r.seconds, 1e-9))
+
+
 def run(cfg: TokenizeConfig) -> TokenizeSummary:
     started = time.perf_counter()
     options = cfg.storage
@@ -158,20 +204,7 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
     paths = manifest.paths
     summary = TokenizeSummary(paths.name, paths.root, paths.data_dir, vocab.fingerprint(),
                               layout.fingerprint() if layout else None, inputs=len(corpus.files))
-
-    jobs, identities = [], {}
-    for gf in corpus.files:
-        url = versions.canonical_url(gf.path)
-        identities[url] = versions.input_identity(gf.path, options)
-        if manifest.is_done(url, identities[url], options):
-            summary.skipped += 1
-            continue
-        name = versions.output_name(url)
-        jobs.append(FileJob(
-            grid_file=vars(gf).copy(), output=storage.join(paths.data_dir, name),
-            rejects=storage.join(paths.rejects_dir, versions.rejects_name(name)),
-            layout=layout.model_dump(mode="json") if layout else None, storage=options.model_dump(mode="json"),
-        ))
+    jobs, identities = _plan(cfg, corpus, manifest, layout, summary)
     log.info("%s: %d inputs, %d to tokenize, %d already done", paths.name, len(corpus.files), len(jobs), summary.skipped)
     manifest.save(options)
     versions.update_index(cfg.out, options)
@@ -179,27 +212,7 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
     work_start = last_save = time.perf_counter()
     for i, outcome in enumerate(run_jobs(jobs, vocab.to_json(), cfg), 1):
         url = versions.canonical_url(outcome.job.grid_file["path"])
-        name = versions.output_name(url)
-        if outcome.error is not None:
-            summary.failed[url] = outcome.error
-            manifest.record(url, status="failed", identity=identities[url], error=outcome.error)
-            log.warning("[%d/%d] FAILED %s: %s", i, len(jobs), url, outcome.error)
-        else:
-            r = outcome.result
-            manifest.record(
-                url, status="done", identity=identities[url], output=f"data/{name}",
-                rejects=f"rejects/{versions.rejects_name(name)}" if r.rejects_written else None, rows_in=r.rows_in, rows_written=r.rows_written,
-                rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells, seconds=round(r.seconds, 3),
-            )
-            summary.done += 1
-            summary.rows_in += r.rows_in
-            summary.rows_written += r.rows_written
-            summary.rows_rejected += r.rows_rejected
-            summary.tokens += r.tokens
-            summary.cells += r.cells
-            summary.reasons.update(r.reasons)
-            log.info("[%d/%d] %s: %d written, %d rejected, %.0f rows/s", i, len(jobs), url, r.rows_written,
-                     r.rows_rejected, r.rows_in / max(r.seconds, 1e-9))
+        _commit(outcome, identities[url], manifest, summary, f"[{i}/{len(jobs)}]")
         if time.perf_counter() - last_save >= MANIFEST_SAVE_SECONDS:
             manifest.save(options)
             last_save = time.perf_counter()
