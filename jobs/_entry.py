@@ -59,7 +59,7 @@ def _report(result: Any) -> Any:
     return _compact(result)
 
 
-def main(stage_name: str, argv: list[str] | None = None) -> int:
+def run_stage(stage_name: str, argv: list[str] | None = None) -> int:
     from pipeline.submit.stages import get_stage
     from schemas.base import ConfigError, InputError
 

@@ -175,8 +175,10 @@ def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
     heights = np.where(h_null, 0, np.nan_to_num(heights.astype(np.float64), nan=0)).astype(np.int64)
     widths = np.where(w_null, 0, np.nan_to_num(widths.astype(np.float64), nan=0)).astype(np.int64)
     flat = pc.list_flatten(codes_col)
-    null_code = flat.is_null().to_numpy(zero_copy_only=False)
-    values = flat.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    null_code = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else None
+    values = (flat.fill_null(0) if flat.null_count else flat).to_numpy(zero_copy_only=False)
+    if values.dtype not in (np.int32, np.int64):  # keep int32 as is: the common case costs no copy
+        values = values.astype(np.int64)
     starts = np.zeros(n + 1, np.int64)
     np.cumsum(np.maximum(lengths, 0), out=starts[1:])
     nonempty = lengths > 0
@@ -187,7 +189,8 @@ def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
         idx = starts[:-1][nonempty]
         lo[nonempty] = np.minimum.reduceat(values, idx)
         hi[nonempty] = np.maximum.reduceat(values, idx)
-        nulls[nonempty] = np.add.reduceat(null_code.astype(np.int64), idx)
+        if null_code is not None:
+            nulls[nonempty] = np.add.reduceat(null_code.astype(np.int64), idx)
     for i in range(n):
         if keys[i] is None:
             reason[i] = "missing key"
@@ -206,12 +209,12 @@ def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
     ok = np.array([r is None for r in reason], dtype=bool)
     sources = table.column("source").to_pylist() if "source" in table.column_names else [None] * n
     captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * n
-    keep_values = np.repeat(ok, np.maximum(lengths, 0))
+    kept = values if ok.all() else values[np.repeat(ok, np.maximum(lengths, 0))]
     return Grids(
         [keys[i] for i in range(n) if ok[i]],
         heights[ok].astype(np.int32),
         widths[ok].astype(np.int32),
-        values[keep_values].astype(np.int32),
+        kept.astype(np.int32, copy=False),
         [sources[i] for i in range(n) if ok[i]],
         [captions[i] for i in range(n) if ok[i]],
         [Reject(keys[i], source, first_row + i, reason[i]) for i in range(n) if not ok[i]],

@@ -246,3 +246,18 @@ def test_image_shards_need_the_quantize_stage(corpus, tmp_path):
         run(cfg_for(corpus, tmp_path / "out", inputs=[str(tmp_path / "shards"), str(corpus["root"] / "grids")]))
     with pytest.raises(ConfigError, match="needs a `quantize` section"):
         cfg_for(corpus, tmp_path / "out", input_kind="shards")
+
+
+def test_the_trainer_reads_the_corpus(corpus, tmp_path):
+    """The train stage's corpus loader accepts a version and gets the same ids (layout checked by fingerprint)."""
+    train_corpus = pytest.importorskip("pipeline.train.corpus")
+    s = run(cfg_for(corpus, tmp_path / "out"))
+    table = read_version(s)
+    keys = set(table.column("key").to_pylist())
+    found, stats = train_corpus.load_images([s.data], keys, LAYOUT)
+    assert set(found) == keys and stats["corpus_rows"] == 50
+    for key, ids in zip(table.column("key").to_pylist(), table.column("input_ids").to_pylist()):
+        assert found[key].tolist() == ids and train_corpus.check_ids(found[key], LAYOUT) is None
+    other = IdLayout(**{**LAYOUT.model_dump(), "text_vocab_size": 999})
+    with pytest.raises(InputError, match="tokenized with layout"):
+        train_corpus.load_images([s.data], keys, other)

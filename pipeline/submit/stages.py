@@ -62,6 +62,8 @@ STAGES: dict[str, Stage] = {
         Stage("quantize", "schemas.quantize:QuantizeConfig", "pipeline.quantize.api:run"),
         Stage("learn", "schemas.learn:LearnConfig", "pipeline.learn.api:run"),
         Stage("tokenize", "schemas.tokenize:TokenizeConfig", "pipeline.tokenize.api:run"),
+        # jobs/train.py delegates to `vbpe train STEP` (the train stage's own CLI); `run` is the agreed
+        # api name for the shared entry (jobs/_entry.py), used once pipeline/train/api.py exists.
         Stage("train", "schemas.train:TrainConfig", "pipeline.train.api:run", takes_step=True, default_step="all"),
     )
 }
