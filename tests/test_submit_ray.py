@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import pyarrow as pa
@@ -25,6 +26,7 @@ def cluster():
         yield c
     finally:
         c.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
