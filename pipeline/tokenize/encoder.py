@@ -82,7 +82,7 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
         max_cells = max(max_cells, gstart[g + 1] - gstart[g])
     mark = np.zeros(max_cells, np.int64)
     buf = np.empty(max_cells, np.int32)
-    heap = np.empty(4 * max_cells, np.int64)
+    heap = np.empty(4 * max_cells, np.int64)  # >= 2 * cells: the initial entries always fit
     stamp = 0
     counts = np.zeros(gstart.shape[0], np.int64)
     low = (np.int64(1) << 32) - 1
@@ -94,9 +94,16 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
         for x in range(gs, gstart[g + 1]):
             c = (x - gs) % w
             if c < w - 1:
-                heap, n = _push_if_ranked(heap, n, table, tok, x, x + 1)
+                r = get(table, pair_key(tok[x], tok[x + 1]))
+                if r >= 0:
+                    heap[n] = (r << 32) | np.int64(x)
+                    n += 1
             if x + w < gstart[g + 1]:
-                heap, n = _push_if_ranked(heap, n, table, tok, x, x + w)
+                r = get(table, pair_key(tok[x], tok[x + w]))
+                if r >= 0:
+                    heap[n] = (r << 32) | np.int64(x)
+                    n += 1
+        heap[:n].sort()  # a sorted array is a valid min-heap: cheaper than n pushes
         while n > 0:
             e, n = _heap_pop(heap, n)
             r = e >> 32
