@@ -1,0 +1,1 @@
+"""`python -m jobs.<stage> --config X.yaml`: thin Ray job entrypoints (load config, call pipeline)."""
