@@ -19,6 +19,9 @@ _FLAGS = {
 }
 
 
+EXIT_FAILED_SHARDS = 3  # finished, but some shards could not be read (see the manifest); a re-run retries them
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quantize", help="WebDataset shards -> code-grid Parquet (Ray)",
                               description="Encode WebDataset tar shards (local, globs, {a,b}, s3://) into code grids.")
@@ -88,7 +91,7 @@ def handle(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     summary = run_quantize(cfg)
     print("\n".join(summary.lines()))
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else EXIT_FAILED_SHARDS
 
 
 def handle_convert(args: argparse.Namespace) -> int:

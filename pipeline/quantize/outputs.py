@@ -51,6 +51,16 @@ def write_parquet(table: pa.Table, path: str, options: StorageOptions | None = N
     os.replace(tmp, path)
 
 
+def remove_stale_temps(directory: str) -> int:
+    """Temp files left by a killed run (local only: S3 uploads are invisible until complete)."""
+    if storage.is_remote(directory) or not os.path.isdir(directory):
+        return 0
+    stale = [n for n in os.listdir(directory) if n.startswith(".") and ".tmp-" in n]
+    for name in stale:
+        os.remove(os.path.join(directory, name))
+    return len(stale)
+
+
 @dataclass
 class Layout:
     out: str

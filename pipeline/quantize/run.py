@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.quantize.collect import Collector, ShardResult
-from pipeline.quantize.outputs import SHARD_SUFFIXES, Layout, Manifest, canonical_url, write_parquet
+from pipeline.quantize.outputs import SHARD_SUFFIXES, Layout, Manifest, canonical_url, remove_stale_temps, write_parquet
 from pipeline.quantize.registry import prepare
 from pipeline.quantize.spec import QuantizerSpec
 from schemas.quantize import QuantizeConfig
@@ -170,6 +170,8 @@ def run_quantize(cfg: QuantizeConfig) -> RunSummary:
         cfg.out,
     )
     storage.makedirs(cfg.out, options)
+    for d in (layout.grids_dir, layout.rejects_dir):
+        remove_stale_temps(d)
     todo = [u for u in urls if not manifest.is_done(u, layout, options)]
     summary = RunSummary(cfg.out, spec.describe(), spec.fingerprint, shards=len(urls), skipped=len(urls) - len(todo), fitted_codebook=fitted)
     log.info("%d shards: %d to do, %d already done", len(urls), len(todo), summary.skipped)
