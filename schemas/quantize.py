@@ -88,6 +88,7 @@ class QuantizeConfig(Config):
     num_gpus: float | None = Field(None, ge=0, description="per actor; default 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = Field(1.0, gt=0)
     cpus_per_reader: float = Field(1.0, gt=0)
+    shards_per_reader_process: int = Field(16, ge=1, description="a reader worker process is replaced after this many shards")
     torch_threads: int | None = Field(None, ge=1, description="per CPU actor; default max(1, cpus_per_actor)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     fit_kmeans: bool = False

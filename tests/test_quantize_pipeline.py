@@ -210,3 +210,23 @@ def test_taming_actors_rebuild_the_model_from_the_object_store(ray_local, tmp_pa
         want = model.encode(x)[2][2].reshape(5, -1).tolist()
     assert t.column("codes").to_pylist() == want
     assert t.schema.metadata[CODEBOOK_SIZE_KEY] == b"256"
+
+
+def test_decoding_stays_out_of_the_encoder_actors(first_run, corpus):
+    """Ray Data fuses task -> actor maps with equal resources; decoding must stay in parallel reader tasks."""
+    import ray
+
+    from pipeline.quantize.registry import prepare
+    from pipeline.quantize.run import build_dataset
+    from schemas.quantize import QuantizeConfig
+
+    _, _, cfg_path = first_run
+    cfg = QuantizeConfig.from_yaml(cfg_path)
+    cfg.cpus_per_reader = cfg.cpus_per_actor
+    spec, tensors = prepare(cfg.quantizer)
+    urls = sorted(glob.glob(str(corpus["root"] / "shards" / "s-00[01].tar")))
+    ds = build_dataset(cfg, spec, ray.put(tensors), urls)
+    rows = sum(b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    stats = ds.stats()
+    assert rows == 11 + 11 + 2  # samples + one end marker per shard
+    assert "MapBatches(read_shards)->" not in stats and "MapBatches(EncodeActor)" in stats

@@ -88,14 +88,13 @@ def _num_gpus(cfg: QuantizeConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], urls: list[str]) -> Iterator[ShardResult]:
-    """Run the Ray Data pipeline over `urls`; yield each shard's result as soon as it is complete."""
+def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, urls: list[str]):
+    """Shard list -> read/decode tasks -> encoder actor pool. Rows carry their shard index."""
     import ray
 
     from pipeline.ingest.reader import read_shards
     from pipeline.quantize.actor import EncodeActor
 
-    ensure_ray(cfg.ray_address)
     gpus = _num_gpus(cfg)
     threads = cfg.torch_threads or (None if gpus else max(1, int(cfg.cpus_per_actor)))
     pool = (
@@ -111,10 +110,13 @@ def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, 
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cfg.cpus_per_reader,
+        # Recycles reader processes (bounds what a leaky decoder can grow to) and, since Ray Data
+        # only fuses maps with identical remote args, keeps decoding out of the encoder actors.
+        max_calls=cfg.shards_per_reader_process,
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         EncodeActor,
-        fn_constructor_kwargs={"spec": spec, "tensors": [ray.put(tensors)], "num_gpus": gpus,
+        fn_constructor_kwargs={"spec": spec, "tensors": [tensors_ref], "num_gpus": gpus,
                                "precision": cfg.precision, "torch_threads": threads},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
@@ -123,6 +125,14 @@ def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, 
         num_gpus=gpus or None,
         udf_modifying_row_count=False,
     )
+
+
+def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], urls: list[str]) -> Iterator[ShardResult]:
+    """Run the pipeline over `urls`; yield each shard's result as soon as all its rows are back."""
+    import ray
+
+    ensure_ray(cfg.ray_address)
+    ds = build_dataset(cfg, spec, ray.put(tensors), urls)
     collector = Collector(dict(enumerate(urls)), spec)
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from collector.add(block)
