@@ -34,6 +34,7 @@ class ShardResult:
 @dataclass
 class _Pending:
     parts: list[pa.Table] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
     received: int = 0
     expected: int | None = None
     error: str | None = None
@@ -51,15 +52,21 @@ class Collector:
         done: list[ShardResult] = []
         shard_col = table.column("shard").to_numpy(zero_copy_only=False)
         kinds = table.column("kind").to_numpy(zero_copy_only=False)
+        row_ids = table.column("row").to_numpy(zero_copy_only=False)
         for shard in np.unique(shard_col):
+            st = self.pending.get(int(shard))
+            if st is None:  # already committed: whatever arrives now is a resend
+                continue
             idx = np.flatnonzero(shard_col == shard)
-            st = self.pending[int(shard)]
-            ends = idx[kinds[idx] == END]
-            rows = idx[kinds[idx] != END]
-            if len(rows):
-                st.parts.append(table.take(pa.array(rows)))
-                st.received += len(rows)
-            for i in ends:
+            fresh = []
+            for i in idx[kinds[idx] != END]:
+                if int(row_ids[i]) not in st.seen:  # a retried read task may resend rows
+                    st.seen.add(int(row_ids[i]))
+                    fresh.append(i)
+            if fresh:
+                st.parts.append(table.take(pa.array(fresh, pa.int64())))
+                st.received += len(fresh)
+            for i in idx[kinds[idx] == END]:
                 st.expected = int(table.column("count")[int(i)].as_py())
                 st.error = table.column("reason")[int(i)].as_py()
                 st.seconds = float(table.column("seconds")[int(i)].as_py())

@@ -54,7 +54,7 @@ class RunSummary:
             f"quantizer: {self.quantizer}",
             f"shards: {self.shards} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed)",
             f"this run: rows in {self.rows_in} = written {self.rows_written} + rejected {self.rows_rejected}"
-            f" in {self.seconds:.1f} s ({self.rows_written / max(self.encode_seconds, 1e-9):.1f} images/s while encoding)",
+            f" in {self.seconds:.1f} s ({self.rows_written / max(self.encode_seconds, 1e-9):.1f} images/s incl. start-up)",
         ]
         if self.reasons:
             out.append("rejects by reason: " + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()))
