@@ -102,7 +102,7 @@ def _measure(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
 def run(out_dir: str) -> dict:
     from pipeline.demo.photos import build_demo_shards
     from pipeline.quantize.fit import ensure_codebook
-    from pipeline.quantize.run import ensure_ray
+    from pipeline.quantize.dataset import ensure_ray
     from schemas.quantize import IngestOptions, KMeansQuantizerConfig, TamingQuantizerConfig
 
     os.makedirs(out_dir, exist_ok=True)

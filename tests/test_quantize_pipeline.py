@@ -217,7 +217,7 @@ def test_decoding_stays_out_of_the_encoder_actors(first_run, corpus):
     import ray
 
     from pipeline.quantize.registry import prepare
-    from pipeline.quantize.run import build_dataset
+    from pipeline.quantize.dataset import build_dataset
     from schemas.quantize import QuantizeConfig
 
     _, _, cfg_path = first_run

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.quantize.collect import ShardResult
 from schemas.base import InputError, StorageOptions
 
 MANIFEST_FORMAT = "vbpe.quantize.manifest.v1"
@@ -140,3 +142,22 @@ class Manifest:
                 for k in ("rows_in", "rows_written", "rows_rejected"):
                     t[k] += int(e.get(k, 0))
         return t
+
+
+def commit_shard(res: ShardResult, layout: Layout, manifest: Manifest, options: StorageOptions | None, started: float) -> None:
+    """Files first, manifest entry last: an entry saying `done` always points at complete files."""
+    url = res.url
+    common = {"read_seconds": round(res.read_seconds, 3), "elapsed_seconds": round(time.perf_counter() - started, 3)}
+    if res.error is not None:
+        manifest.record(url, status="failed", error=res.error, **common)
+    else:
+        rejects_rel = layout.rejects_rel(url)
+        if res.rows_rejected:
+            write_parquet(res.rejects, layout.path(rejects_rel), options)
+        elif storage.exists(layout.path(rejects_rel), options):
+            fs, p = storage.get_fs(layout.path(rejects_rel), options)
+            fs.rm(p)
+        write_parquet(res.grids, layout.path(layout.grids_rel(url)), options)
+        manifest.record(url, status="done", output=layout.grids_rel(url), rejects=rejects_rel if res.rows_rejected else None,
+                        rows_in=res.rows_in, rows_written=res.rows_written, rows_rejected=res.rows_rejected, error=None, **common)
+    manifest.save(layout, options)
