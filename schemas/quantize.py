@@ -89,7 +89,7 @@ class QuantizeConfig(Config):
     cpus_per_actor: float = Field(1.0, gt=0)
     cpus_per_reader: float = Field(1.0, gt=0)
     shards_per_reader_process: int = Field(16, ge=1, description="a reader worker process is replaced after this many shards")
-    torch_threads: int | None = Field(None, ge=1, description="per CPU actor; default max(1, cpus_per_actor)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default max(1, cpus_per_actor)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     fit_kmeans: bool = False
     ray_address: str | None = None

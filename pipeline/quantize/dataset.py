@@ -40,7 +40,7 @@ def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, ur
     from pipeline.quantize.actor import EncodeActor
 
     gpus = _num_gpus(cfg)
-    threads = cfg.torch_threads or (None if gpus else max(1, int(cfg.cpus_per_actor)))
+    threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
     pool = (
         ray.data.ActorPoolStrategy(min_size=cfg.num_actors, max_size=cfg.max_actors)
         if cfg.max_actors
