@@ -2,16 +2,22 @@
 
 Two workloads on the demo photos: a taming VQGAN encoder (random weights, real f16 architecture at
 reduced width: the forward dominates, as with real models) and the k-means quantizer (cheap
-forward, so reading and decoding dominate). The bare forward runs in this process with the same
-torch thread count as one encoder actor; the ratio is how close the pipeline keeps that actor to
-its bare speed. Each pipeline runs twice, on half the shards and on all of them: "marginal" is
-(extra images) / (extra seconds), i.e. the throughput with start-up (Ray Data planning, actor and
-model start, a fixed cost per run) taken out, which is what a long production run sees.
+forward, so reading and decoding weigh more). The bare forward runs in this process with the same
+torch thread count as the one encoder actor (1), before and after the pipeline runs.
+
+Figures per workload:
+* wall: images/s of a whole run (incl. start-up: Ray Data planning, actor and model start), and
+  "steady" = images in encoded blocks after the first / time from the first block's arrival at
+  the driver to the last one's (start-up excluded);
+* cpu: the encoder actor's CPU time per image (from Ray Data's stats) against the bare forward's,
+  i.e. how much work the pipeline adds where the model runs. On a machine shared with other jobs
+  wall-clock ratios swing with the load; CPU-time ratios do not.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any
@@ -52,8 +58,8 @@ def _taming_files(root: str) -> dict[str, Any]:
     return {"kind": "taming", "config": os.path.join(root, "model.yaml"), "checkpoint": os.path.join(root, "encoder.safetensors")}
 
 
-def _bare_forward(q, shards: list[str], batch: int, threads: int) -> tuple[float, int]:
-    """images/s of encoder.encode alone on the pre-decoded images of `shards`."""
+def _bare_forward(q, shards: list[str], batch: int, threads: int) -> tuple[float, float, int]:
+    """(images/s, CPU ms/image) of encoder.encode alone on the pre-decoded images of `shards`."""
     import torch
 
     from pipeline.ingest.reader import Decoded, iter_shard
@@ -67,16 +73,29 @@ def _bare_forward(q, shards: list[str], batch: int, threads: int) -> tuple[float
     try:
         enc = build_encoder(spec, tensors, "cpu", "fp32")
         enc.encode(images[:batch])
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(images), batch):
             enc.encode(images[i:i + batch])
-        return len(images) / (time.perf_counter() - start), len(images)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return len(images) / wall, 1000 * cpu / len(images), len(images)
     finally:
         torch.set_num_threads(before)
 
 
-def _pipeline(q, shards: list[str], out: str, batch: int) -> tuple[int, float]:
-    """(images written, seconds of the encode phase incl. start-up) for one fresh run."""
+_CPU_TOTAL = re.compile(r"Remote cpu time: .*? ([0-9.]+)(us|ms|s) total")
+
+
+def _op_cpu_seconds(stats: str, op: str) -> float:
+    """Total remote CPU seconds of one operator from Ray Data's stats text (nan if not found)."""
+    part = stats.split(f"MapBatches({op})", 1)
+    m = _CPU_TOTAL.search(part[1]) if len(part) == 2 else None
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+
+def _pipeline(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
+    """One fresh run: images, seconds (encode phase incl. start-up), actor and reader CPU ms/image."""
     from pipeline.quantize.run import run_quantize
     from schemas.quantize import QuantizeConfig
 
@@ -84,19 +103,25 @@ def _pipeline(q, shards: list[str], out: str, batch: int) -> tuple[int, float]:
     cfg = QuantizeConfig(inputs=shards, out=out, quantizer=q, batch_size=batch, num_actors=1,
                          cpus_per_actor=1.0, cpus_per_reader=1.0, torch_threads=1)
     summary = run_quantize(cfg)
-    return summary.rows_written, summary.encode_seconds
+    n = summary.rows_written
+    stats = summary.trace.dataset_stats
+    return {"images": n, "seconds": summary.encode_seconds, "steady_ips": summary.trace.steady_images_per_second(),
+            "actor_cpu_ms": 1000 * _op_cpu_seconds(stats, "EncodeActor") / n,
+            "reader_cpu_ms": 1000 * _op_cpu_seconds(stats, "read_shards") / n}
 
 
 def _measure(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
-    before, _ = _bare_forward(q, shards, batch, threads=1)
-    n_half, t_half = _pipeline(q, shards[: len(shards) // 2], out + "-half", batch)
-    n_all, t_all = _pipeline(q, shards, out, batch)
-    after, _ = _bare_forward(q, shards, batch, threads=1)
-    bare = (before + after) / 2  # bracketing the pipeline runs evens out load from other processes
-    marginal = (n_all - n_half) / (t_all - t_half) if t_all > t_half else float("nan")
-    return {"images": n_all, "bare_ips": bare, "bare_before_ips": before, "bare_after_ips": after, "pipeline_ips": n_all / t_all, "marginal_ips": marginal,
-            "startup_s": t_all - n_all / marginal if marginal == marginal else float("nan"),
-            "ratio": n_all / t_all / bare, "marginal_ratio": marginal / bare}
+    bare_before, bare_cpu_before, _ = _bare_forward(q, shards, batch, threads=1)
+    full = _pipeline(q, shards, out, batch)
+    bare_after, bare_cpu_after, _ = _bare_forward(q, shards, batch, threads=1)
+    bare = (bare_before + bare_after) / 2  # bracketing the pipeline runs evens out load from other processes
+    bare_cpu = (bare_cpu_before + bare_cpu_after) / 2
+    return {
+        "images": full["images"], "bare_ips": bare, "bare_before_ips": bare_before, "bare_after_ips": bare_after,
+        "run_ips": full["images"] / full["seconds"], "steady_ips": full["steady_ips"],
+        "wall_ratio": full["steady_ips"] / bare, "bare_cpu_ms": bare_cpu, "actor_cpu_ms": full["actor_cpu_ms"],
+        "reader_cpu_ms": full["reader_cpu_ms"], "cpu_efficiency": bare_cpu / full["actor_cpu_ms"],
+    }
 
 
 def run(out_dir: str) -> dict:
@@ -107,7 +132,7 @@ def run(out_dir: str) -> dict:
 
     os.makedirs(out_dir, exist_ok=True)
     ensure_ray(None)
-    small = build_demo_shards(os.path.join(out_dir, "shards-taming"), samples=128, shards=8, seed=0, plant_bad=False).shards
+    small = build_demo_shards(os.path.join(out_dir, "shards-taming"), samples=96, shards=6, seed=0, plant_bad=False).shards
     large = build_demo_shards(os.path.join(out_dir, "shards-kmeans"), samples=384, shards=8, seed=1, plant_bad=False).shards
     km = KMeansQuantizerConfig(codebook=os.path.join(out_dir, "kmeans.safetensors"), image_size=256, patch_size=8,
                                codebook_size=512, fit_patches=40_000, fit_iterations=12)
@@ -119,12 +144,14 @@ def run(out_dir: str) -> dict:
     results: dict[str, Any] = {}
     for name, q, shards, batch in workloads:
         results[name] = _measure(q, shards, os.path.join(out_dir, f"out-{q.kind}"), batch)
-    print(f"{'workload':48} {'images':>6} {'bare':>7} {'run':>7} {'marginal':>8} {'start s':>7} {'run/bare':>8} {'marg/bare':>9}")
+    print(f"{'workload':46} {'imgs':>4} {'bare/s':>7} {'run/s':>6} {'steady':>6} {'wall':>5}"
+          f" {'bare ms':>7} {'actor ms':>8} {'cpu eff':>7} {'read ms':>7}")
     for name, r in results.items():
-        print(f"{name:48} {r['images']:6d} {r['bare_ips']:7.1f} {r['pipeline_ips']:7.1f} {r['marginal_ips']:8.1f}"
-              f" {r['startup_s']:7.1f} {r['ratio']:8.2f} {r['marginal_ratio']:9.2f}")
-    print("(images/s; bare = encoder forward alone, 1 torch thread, on pre-decoded images; run = whole pipeline run;"
-          " marginal = extra images / extra seconds between a half and a full run)")
+        print(f"{name:46} {r['images']:4d} {r['bare_ips']:7.1f} {r['run_ips']:6.1f} {r['steady_ips']:6.1f}"
+              f" {r['wall_ratio']:5.2f} {r['bare_cpu_ms']:7.1f} {r['actor_cpu_ms']:8.1f} {r['cpu_efficiency']:7.2f}"
+              f" {r['reader_cpu_ms']:7.1f}")
+    print("images/s: bare forward (1 thread), whole run, steady state (start-up excluded); wall = steady/bare;"
+          " CPU ms per image: bare forward, encoder actor, reader task; cpu eff = bare/actor")
     figures = {"quantize": results, "cpu_count": os.cpu_count(), "threads_per_actor": 1,
                "load_average": os.getloadavg()}
     with open(os.path.join(out_dir, "bench_quantize.json"), "w") as f:

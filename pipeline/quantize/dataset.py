@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.ingest.records import IMAGE
 from pipeline.quantize.collect import Collector, ShardResult
 from pipeline.quantize.spec import QuantizerSpec
+from pipeline.quantize.summary import RunTrace
 from schemas.quantize import QuantizeConfig
 
 
@@ -71,7 +74,8 @@ def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, ur
     )
 
 
-def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], urls: list[str]) -> Iterator[ShardResult]:
+def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], urls: list[str],
+                   trace: RunTrace | None = None) -> Iterator[ShardResult]:
     """Run the pipeline over `urls`; yield each shard's result as soon as all its rows are back."""
     import ray
 
@@ -79,7 +83,12 @@ def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, 
     ds = build_dataset(cfg, spec, ray.put(tensors), urls)
     collector = Collector(dict(enumerate(urls)), spec)
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if trace is not None:
+            images = int(np.count_nonzero(block.column("kind").to_numpy(zero_copy_only=False) == IMAGE))
+            trace.arrivals.append((time.perf_counter(), images))
         yield from collector.add(block)
+    if trace is not None:
+        trace.dataset_stats = ds.stats()
     missing = collector.unfinished()
     if missing:
         raise RuntimeError(f"stream ended before {len(missing)} shards were complete: {missing[:3]}")

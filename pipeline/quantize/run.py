@@ -49,7 +49,7 @@ def run_quantize(cfg: QuantizeConfig) -> RunSummary:
     if todo:
         from pipeline.quantize.dataset import encoded_shards
 
-        for res in encoded_shards(cfg, spec, tensors, todo):
+        for res in encoded_shards(cfg, spec, tensors, todo, summary.trace):
             commit_shard(res, layout, manifest, options, started)
             if res.error is not None:
                 summary.failed[res.url] = res.error

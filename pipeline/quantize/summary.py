@@ -8,6 +8,20 @@ from pipeline.quantize.outputs import Layout
 
 
 @dataclass
+class RunTrace:
+    """Timing of the Ray part: when encoded blocks reached the driver, and Ray Data's own stats."""
+
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, images in block)
+    dataset_stats: str = ""
+
+    def steady_images_per_second(self) -> float:
+        """Images after the first block / time from the first to the last block: start-up excluded."""
+        if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
+            return float("nan")
+        return sum(n for _, n in self.arrivals[1:]) / (self.arrivals[-1][0] - self.arrivals[0][0])
+
+
+@dataclass
 class RunSummary:
     out: str
     quantizer: str
@@ -24,6 +38,7 @@ class RunSummary:
     fitted_codebook: bool = False
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    trace: RunTrace = field(default_factory=RunTrace)
 
     @property
     def ok(self) -> bool:
