@@ -1,1 +1,0 @@
-"""`python -m jobs.<stage> --config X.yaml`: thin Ray job entrypoints (load config, call pipeline)."""
