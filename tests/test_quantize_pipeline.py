@@ -86,7 +86,7 @@ def test_every_bad_input_is_recorded_and_counts_balance(first_run, corpus, capfd
     keys = [k for t in tables for k in t.column("key").to_pylist()]
     assert sum(e["rows_written"] for e in entries.values()) == len(keys)
     assert corpus["good_keys"] <= set(keys)
-    rejects = [r for f in glob.glob(os.path.join(out, "rejects", "*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rejects = [r for f in glob.glob(os.path.join(out, "rejects", "*.rejects.parquet")) for r in pq.read_table(f).to_pylist()]
     assert sum(e["rows_rejected"] for e in entries.values()) == len(rejects)
     by_key = {(r["key"], r["reason"].split(":")[0]) for r in rejects}
     for key, category in corpus["bad_reasons"].items():

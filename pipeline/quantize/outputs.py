@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.quantize.collect import ShardResult
 from schemas.base import InputError, StorageOptions
+from schemas.grids import REJECTS_SUFFIX
 
 MANIFEST_FORMAT = "vbpe.quantize.manifest.v1"
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -83,7 +84,7 @@ class Layout:
         return f"grids/{shard_name(url)}.parquet"
 
     def rejects_rel(self, url: str) -> str:
-        return f"rejects/{shard_name(url)}.parquet"
+        return f"rejects/{shard_name(url)}{REJECTS_SUFFIX}"
 
     def path(self, rel: str) -> str:
         return storage.join(self.out, *rel.split("/"))
