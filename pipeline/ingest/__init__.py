@@ -1,0 +1,1 @@
+"""WebDataset tar shards -> decoded, preprocessed images; every sample either yields an image or a reject."""

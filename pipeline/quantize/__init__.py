@@ -1,0 +1,1 @@
+"""VQ quantizers (kmeans, taming, chameleon) behind one interface, and the `vbpe quantize` job."""

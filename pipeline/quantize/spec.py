@@ -1,0 +1,50 @@
+"""What the driver knows about a quantizer after loading it once: enough to read, encode and label output.
+
+The driver loads weights from the user's paths, checks them and fingerprints them; actors rebuild
+the model from `(spec, tensors)` shipped through Ray's object store, so checkpoint paths only need
+to be readable where the driver runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from pipeline.ingest.preprocess import ImageSpec
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    kind: str
+    fingerprint: str
+    codebook_size: int
+    image: ImageSpec
+    grid: tuple[int, int]
+    arch: dict[str, Any] = field(default_factory=dict)
+    bf16_ok: bool = False
+
+    def describe(self) -> str:
+        h, w = self.grid
+        return (
+            f"{self.kind} quantizer {self.fingerprint}: {self.image.size}px -> {h}x{w} grid, "
+            f"codebook {self.codebook_size}"
+        )
+
+
+class Encoder(Protocol):
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 -> (B, h, w) int32 codes in [0, codebook_size)."""
+
+
+def fingerprint(kind: str, arch: Mapping[str, Any], image: ImageSpec, tensors: Mapping[str, np.ndarray]) -> str:
+    """Content hash: same weights + architecture + preprocessing give the same id, whatever the file format."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": kind, "arch": arch, "size": image.size, "resample": image.resample}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{t.dtype.str}|{t.shape}".encode())
+        h.update(memoryview(t).cast("B"))
+    return h.hexdigest()[:16]

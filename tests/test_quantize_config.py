@@ -1,0 +1,74 @@
+"""Config validation up front, flags over YAML, and the thin job entrypoint."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+
+from jobs.quantize import main as job_main
+from pipeline.cli import build_parser
+from pipeline.quantize.cli import config_from_args
+from schemas.base import ConfigError
+from schemas.quantize import QuantizeConfig
+
+KM = {"kind": "kmeans", "codebook": "cb.safetensors"}
+
+
+def parse(argv) -> argparse.Namespace:
+    return build_parser().parse_args(["quantize", *argv])
+
+
+def test_defaults_and_discriminated_quantizer():
+    cfg = QuantizeConfig.from_dict({"inputs": ["a.tar"], "out": "o", "quantizer": KM})
+    assert cfg.quantizer.kind == "kmeans" and cfg.quantizer.patch_size == 8 and cfg.ingest.max_pixels == 64_000_000
+    cfg = QuantizeConfig.from_dict({"inputs": ["a.tar"], "out": "o", "quantizer": {"kind": "chameleon", "path": "d"}})
+    assert cfg.quantizer.resample == "lanczos"
+
+
+@pytest.mark.parametrize(
+    "data,where",
+    [
+        ({"inputs": ["a"], "out": "o", "quantizer": KM, "batchsize": 3}, "batchsize"),
+        ({"inputs": ["a"], "out": "o", "quantizer": {"kind": "vqvae"}}, "quantizer"),
+        ({"inputs": ["a"], "out": "o", "quantizer": {**KM, "image_size": 100, "patch_size": 16}}, "patch_size 16 must divide"),
+        ({"inputs": [], "out": "o", "quantizer": KM}, "inputs"),
+        ({"inputs": ["a"], "out": "o", "quantizer": {"kind": "taming", "config": "c", "checkpoint": "k"}, "fit_kmeans": True}, "fit_kmeans"),
+        ({"inputs": ["a"], "out": "o", "quantizer": KM, "num_actors": 3, "max_actors": 2}, "max_actors"),
+        ({"inputs": ["a"], "out": "o", "quantizer": KM, "ingest": {"max_pixels": 0}}, "ingest.max_pixels"),
+    ],
+)
+def test_bad_configs_name_the_field(data, where):
+    with pytest.raises(ConfigError) as err:
+        QuantizeConfig.from_dict(data, source="q.yaml")
+    assert where in str(err.value) and "q.yaml" in str(err.value)
+
+
+def test_flags_override_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"inputs": ["x.tar"], "out": "o1", "quantizer": KM, "batch_size": 4,
+                                                     "storage": {"region": "eu-west-1"}}))
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({"quantizer": {"kind": "taming", "config": "m.yaml", "checkpoint": "m.ckpt"}}))
+    cfg = config_from_args(parse(["s3://b/{0..1}.tar", "--config", str(tmp_path / "c.yaml"), "--quantizer", str(tmp_path / "q.yaml"),
+                                  "--batch-size", "16", "--num-gpus", "1", "--max-pixels", "1000", "--endpoint-url", "http://h:1"]))
+    assert cfg.inputs == ["s3://b/{0..1}.tar"] and cfg.out == "o1" and cfg.batch_size == 16 and cfg.num_gpus == 1
+    assert cfg.quantizer.kind == "taming" and cfg.ingest.max_pixels == 1000
+    assert cfg.storage.endpoint_url == "http://h:1" and cfg.storage.region == "eu-west-1"
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["quantize", "x.tar", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vbpe quantize: error: invalid config") and "quantizer" in err and "Traceback" not in err
+
+
+def test_job_entrypoint_validates_before_running(tmp_path, capsys):
+    bad = tmp_path / "job.yaml"
+    bad.write_text(yaml.safe_dump({"inputs": ["a.tar"], "out": "o", "quantizer": KM, "num_actors": 0}))
+    assert job_main(["--config", str(bad)]) == 2
+    assert "num_actors" in capsys.readouterr().err
+    missing = tmp_path / "inputs.yaml"
+    missing.write_text(yaml.safe_dump({"inputs": [str(tmp_path / "nope-*.tar")], "out": str(tmp_path / "o"), "quantizer": KM}))
+    assert job_main(["--config", str(missing)]) == 2
+    assert "matches no" in capsys.readouterr().err
