@@ -82,3 +82,66 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 def write_corpus(path: str, grids: Grids, V: int) -> str:
     write_grids(path, grids, V)
     return path
+
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "coins", "hubble_deep_field",
+          "immunohistochemistry", "brick", "grass", "cell", "clock", "cat")
+
+
+def colour_cube_codes(pixels: np.ndarray, cell: int, levels: int = 4) -> np.ndarray:
+    """A tiny real quantizer: each cell x cell patch -> its mean colour on a levels^3 colour cube."""
+    R = pixels.shape[0]
+    h = R // cell
+    means = pixels.reshape(h, cell, h, cell, 3).mean(axis=(1, 3))
+    q = np.clip((means / 256.0 * levels).astype(np.int64), 0, levels - 1)
+    return (q[..., 0] * levels * levels + q[..., 1] * levels + q[..., 2]).astype(np.int32)
+
+
+def photo_corpus(root: str, n_samples: int = 160, n_shards: int = 2, image_size: int = 128, cell: int = 8,
+                 seed: int = 0, corrupt_every: int = 0):
+    """Real photos (scikit-image) -> random crops as JPEG in WebDataset shards -> code grids, the way
+    the quantize stage does it (same preprocessing as the report). Returns (shards, Grids, V).
+
+    With `corrupt_every`, every n-th sample's image bytes in the shard are garbage (its grid is kept).
+    """
+    import skimage.data
+
+    from pipeline.report.images import canonical, preprocess
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for name in PHOTOS:
+        a = getattr(skimage.data, name)()
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        photos.append(a[..., :3].astype(np.uint8))
+    shards = [os.path.join(root, f"shard-{i:03d}.tar") for i in range(n_shards)]
+    members: list[list[tuple[str, bytes, str]]] = [[] for _ in shards]
+    keys, codes, sources = [], [], []
+    for i in range(n_samples):
+        p = photos[i % len(photos)]
+        H, W = p.shape[:2]
+        side = int(min(H, W) * rng.uniform(0.55, 0.95))
+        ch = min(H, int(side * rng.uniform(0.8, 1.25)))
+        y, x = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - side + 1))
+        crop = p[y : y + ch, x : x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="JPEG", quality=90)
+        data = buf.getvalue()
+        key = f"s{i:05d}"
+        grid = colour_cube_codes(np.asarray(preprocess(data, image_size)), cell)
+        if corrupt_every and i % corrupt_every == corrupt_every - 1:
+            data = b"\xff\xd8 this is not a jpeg" * 10
+        shard = i % n_shards
+        members[shard].append((key, data, "jpg"))
+        keys.append(key)
+        codes.append(grid.reshape(-1))
+        sources.append(canonical(shards[shard]))
+    for path, m in zip(shards, members):
+        write_shard(path, m)
+    h = image_size // cell
+    grids = Grids(keys, np.full(len(keys), h, np.int32), np.full(len(keys), h, np.int32),
+                  np.concatenate(codes).astype(np.int32), sources)
+    return shards, grids, 64

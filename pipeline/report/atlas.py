@@ -17,7 +17,7 @@ GAP = 6
 PAD = 8
 HEADER = 52
 TITLE = 34
-MAX_WIDTH = 1900
+MAX_WIDTH = 2100
 MIN_CARD = 280
 BG = (250, 250, 248)
 INK = (30, 30, 30)
@@ -30,10 +30,12 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def code_colour(code: int) -> tuple[int, int, int]:
-    """A stable, well-separated colour per base code (golden-ratio hues)."""
-    hue = (code * 0.6180339887) % 1.0
-    sat = 0.45 + 0.3 * ((code * 7) % 5) / 4
-    val = 0.72 + 0.2 * ((code * 3) % 4) / 3
+    """A stable colour per base code: hue, saturation and value from a hash, so neighbouring ids differ."""
+    z = (code * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 29)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    hue = (z & 0xFFFF) / 65536.0
+    sat = 0.35 + 0.45 * ((z >> 16) & 0xFF) / 255.0
+    val = 0.70 + 0.25 * ((z >> 24) & 0xFF) / 255.0
     r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -80,7 +82,7 @@ def header_lines(rank: int, card: Card) -> list[str]:
     first = f"#{rank}  id {card.id} = ({a}, {b})  u*=({dy},{dx})"
     second = f"used {card.usage}   {card.size} cells   F {card.frequency}   S {card.consistency:.2f}"
     if card.usage:
-        canon = {True: "canonical", False: "not canonical", None: "no canonical"}[card.canonical_matches]
+        canon = {True: "canonical", False: "not canonical", None: "canonical layout collides"}[card.canonical_matches]
         third = f"{card.n_shapes} shape{'s' if card.n_shapes != 1 else ''}, top {card.top_share:.0%} ({canon})"
     else:
         third = "unused on the sample: canonical shape"

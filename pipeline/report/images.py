@@ -147,14 +147,32 @@ def find_images(shards: list[str], requests: list[tuple[str, str | None]], max_m
     return out
 
 
+def _window(lo: int, hi: int, margin: int, min_cells: int, n: int) -> tuple[int, int]:
+    """[lo - margin, hi + margin], widened (centred) to at least min_cells, shifted to fit [0, n)."""
+    lo, hi = lo - margin, hi + margin
+    extra = min_cells - (hi - lo + 1)
+    if extra > 0:
+        lo -= extra // 2
+        hi += extra - extra // 2
+    if lo < 0:
+        hi, lo = hi - lo, 0
+    if hi > n - 1:
+        lo, hi = max(0, lo - (hi - (n - 1))), n - 1
+    return lo, hi
+
+
 def crop_instance(image: Image.Image, cells: list[tuple[int, int]], h: int, w: int, tile: int,
-                  margin: int = 1, outline: tuple[int, int, int] = (255, 45, 85)) -> Image.Image:
-    """A tile x tile crop around an instance: its cells (absolute (r, c)) outlined, the context dimmed."""
+                  margin: int = 1, min_cells: int = 5, outline: tuple[int, int, int] = (255, 45, 85)) -> Image.Image:
+    """A tile x tile crop around an instance: its cells (absolute (r, c)) outlined, the context dimmed.
+
+    The window shows at least `margin` cells of context and `min_cells` cells per side, so a
+    two-cell token is seen in its surroundings rather than as a blur.
+    """
     size = image.size[0]
     rs = [r for r, _ in cells]
     cs = [c for _, c in cells]
-    r0, r1 = max(0, min(rs) - margin), min(h - 1, max(rs) + margin)
-    c0, c1 = max(0, min(cs) - margin), min(w - 1, max(cs) + margin)
+    r0, r1 = _window(min(rs), max(rs), margin, min_cells, h)
+    c0, c1 = _window(min(cs), max(cs), margin, min_cells, w)
     x0, y0, _, _ = cell_box(r0, c0, h, w, size)
     _, _, x1, y1 = cell_box(r1, c1, h, w, size)
     crop = image.crop((round(x0), round(y0), round(x1), round(y1)))
@@ -167,7 +185,7 @@ def crop_instance(image: Image.Image, cells: list[tuple[int, int]], h: int, w: i
     di = ImageDraw.Draw(inside)
     for r, c in cells:
         di.rectangle([(c - c0) * px, (r - r0) * py, (c - c0 + 1) * px - 1, (r - r0 + 1) * py - 1], fill=255)
-    dim = Image.blend(crop, Image.new("RGB", crop.size, (0, 0, 0)), 0.55)
+    dim = Image.blend(crop, Image.new("RGB", crop.size, (0, 0, 0)), 0.5)
     crop = Image.composite(crop, dim, inside)
     draw = ImageDraw.Draw(crop)
     cellset = set(cells)
