@@ -26,6 +26,6 @@ class ReportConfig(Config):
     exemplars: int = Field(4, ge=0, description="crops per atlas token (needs shards)")
     image_size: int | None = Field(None, ge=8, description="quantizer input side R; default: the quantize manifest, else 512")
     resample: Resample = "bicubic"
-    dead_rate_points: int = Field(8, ge=1, description="vocabulary sizes (halving from the full one) at which the dead rate is measured")
+    dead_rate_points: int = Field(12, ge=1, description="vocabulary sizes (halving from the full one) at which the dead rate is measured")
     rare_below: int = Field(5, ge=1, description="a token used fewer times than this on the sample counts as rare")
     storage: StorageOptions = StorageOptions()

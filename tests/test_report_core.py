@@ -92,8 +92,10 @@ def test_curve_on_unseen_grids_equals_truncated_encodings(small):
     curve = T.tokens_curve(vocab, usage, codes.size, 7)
     for k in range(len(vocab.merges) + 1):
         prefix = dataclasses.replace(vocab, merges=vocab.merges[:k])
-        n = Encoder(prefix).encode(codes, h, w).tokens.shape[0]
-        assert curve[k] == pytest.approx(n / 7), k
+        tokens = Encoder(prefix).encode(codes, h, w).tokens
+        assert curve[k] == pytest.approx(tokens.shape[0] / 7), k
+        # usage of every id under the prefix vocabulary, derived from the full encoding
+        assert T.alive_after(vocab, usage, k).tolist() == np.bincount(tokens, minlength=V + k).tolist(), k
 
 
 def _merge(k: int, a: int, b: int, dy: int, dx: int) -> Merge:

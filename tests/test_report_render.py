@@ -63,7 +63,8 @@ def _held_out(grids):
 def _not_blank(path: str, min_colours: int) -> np.ndarray:
     a = np.asarray(Image.open(path).convert("RGB"))
     assert a.std() > 10, path
-    assert len(np.unique(a.reshape(-1, 3), axis=0)) >= min_colours, path
+    packed = (a[..., 0].astype(np.int32) << 16) | (a[..., 1].astype(np.int32) << 8) | a[..., 2]
+    assert len(np.unique(packed)) >= min_colours, path
     return a
 
 
@@ -146,6 +147,10 @@ def test_summary_matches_independent_computation(corpus, report):
         best = max(shapes[t].values())
         assert shapes[t].get(tuple(map(tuple, card["top_shape"]))) == best
         assert card["top_shape_share"] == pytest.approx(best / usage[t])
+        variants = card["shape_variants"]
+        assert [round(v["share"] * usage[t]) for v in variants] == sorted(shapes[t].values(), reverse=True)[:3]
+        for v in variants:
+            assert shapes[t][tuple(map(tuple, v["cells"]))] == round(v["share"] * usage[t])
 
 
 def test_exemplars_are_real_crops_or_recorded(report, corpus):

@@ -5,7 +5,6 @@ report.html (everything inlined), summary.json (every figure drawn), metrics.jso
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -50,21 +49,12 @@ def _grids_fingerprint_matches(stored: str, total: int) -> bool | None:
     return stored in (str(total), f"{total:016x}", f"{total:x}")
 
 
-def dead_rates(vocab: Vocabulary, sample, usage: np.ndarray, points: int, rare_below: int, batch: int) -> list[dict]:
-    """Dead / rare rate of the first m merges for m = M, M/2, M/4, ...: encode the sample with each prefix."""
-    V, M = vocab.codebook_size, len(vocab.merges)
+def dead_rates(vocab: Vocabulary, usage: np.ndarray, points: int, rare_below: int) -> list[dict]:
+    """Dead / rare rate of the first m merges for m = M, M/2, M/4, ... (from the one full encoding)."""
+    V = vocab.codebook_size
     out = []
-    for m in T.checkpoint_sizes(M, points):
-        if m == M:
-            u = usage
-        else:
-            enc = Encoder(dataclasses.replace(vocab, merges=vocab.merges[:m]))
-            u = np.zeros(V + m, np.int64)
-            o = sample.offsets
-            for lo in range(0, len(sample), batch):
-                hi = min(len(sample), lo + batch)
-                e = enc.encode(sample.codes[o[lo] : o[hi]], sample.heights[lo:hi], sample.widths[lo:hi])
-                u += np.bincount(e.tokens, minlength=V + m).astype(np.int64)
+    for m in T.checkpoint_sizes(len(vocab.merges), points):
+        u = T.alive_after(vocab, usage, m)
         out.append({"merges": m, "unused": int(np.count_nonzero(u[V : V + m] == 0)),
                     "dead_rate": T.dead_share(u, V, V + m), "rare_rate": T.dead_share(u, V, V + m, rare_below)})
     return out
@@ -126,7 +116,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     train_curve = vocab.tokens_per_grid() if M and any(m.merged for m in vocab.merges) else None
     if M == 0 and vocab.corpus.grids:
         train_curve = vocab.tokens_per_grid()
-    by_size = dead_rates(vocab, grids, an.usage, cfg.dead_rate_points, cfg.rare_below, cfg.batch_grids)
+    by_size = dead_rates(vocab, an.usage, cfg.dead_rate_points, cfg.rare_below)
     metrics.event("report_analysed", grids=an.grids, cells=an.cells, tokens=int(an.usage.sum()))
     seconds["analyse"] = time.perf_counter() - t
 

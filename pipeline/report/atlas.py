@@ -10,14 +10,15 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.report.cards import Card
+from pipeline.report.cards import Card, Shape
 
 TILE = 128  # shape panel and exemplar crops
+VARIANT = 50  # the next most common shapes, stacked beside the main one
 GAP = 6
 PAD = 8
 HEADER = 52
 TITLE = 34
-MAX_WIDTH = 2100
+MAX_WIDTH = 2300
 MIN_CARD = 280
 BG = (250, 250, 248)
 INK = (30, 30, 30)
@@ -40,21 +41,21 @@ def code_colour(code: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_shape(card: Card, tile: int = TILE) -> Image.Image:
-    """The token's cells on their bounding box, filled by base code, code numbers when they fit."""
+def draw_shape(shape: Shape, tile: int = TILE) -> Image.Image:
+    """A shape's cells on their bounding box, filled by base code, code numbers when they fit."""
     im = Image.new("RGB", (tile, tile), (236, 236, 232))
     d = ImageDraw.Draw(im)
-    if not card.cells:
+    if not shape.cells:
         d.text((6, tile // 2 - 8), "no shape", fill=MUTED, font=font(12))
         return im
-    rows = max(r for r, _ in card.cells) + 1
-    lo = min(c for _, c in card.cells)
-    cols = max(c for _, c in card.cells) - lo + 1
+    rows = max(r for r, _ in shape.cells) + 1
+    lo = min(c for _, c in shape.cells)
+    cols = max(c for _, c in shape.cells) - lo + 1
     px = max(2, min(44, (tile - 8) // max(rows, cols)))
     ox = (tile - cols * px) // 2
     oy = (tile - rows * px) // 2
-    for i, (r, c) in enumerate(card.cells):
-        code = card.codes[i] if card.codes else None
+    for i, (r, c) in enumerate(shape.cells):
+        code = shape.codes[i] if shape.codes else None
         fill = code_colour(code) if code is not None else (200, 200, 200)
         x0, y0 = ox + (c - lo) * px, oy + r * px
         d.rectangle([x0, y0, x0 + px - 1, y0 + px - 1], fill=fill, outline=(40, 40, 40) if px >= 6 else None)
@@ -90,7 +91,7 @@ def header_lines(rank: int, card: Card) -> list[str]:
 
 
 def card_size(n_exemplars: int) -> tuple[int, int]:
-    w = max(MIN_CARD, 2 * PAD + TILE * (1 + n_exemplars) + GAP * n_exemplars)
+    w = max(MIN_CARD, 2 * PAD + TILE + GAP + VARIANT + (TILE + GAP) * n_exemplars)
     return w, HEADER + TILE + 2 * PAD
 
 
@@ -113,11 +114,17 @@ def render_atlas(cards: list[Card], title: str, n_exemplars: int, path: str | No
         for j, line in enumerate(header_lines(i + 1, card)):
             d.text((x + PAD, y + 5 + 15 * j), line, fill=INK if j == 0 else MUTED, font=font(12))
         ty = y + HEADER + PAD - 4
-        im.paste(draw_shape(card), (x + PAD, ty))
+        im.paste(draw_shape(card.shapes[0]), (x + PAD, ty))
+        vx = x + PAD + TILE + GAP
+        for j, v in enumerate(card.shapes[1:3]):
+            vy = ty + j * (VARIANT + 14)
+            im.paste(draw_shape(v, VARIANT), (vx, vy))
+            d.text((vx, vy + VARIANT + 1), f"{v.share:.0%}", fill=MUTED, font=font(11))
+        ex_x = vx + VARIANT + GAP
         for j in range(n_exemplars):
             ex = card.exemplars_ok[j] if j < len(card.exemplars_ok) else None
             tile = ex.crop if ex is not None else _placeholder(_why_missing(card))
-            im.paste(tile, (x + PAD + (TILE + GAP) * (j + 1), ty))
+            im.paste(tile, (ex_x + (TILE + GAP) * j, ty))
     if path:
         im.save(path, format="PNG", optimize=False)
     return im

@@ -16,6 +16,8 @@ from pipeline.report.tokens import canonical_shape
 from pipeline.tokenize.encoder import Encoder
 from schemas.base import StorageOptions
 
+VARIANTS = 3  # shapes kept per token: the most common and the next ones
+
 
 @dataclass
 class Exemplar:
@@ -30,6 +32,13 @@ class Exemplar:
 
 
 @dataclass
+class Shape:
+    cells: list[tuple[int, int]]  # relative to the anchor, sorted
+    codes: list[int] | None  # base code on each cell, None when not observed
+    share: float | None  # of the token's instances on the sample
+
+
+@dataclass
 class Card:
     id: int
     learned: bool
@@ -40,11 +49,21 @@ class Card:
     usage: int
     size: int  # cells
     n_shapes: int  # distinct shapes seen on the sample
-    top_share: float | None  # share of the token's instances with the top shape
-    cells: list[tuple[int, int]]  # top shape (canonical shape when the token is unused), relative to the anchor
-    codes: list[int] | None  # base code on each of `cells`, None when not observed
+    shapes: list[Shape]  # most common first (the canonical shape alone when the token is unused)
     canonical: list[tuple[int, int]] | None
     exemplars: list[Exemplar] = field(default_factory=list)
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return self.shapes[0].cells
+
+    @property
+    def codes(self) -> list[int] | None:
+        return self.shapes[0].codes
+
+    @property
+    def top_share(self) -> float | None:
+        return self.shapes[0].share
 
     @property
     def exemplars_ok(self) -> list[Exemplar]:
@@ -60,6 +79,8 @@ class Card:
             "frequency": self.frequency, "consistency": self.consistency, "usage": self.usage, "size": self.size,
             "distinct_shapes": self.n_shapes, "top_shape_share": self.top_share,
             "top_shape": [list(c) for c in self.cells], "codes": self.codes,
+            "shape_variants": [{"cells": [list(c) for c in v.cells], "codes": v.codes, "share": v.share}
+                               for v in self.shapes],
             "canonical_shape": None if self.canonical is None else [list(c) for c in self.canonical],
             "top_shape_is_canonical": self.canonical_matches,
             "exemplars": [e.to_json() for e in self.exemplars],
@@ -81,41 +102,40 @@ def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: En
     """Cards for `ids`, and a note on the exemplar lookup (shards scanned, images missing, ...)."""
     V = vocab.codebook_size
     canon_cache: dict[int, list[tuple[int, int]] | None] = {}
-    reps: dict[int, tuple[int, int, int]] = {}  # id -> (grid, anchor, n_shapes) of its top shape
-    shares: dict[int, float] = {}
+    reps: dict[int, list[tuple[int, int, float]]] = {}  # id -> (grid, anchor, share) of its most common shapes
+    n_shapes: dict[int, int] = {}
     for t in ids:
         if t >= V and analysis.usage[t] > 0:
             _, counts, firsts = analysis.shapes_of(t)
-            g, a = unpack_pos(firsts[0])
-            reps[t] = (g, a, len(counts))
-            shares[t] = float(counts[0]) / float(counts.sum())
+            total = float(counts.sum())
+            reps[t] = [(*unpack_pos(f), float(c) / total) for c, f in zip(counts[:VARIANTS], firsts[:VARIANTS])]
+            n_shapes[t] = len(counts)
     pools = {t: [unpack_pos(p) for p in analysis.candidates.of(t)] for t in ids} if exemplars and shards else {}
-    needed = [g for g, _, _ in reps.values()] + [g for pool in pools.values() for g, _ in pool]
+    needed = [g for r in reps.values() for g, _, _ in r] + [g for pool in pools.values() for g, _ in pool]
     segs = segment_grids(encoder, grids, needed)
 
     def cells_of(g: int, anchor: int) -> list[tuple[int, int]]:
         seg, j = segs[g]
         return seg.cells(j, anchor)
 
+    def shape_at(g: int, anchor: int, share: float) -> Shape:
+        cells = cells_of(g, anchor)
+        grid = grids.grid(g)
+        ar, ac = divmod(anchor, int(grids.widths[g]))
+        return Shape(cells, [int(grid[ar + dr, ac + dc]) for dr, dc in cells], share)
+
     cards = []
     for t in ids:
         m = vocab.merges[t - V] if t >= V else None
         canon = canonical_shape(vocab, t, canon_cache)
-        codes = None
         if t < V:
-            cells, codes, n_shapes, share = [(0, 0)], [t], 1, 1.0
+            shapes, count = [Shape([(0, 0)], [t], 1.0)], 1
         elif t in reps:
-            g, a, n_shapes = reps[t]
-            cells = cells_of(g, a)
-            grid = grids.grid(g)
-            ar, ac = divmod(a, int(grids.widths[g]))
-            codes = [int(grid[ar + dr, ac + dc]) for dr, dc in cells]
-            share = shares[t]
+            shapes, count = [shape_at(*r) for r in reps[t]], n_shapes[t]
         else:
-            cells, n_shapes, share = (canon or []), 0, None
+            shapes, count = [Shape(canon or [], None, None)], 0
         cards.append(Card(t, t >= V, m.pair if m else None, m.offset if m else None, m.frequency if m else None,
-                          m.consistency if m else None, int(analysis.usage[t]), int(sizes[t]), n_shapes, share,
-                          cells, codes, canon))
+                          m.consistency if m else None, int(analysis.usage[t]), int(sizes[t]), count, shapes, canon))
     note = _attach_exemplars(cards, pools, grids, cells_of, exemplars, shards, image_size, resample, options)
     return cards, note
 

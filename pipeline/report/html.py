@@ -18,6 +18,15 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _overlap(match: bool | None) -> str:
+    if match is True:
+        return ("<b>these are the training grids</b>: the sample was seen by the learner, so usage and "
+                "dead-token figures are optimistic")
+    if match is False:
+        return "the grids differ from the training corpus"
+    return "overlap with the training corpus unknown"
+
+
 def page(summary: dict[str, Any], images: dict[str, str]) -> str:
     """`images` maps a title to a PNG path; the atlas first."""
     v, s, c, d = summary["vocab"], summary["sample"], summary["compression"], summary["dead"]
@@ -26,7 +35,7 @@ def page(summary: dict[str, Any], images: dict[str, str]) -> str:
         ("codebook V / merges", f"{v['codebook_size']} / {v['merges']} (requested {v['requested_merges']}; stopped: {html.escape(v['stopped'] or 'n/a')})"),
         ("alpha / sigma / min F", f"{v['alpha']:.6g} (alpha_rel {v['alpha_rel']}) / {v['sigma']} / {v['min_frequency']}"),
         ("held-out sample", f"{s['held_out_grids']} of {s['rows']} grids (fraction {s['holdout_fraction']}, salt {html.escape(s['holdout_salt'])}); "
-                            f"same corpus as training: {s['grids_match_training_corpus']}"),
+                            + _overlap(s['grids_match_training_corpus'])),
         ("tokens per grid", f"{c['cells_per_grid']:.1f} cells -> {c['final_holdout']:.1f} tokens on the sample"
                             + (f", {c['final_train']:.1f} on the training grids" if c["final_train"] is not None else "")),
         ("dead learned tokens", f"{d['learned_unused']} of {d['learned_ids']} ({_pct(d['dead_rate'])}); rare (&lt; {d['rare_below']} uses): {_pct(d['rare_rate'])}"),

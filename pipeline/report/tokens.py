@@ -40,6 +40,24 @@ def fired_per_merge(vocab: Vocabulary, usage: np.ndarray) -> np.ndarray:
     return total[V:]
 
 
+def alive_after(vocab: Vocabulary, usage: np.ndarray, m: int) -> np.ndarray:
+    """Occurrences of ids 0 .. V+m-1 in the encoding with only the first m merges, from the full one.
+
+    Encoding with a prefix equals the full encoding stopped after merge m - 1, and an instance alive
+    then is one that ends in the output or is absorbed later, by a merge with id >= V + m.
+    """
+    V = vocab.codebook_size
+    total = np.asarray(usage, np.int64).copy()
+    pr = pairs(vocab)
+    fired = fired_per_merge(vocab, usage)
+    alive = np.zeros(V + m + 1, np.int64)  # the last slot collects children that are later merges too
+    alive[: V + m] = total[: V + m]
+    later = pr[m:]
+    for side in (0, 1):
+        np.add.at(alive, np.minimum(later[:, side], V + m), fired[m:])
+    return alive[: V + m]
+
+
 def tokens_curve(vocab: Vocabulary, usage: np.ndarray, cells: int, grids: int) -> np.ndarray:
     """Mean tokens per grid after 0..M merges on an encoded sample (same definition as `Vocabulary.tokens_per_grid`)."""
     fired = fired_per_merge(vocab, usage)
