@@ -9,7 +9,9 @@ never an exception: an atlas without a crop is still an atlas.
 from __future__ import annotations
 
 import io
+import json
 import os
+import posixpath
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -208,9 +210,6 @@ def crop_instance(image: Image.Image, cells: list[tuple[int, int]], h: int, w: i
 
 def quantizer_input(grid_files: list[str], options: StorageOptions | None = None) -> tuple[int, str] | None:
     """(R, resample) from the quantize manifest beside the grids (`<out>/grids/*.parquet`, `<out>/manifest.json`)."""
-    import json
-    import posixpath
-
     seen = set()
     for path in grid_files:
         parent = posixpath.dirname(posixpath.dirname(path.rstrip("/")))
