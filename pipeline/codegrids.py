@@ -8,6 +8,7 @@ over the sorted input files, so a worker can read exactly its slice (`read_rows`
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,9 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.learn.instances import MAX_SIDE
 from schemas.base import InputError, StorageOptions
-from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY, REQUIRED_COLUMNS
+from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY, REJECTS_SUFFIX, REQUIRED_COLUMNS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Grids:
     sources: list[str | None] = field(default_factory=list)
     captions: list[str | None] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # index of each grid among the rows read
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -106,6 +110,7 @@ class Grids:
             [s for p in parts for s in p.sources],
             [c for p in parts for c in p.captions],
             [r for p in parts for r in p.rejects],
+            np.concatenate([p.rows for p in parts]),
         )
 
 
@@ -119,6 +124,9 @@ def open_corpus(paths: list[str], codebook_size: int | None = None, options: Sto
     """List the files, check their schema and agree on V (and the quantizer) before any work."""
     files = []
     for path in storage.expand(paths, (".parquet",), options):
+        if path.endswith(REJECTS_SUFFIX):
+            log.info("skipping %s: a rejects file, not code grids", path)
+            continue
         fs, p = storage.get_fs(path, options)
         try:
             with fs.open(p, "rb") as f:
@@ -134,6 +142,8 @@ def open_corpus(paths: list[str], codebook_size: int | None = None, options: Sto
         fp = meta.get(QUANTIZER_FINGERPRINT_KEY)
         files.append(GridFile(path, rows, _meta_int(meta, CODEBOOK_SIZE_KEY), fp.decode() if fp else None,
                               "source" in schema.names, "caption" in schema.names))
+    if not files:
+        raise InputError(f"no code-grid files in {paths}")
     declared = {f.codebook_size for f in files if f.codebook_size is not None}
     if codebook_size is None:
         if len(declared) > 1:
@@ -165,16 +175,22 @@ def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
     heights = np.where(h_null, 0, np.nan_to_num(heights.astype(np.float64), nan=0)).astype(np.int64)
     widths = np.where(w_null, 0, np.nan_to_num(widths.astype(np.float64), nan=0)).astype(np.int64)
     flat = pc.list_flatten(codes_col)
-    values = flat.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    null_code = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else None
+    values = (flat.fill_null(0) if flat.null_count else flat).to_numpy(zero_copy_only=False)
+    if values.dtype not in (np.int32, np.int64):  # keep int32 as is: the common case costs no copy
+        values = values.astype(np.int64)
     starts = np.zeros(n + 1, np.int64)
     np.cumsum(np.maximum(lengths, 0), out=starts[1:])
     nonempty = lengths > 0
-    lo = np.full(n, 0, np.int64)
-    hi = np.full(n, 0, np.int64)
+    lo = np.zeros(n, np.int64)
+    hi = np.zeros(n, np.int64)
+    nulls = np.zeros(n, np.int64)
     if values.size:
         idx = starts[:-1][nonempty]
         lo[nonempty] = np.minimum.reduceat(values, idx)
         hi[nonempty] = np.maximum.reduceat(values, idx)
+        if null_code is not None:
+            nulls[nonempty] = np.add.reduceat(null_code.astype(np.int64), idx)
     for i in range(n):
         if keys[i] is None:
             reason[i] = "missing key"
@@ -186,21 +202,23 @@ def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
             reason[i] = f"shape {heights[i]}x{widths[i]} outside 1..{MAX_SIDE} per side"
         elif lengths[i] != heights[i] * widths[i]:
             reason[i] = f"codes has {lengths[i]} values, expected height*width = {heights[i] * widths[i]}"
+        elif nulls[i]:
+            reason[i] = "null code"
         elif lo[i] < 0 or hi[i] >= V:
-            bad = lo[i] if lo[i] < 0 else hi[i]
-            reason[i] = f"code {bad} outside [0, {V})" if bad != -1 or not flat.null_count else "null code"
+            reason[i] = f"code {lo[i] if lo[i] < 0 else hi[i]} outside [0, {V})"
     ok = np.array([r is None for r in reason], dtype=bool)
     sources = table.column("source").to_pylist() if "source" in table.column_names else [None] * n
     captions = table.column("caption").to_pylist() if "caption" in table.column_names else [None] * n
-    keep_values = np.repeat(ok, np.maximum(lengths, 0))
+    kept = values if ok.all() else values[np.repeat(ok, np.maximum(lengths, 0))]
     return Grids(
         [keys[i] for i in range(n) if ok[i]],
         heights[ok].astype(np.int32),
         widths[ok].astype(np.int32),
-        values[keep_values].astype(np.int32),
+        kept.astype(np.int32, copy=False),
         [sources[i] for i in range(n) if ok[i]],
         [captions[i] for i in range(n) if ok[i]],
         [Reject(keys[i], source, first_row + i, reason[i]) for i in range(n) if not ok[i]],
+        first_row + np.flatnonzero(ok).astype(np.int64),
     )
 
 
@@ -231,7 +249,9 @@ def read_rows(corpus: Corpus, start: int, stop: int, options: StorageOptions | N
     for gf in corpus.files:
         lo, hi = max(start, first), min(stop, first + gf.rows)
         if lo < hi:
-            parts.append(read_file(gf, corpus.codebook_size, lo - first, hi - first, options))
+            part = read_file(gf, corpus.codebook_size, lo - first, hi - first, options)
+            part.rows = part.rows + first
+            parts.append(part)
         first += gf.rows
     return Grids.concat(parts)
 

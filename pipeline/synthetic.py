@@ -93,7 +93,10 @@ def synthetic_grids(
     n_textures: int = 16,
     p_texture: float = 0.5,
     noise: float = 0.1,
+    sample_seed: int | None = None,
 ) -> SyntheticCorpus:
+    """`seed` fixes the world (code frequencies, motifs, textures); `sample_seed` the grids drawn from it,
+    so a large corpus can be generated in chunks that share one world."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(codebook_size)
     bg_cdf = np.cumsum(zipf_probs(codebook_size, zipf_s)[np.argsort(perm)])
@@ -107,6 +110,7 @@ def synthetic_grids(
     motif_cdf[-1] = 1.0
     tex = rng.integers(0, codebook_size, size=(n_textures, 2, 2)).astype(np.int32)
     out = np.empty(n_grids * height * width, dtype=np.int32)
-    _fill(out, height, width, int(rng.integers(0, 2**31 - 1)), bg_cdf, cells.astype(np.int64), codes,
+    fill_seed = int(rng.integers(0, 2**31 - 1)) if sample_seed is None else int(sample_seed) % (2**31 - 1)
+    _fill(out, height, width, fill_seed, bg_cdf, cells.astype(np.int64), codes,
           start, motif_cdf, p_motif if motifs else 0.0, tex, p_texture, noise, codebook_size)
     return SyntheticCorpus(out.reshape(n_grids, height, width), motifs)

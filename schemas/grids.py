@@ -18,6 +18,8 @@ CODE_GRID_SCHEMA = pa.schema(
 REQUIRED_COLUMNS = ("key", "height", "width", "codes")
 OPTIONAL_COLUMNS = ("source", "caption")
 
+# Every stage names its rejects file <something>.rejects.parquet; input expansion skips them.
+REJECTS_SUFFIX = ".rejects.parquet"
 REJECTS_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string()),

@@ -1,0 +1,188 @@
+"""`run(LearnConfig)`: learn a vocabulary from code grids, end to end.
+
+The loop is the contract's: pick the eligible pair with the largest P (stats.py), apply it to
+every grid (shards, local or on Ray actors), fold the deltas back into the statistics.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from pipeline import storage
+from pipeline.codegrids import Corpus, open_corpus, write_rejects
+from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
+from pipeline.learn.shard_kernels import MAX_ID
+from pipeline.learn.shards import ShardGroup
+from pipeline.learn.stats import Stats
+from pipeline.learn.vocab import CorpusStats, Merge, Vocabulary
+from schemas.base import InputError
+from schemas.learn import LearnConfig
+
+log = logging.getLogger(__name__)
+
+
+def _settings(cfg: LearnConfig, corpus: Corpus) -> dict[str, Any]:
+    """What must not change between a checkpoint and its resumption (the merge count may)."""
+    return {
+        "codebook_size": corpus.codebook_size,
+        "sigma": cfg.sigma,
+        "min_frequency": cfg.min_frequency,
+        "alpha": cfg.alpha,
+        "alpha_rel": cfg.effective_alpha_rel,
+        "inputs": [[f.path, f.rows] for f in corpus.files],
+    }
+
+
+def _software() -> dict[str, str]:
+    import numba
+    import numpy
+
+    from pipeline import __name__ as pkg
+
+    return {"package": pkg, "numpy": numpy.__version__, "numba": numba.__version__, "python": sys.version.split()[0]}
+
+
+def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
+    if cfg.workers == 0:
+        return ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir)
+    from pipeline.learn.distributed import RayShards
+
+    return RayShards(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address)
+
+
+def run(cfg: LearnConfig) -> Vocabulary:
+    t_start = time.time()
+    storage.set_default_storage(cfg.storage)
+    corpus = open_corpus(cfg.inputs, cfg.codebook_size, cfg.storage)
+    V = corpus.codebook_size
+    if V + cfg.merges > MAX_ID:
+        raise InputError(f"V + merges = {V + cfg.merges} exceeds the supported {MAX_ID} token ids")
+    settings = _settings(cfg, corpus)
+    checkpoint = Checkpoint(cfg.checkpoint_path, cfg.storage)
+    saved: Saved | None = None
+    if cfg.resume:
+        saved = checkpoint.load()
+        if saved is None:
+            log.warning("no checkpoint at %s: starting from the beginning", cfg.checkpoint_path)
+        else:
+            check_compatible(saved, settings, cfg.checkpoint_path)
+            log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
+
+    log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
+    group = _build_group(cfg, corpus, saved.state_dir if saved else None)
+    try:
+        return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+    finally:
+        close = getattr(group, "close", None)
+        if close:
+            close()
+
+
+def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabulary:
+    V = corpus.codebook_size
+    report = group.report
+    write_rejects(cfg.rejects_path, report.rejects, "learn", cfg.storage)
+    if report.rejects:
+        log.warning("%d of %d rows rejected (see %s)", len(report.rejects), report.rows, cfg.rejects_path)
+    if report.grids == 0:
+        raise InputError(f"no valid grids among {report.rows} rows (rejects: {cfg.rejects_path})")
+    log.info("%d grids, %d cells loaded in %.1fs", report.grids, report.cells, time.time() - t_start)
+
+    t_count = time.time()
+    alpha = saved.alpha if saved is not None else cfg.alpha
+    stats = start_stats(group, cfg.sigma, cfg.min_frequency, alpha, cfg.effective_alpha_rel)
+    alpha = stats.alpha
+    log.info("counted %d live (pair, offset) entries in %.1fs; alpha = %g", stats.live_entries, time.time() - t_count, alpha)
+
+    merges: list[Merge] = list(saved.merges) if saved else []
+    tokens = report.cells - sum(m.merged for m in merges)
+    stopped = _run_loop(cfg, group, stats, V, merges, tokens, report.grids, checkpoint, settings, alpha)
+    if cfg.checkpoint_every and merges and (not saved or len(merges) > len(saved.merges)):
+        checkpoint.save(merges, alpha, settings, group.save_state)
+
+    vocab = Vocabulary(
+        codebook_size=V, sigma=cfg.sigma, min_frequency=cfg.min_frequency, alpha=alpha,
+        alpha_rel=cfg.effective_alpha_rel, requested_merges=cfg.merges, merges=merges,
+        corpus=CorpusStats(report.grids, report.cells, sorted((h, w, n) for (h, w), n in report.shapes.items()),
+                           len(report.rejects), report.cells - sum(m.merged for m in merges),
+                           f"{report.fingerprint_sum:016x}"),
+        quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
+    )
+    vocab.save(cfg.out)
+    elapsed = time.time() - t_start
+    log.info("%d merges (%s); tokens per grid %.1f -> %.1f; %.1fs; wrote %s", len(merges), stopped,
+             report.cells / report.grids, vocab.corpus.tokens_after / report.grids, elapsed, cfg.out)
+    return vocab
+
+
+def _run_loop(cfg, group, stats, V, merges, tokens, n_grids, checkpoint, settings, alpha) -> str:
+    """merge_loop with a progress bar on stderr and periodic checkpoints."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.merges, initial=min(len(merges), cfg.merges), desc="merges", unit="merge",
+               file=sys.stderr, disable=not cfg.progress, mininterval=1.0, dynamic_ncols=True)
+    state = {"tokens": tokens}
+
+    def on_merge(done: list[Merge]) -> None:
+        m = done[-1]
+        state["tokens"] -= m.merged
+        bar.update(1)
+        bar.set_postfix_str(f"F={m.frequency} S={m.consistency:.3f} tok/grid={state['tokens'] / n_grids:.1f}", refresh=False)
+        if cfg.checkpoint_every and len(done) % cfg.checkpoint_every == 0 and len(done) < cfg.merges:
+            checkpoint.save(done, alpha, settings, group.save_state)
+
+    try:
+        return merge_loop(group, stats, V, cfg.merges, merges, on_merge)
+    finally:
+        bar.close()
+
+
+def merge_loop(group, stats: Stats, V: int, target: int, merges: list[Merge], on_merge=None) -> str:
+    """The contract's loop: merges are appended to `merges` until `target`; returns why it stopped."""
+    while len(merges) < target:
+        choice = stats.pop_best()
+        if choice is None:
+            return "no eligible pair left"
+        new_id = V + len(merges)
+        deltas, done = group.merge(choice.a, choice.b, new_id, *choice.offset)
+        stats.add(deltas)
+        stats.refresh()
+        merges.append(Merge(new_id, (choice.a, choice.b), choice.frequency, choice.consistency,
+                            choice.priority, choice.offset, choice.histogram, done))
+        if on_merge is not None:
+            on_merge(merges)
+    return "requested merges reached"
+
+
+def start_stats(group, sigma: float, min_frequency: int, alpha: float | None, alpha_rel: float | None) -> Stats:
+    """Count every occurrence once and fix alpha (alpha_rel * the largest initial F)."""
+    stats = Stats(sigma, min_frequency)
+    stats.add(group.count())
+    stats.alpha = alpha if alpha is not None else (alpha_rel or 0.0) * stats.max_frequency()
+    stats.refresh()
+    return stats
+
+
+def learn_arrays(grids: list, codebook_size: int, merges: int, *, alpha: float | None = None,
+                 alpha_rel: float | None = None, sigma: float = 1.0, min_frequency: int = 2,
+                 shard_cells: int = 1 << 24) -> tuple[list[Merge], ShardGroup, float]:
+    """Learn from 2D integer arrays in memory (no files, no checkpoints); returns (merges, group, alpha).
+
+    The group holds the final segmentation (`group.segmentation()`).
+    """
+    import numpy as np
+
+    from pipeline.codegrids import Grids
+
+    arrays = [np.asarray(g) for g in grids]
+    data = Grids([str(i) for i in range(len(arrays))], np.array([a.shape[0] for a in arrays], np.int32),
+                 np.array([a.shape[1] for a in arrays], np.int32),
+                 np.concatenate([a.reshape(-1) for a in arrays]).astype(np.int32) if arrays else np.empty(0, np.int32),
+                 rows=np.arange(len(arrays), dtype=np.int64))
+    group = ShardGroup(data, codebook_size, 0, len(arrays), shard_cells)
+    stats = start_stats(group, sigma, min_frequency, alpha, alpha_rel)
+    out: list[Merge] = []
+    merge_loop(group, stats, codebook_size, merges, out)
+    return out, group, stats.alpha

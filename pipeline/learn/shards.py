@@ -1,0 +1,173 @@
+"""A slice of the corpus held in memory as shards, and its checkpoint state.
+
+`ShardGroup` owns the grids of global rows [start, stop): it reads and validates them, splits
+them into in-process `Shard`s of at most `shard_cells` cells (this bounds the temporary memory
+of the initial count), and forwards count/merge to each. In local mode the driver holds one
+group; with Ray each actor holds one (distributed.py).
+
+Checkpoint state is the segmentation itself: for every accepted grid its row, shape, the anchor
+(within the grid) of every cell and the token of every cell. Files cover row ranges, so a
+checkpoint written with W workers resumes with any other W.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.codegrids import Corpus, Grids, Reject, read_rows
+from pipeline.learn.shard import Deltas, Shard
+from schemas.base import InputError, StorageOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """What a group read: counted grids and cells, shapes, rejects, and its share of the fingerprint."""
+
+    rows: int = 0
+    grids: int = 0
+    cells: int = 0
+    shapes: Counter = field(default_factory=Counter)
+    rejects: list[Reject] = field(default_factory=list)
+    fingerprint_sum: int = 0
+
+    def merge(self, other: "LoadReport") -> None:
+        self.rows += other.rows
+        self.grids += other.grids
+        self.cells += other.cells
+        self.shapes.update(other.shapes)
+        self.rejects.extend(other.rejects)
+        self.fingerprint_sum = (self.fingerprint_sum + other.fingerprint_sum) % (1 << 64)
+
+
+def concat_deltas(parts: list[Deltas]) -> Deltas:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Deltas.empty()
+    if len(parts) == 1:
+        return parts[0]
+    return Deltas(np.concatenate([p.keys for p in parts]), np.concatenate([p.d for p in parts]))
+
+
+class ShardGroup:
+    @classmethod
+    def read(cls, corpus: Corpus, start: int, stop: int, shard_cells: int,
+             options: StorageOptions | None = None, state_dir: str | None = None) -> "ShardGroup":
+        grids = read_rows(corpus, start, stop, options)
+        return cls(grids, corpus.codebook_size, start, stop, shard_cells, options, state_dir)
+
+    def __init__(self, grids: Grids, codebook_size: int, start: int, stop: int, shard_cells: int = 1 << 24,
+                 options: StorageOptions | None = None, state_dir: str | None = None):
+        """The grids of rows [start, stop) (`grids.rows` are their global row numbers)."""
+        self.start, self.stop, self.options = start, stop, options
+        self.report = LoadReport(
+            rows=stop - start, grids=len(grids), cells=int(grids.offsets[-1]),
+            shapes=Counter(zip(grids.heights.tolist(), grids.widths.tolist())),
+            rejects=grids.rejects, fingerprint_sum=grids.fingerprint_sum(),
+        )
+        self.rows, self.heights, self.widths = grids.rows, grids.heights, grids.widths
+        state = load_state(state_dir, grids, options) if state_dir else None
+        self.shards: list[Shard] = []
+        self.grid_ranges: list[tuple[int, int]] = []
+        offsets = grids.offsets
+        g = 0
+        while g < len(grids):
+            end = int(np.searchsorted(offsets, offsets[g] + shard_cells, side="right")) - 1
+            end = max(end, g + 1)
+            c0, c1 = int(offsets[g]), int(offsets[end])
+            owner = tok = None
+            if state is not None:
+                owner = state[0][c0:c1] + _grid_starts(grids.heights[g:end], grids.widths[g:end])
+                tok = state[1][c0:c1]
+            self.shards.append(Shard(grids.codes[c0:c1], grids.heights[g:end], grids.widths[g:end],
+                                     codebook_size, owner, tok))
+            self.grid_ranges.append((g, end))
+            g = end
+        del grids
+
+    def count(self) -> Deltas:
+        return concat_deltas([s.count() for s in self.shards])
+
+    def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
+        parts, total = [], 0
+        for s in self.shards:
+            d, done = s.merge(a, b, new_tok, uy, ux)
+            parts.append(d)
+            total += done
+        return concat_deltas(parts), total
+
+    def segmentation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, anchors, per-grid offsets) of every grid of the group, in row order."""
+        toks, ancs, offs = [], [], [np.zeros(1, np.int64)]
+        base = 0
+        for s in self.shards:
+            t, a, o = s.segmentation()
+            toks.append(t)
+            ancs.append(a)
+            offs.append(o[1:] + base)
+            base += int(o[-1])
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
+        return cat(toks, np.int32), cat(ancs, np.int32), np.concatenate(offs)
+
+    def save_state(self, directory: str) -> str:
+        """Write this group's segmentation to <directory>/state-<start>-<stop>.npz; returns the path."""
+        owners, toks = [], []
+        for s, (g0, g1) in zip(self.shards, self.grid_ranges):
+            owners.append(s.owner - _grid_starts(self.heights[g0:g1], self.widths[g0:g1]))
+            toks.append(s.tok)
+        buf = io.BytesIO()
+        np.savez(buf, rows=self.rows, heights=self.heights, widths=self.widths,
+                 owner=np.concatenate(owners) if owners else np.empty(0, np.int32),
+                 tok=np.concatenate(toks) if toks else np.empty(0, np.int32))
+        path = storage.join(directory, f"state-{self.start:012d}-{self.stop:012d}.npz")
+        with storage.open_file(path, "wb", self.options) as f:
+            f.write(buf.getvalue())
+        return path
+
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes() for s in self.shards)
+
+
+def _grid_starts(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """For every cell, the first cell of its grid (turns grid-local anchors into shard cells and back)."""
+    sizes = heights.astype(np.int64) * widths
+    starts = np.zeros(len(sizes), np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    return np.repeat(starts, sizes).astype(np.int32)
+
+
+def load_state(directory: str, grids: Grids, options: StorageOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grid-local owners and tokens of `grids` (concatenated), from every state file covering their rows."""
+    fs, p = storage.get_fs(directory, options)
+    files = sorted(fs.glob(storage.join(p, "state-*.npz")))
+    need = grids.rows
+    lo, hi = (int(need.min()), int(need.max()) + 1) if need.size else (0, 0)
+    owners, toks, rows = [], [], []
+    for f in files:
+        r0, r1 = (int(x) for x in f.rsplit("/", 1)[-1][len("state-"):-len(".npz")].split("-"))
+        if r1 <= lo or r0 >= hi:
+            continue
+        with fs.open(f, "rb") as fh, np.load(io.BytesIO(fh.read()), allow_pickle=False) as z:
+            # NpzFile decodes an array on every z[name]: take each one once.
+            f_rows, f_owner, f_tok = z["rows"], z["owner"], z["tok"]
+            sizes = z["heights"].astype(np.int64) * z["widths"]
+        starts = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=starts[1:])
+        for i in np.flatnonzero(np.isin(f_rows, need)):
+            owners.append(f_owner[starts[i] : starts[i + 1]])
+            toks.append(f_tok[starts[i] : starts[i + 1]])
+            rows.append(int(f_rows[i]))
+    order = np.argsort(np.array(rows, np.int64), kind="stable")
+    if len(rows) != len(need) or not np.array_equal(np.array(rows, np.int64)[order], need):
+        raise InputError(f"checkpoint {directory} does not cover the grids being loaded: inputs changed since it was written")
+    owner = np.concatenate([owners[i] for i in order]) if rows else np.empty(0, np.int32)
+    tok = np.concatenate([toks[i] for i in order]) if rows else np.empty(0, np.int32)
+    if owner.shape[0] != grids.codes.shape[0]:
+        raise InputError(f"checkpoint {directory} has grids of other shapes than the inputs: inputs changed")
+    return owner.astype(np.int32), tok.astype(np.int32)

@@ -1,0 +1,293 @@
+"""The training loop each Ray Train worker runs for one stage.
+
+Resume: Ray hands back the last reported checkpoint (after a worker failure, or when the same
+stage is run again); the loop restores its trainable tensors, optimizer state, step and metrics
+and continues from the next step. The sample order, the learning rate and the random seed are pure
+functions of the step, so a resumed stage follows the same trajectory as an uninterrupted one.
+At the end rank 0 writes the merged HF model (safetensors) and the metrics file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("vbpe.train")
+
+DTYPES = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16"}
+
+
+def _resolve_precision(precision: str, on_gpu: bool) -> str:
+    if precision == "auto":
+        return "bf16-mixed" if on_gpu else "fp32"
+    return precision
+
+
+def _optimizer(params, scfg: dict):
+    import torch
+
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": scfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=scfg["lr"], betas=tuple(scfg["betas"]), eps=scfg["eps"])
+
+
+def _load_model(base: str, precision: str, device, gradient_checkpointing: bool):
+    """The model to train (fp32 master weights unless pure bf16) and the dtype its checkpoint was saved in."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.train.files import local_dir
+
+    hf_logging.disable_progress_bar()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with local_dir(base) as d:
+        saved_dtype = AutoConfig.from_pretrained(d).dtype or torch.float32
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model.to(device), saved_dtype
+
+
+def _save_final(model, dtype, base: str, dest: str, info: dict) -> None:
+    """Saved in the base model's dtype (as HF checkpoints are), ready for inference (KV cache on)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.train.files import local_dir, publish_dir
+
+    model.config.use_cache = True
+    if model.is_activation_checkpointing:
+        model.activation_checkpointing_disable()
+    with tempfile.TemporaryDirectory(prefix="vbpe-final-") as tmp:
+        model.to(dtype).save_pretrained(tmp)
+        with local_dir(base) as d:
+            AutoTokenizer.from_pretrained(d).save_pretrained(tmp)
+            for extra in ("layout.yaml", "vbpe_init.json"):
+                if os.path.exists(os.path.join(d, extra)):
+                    with open(os.path.join(d, extra)) as src, open(os.path.join(tmp, extra), "w") as dst:
+                        dst.write(src.read())
+        with open(os.path.join(tmp, "vbpe_stage.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        publish_dir(tmp, dest)
+
+
+def _write_metrics(path: str, rows: list[dict]) -> None:
+    from pipeline import storage
+
+    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class Run:
+    """What one worker holds for one stage."""
+
+    cfg: dict
+    rank: int
+    world: int
+    device: Any
+    precision: str
+    seqs: Any
+    plan: np.ndarray
+    geo: Any
+    model: Any
+    net: Any
+    stage_plan: Any
+    params: list
+    optimizer: Any
+    scaler: Any
+    autocast: Any
+
+
+def _setup(cfg: dict) -> tuple[Run, Any]:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pipeline import storage
+    from pipeline.train.batches import Geometry, Sequences
+    from pipeline.train.freeze import apply_stage
+    from schemas.base import StorageOptions
+
+    if cfg.get("storage"):
+        storage.set_default_storage(StorageOptions(**cfg["storage"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = _resolve_precision(cfg["precision"], device.type == "cuda")
+    if device.type == "cuda" and cfg["tf32"]:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    scfg = cfg["stage_cfg"]
+    plan = np.asarray(cfg["plan"], np.int64)
+    model, saved_dtype = _load_model(cfg["base_model"], precision, device, cfg["gradient_checkpointing"])
+    stage_plan = apply_stage(model, cfg["stage"], cfg["n_old"], scfg.get("unfreeze_fraction", 0.25))
+    params = stage_plan.trainable()
+    run = Run(
+        cfg=cfg, rank=rank, world=world, device=device, precision=precision,
+        seqs=Sequences.read(cfg["sequences"]), plan=plan,
+        geo=Geometry.of(len(plan), scfg["batch_size"], scfg["grad_accum"], world, scfg.get("max_steps")),
+        model=model, net=None, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, scfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed"),
+        autocast=torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision])) if precision in DTYPES else contextlib.nullcontext(),
+    )
+    return run, saved_dtype
+
+
+def _geometry(run: Run) -> dict:
+    return {"global_batch": run.geo.global_batch, "steps": run.geo.steps, "world_size": run.world, "plan": len(run.plan)}
+
+
+def _resume(run: Run) -> dict:
+    """The loop's progress: fresh, or restored from the checkpoint Ray hands back."""
+    import ray.train
+
+    from pipeline.train import state as ckpt
+
+    stage, fingerprint = run.cfg["stage"], run.cfg["fingerprint"]
+    progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return progress
+    with checkpoint.as_directory() as d:
+        progress = ckpt.load(d, run.params, run.optimizer)
+    if progress["fingerprint"] != fingerprint:
+        raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
+    if progress["geometry"] != _geometry(run):
+        raise ValueError(f"cannot resume {stage}: checkpoint batch geometry {progress['geometry']} != now {_geometry(run)} (same num_workers needed)")
+    if "scaler" in progress:
+        run.scaler.load_state_dict(progress["scaler"])
+    log.info("%s: resuming at step %d of %d", stage, progress["step"], run.geo.steps)
+    return progress
+
+
+def _step(run: Run, step: int) -> dict:
+    """One optimizer step over this step's global batch; returns its metrics row (same on every rank)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from pipeline.train.batches import global_batch, worker_micro_batches
+    from pipeline.train.schedule import lr_at
+
+    scfg, device = run.cfg["stage_cfg"], run.device
+    t0 = time.time()
+    torch.manual_seed(run.cfg["seed"] * 1_000_003 + step * 1009 + run.rank)
+    lr = lr_at(step, run.geo.steps, scfg["lr"], scfg["schedule"], scfg["warmup_ratio"], scfg["min_lr_ratio"])
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    rows = global_batch(run.plan, step, run.geo)
+    n_targets = int(run.seqs.targets[rows].sum())
+    totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, non-pad tokens
+    micro = worker_micro_batches(rows, run.seqs, run.geo, run.rank)
+    for m, mb in enumerate(micro):
+        ids, mask, labels = (torch.from_numpy(a).to(device) for a in run.seqs.collate(mb, run.cfg["pad_id"]))
+        last = m == len(micro) - 1
+        with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
+            with run.autocast:
+                logits = run.net(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+            run.scaler.scale(loss * run.world / max(n_targets, 1)).backward()
+        totals[0] += loss.detach().double()
+        totals[1] += mask.sum()
+        del logits, loss
+    run.scaler.unscale_(run.optimizer)
+    trainable = [p for _, p in run.params]
+    max_norm = scfg["max_grad_norm"] or float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.world > 1:
+        dist.all_reduce(totals)
+    dt = time.time() - t0
+    return {
+        "stage": run.cfg["stage"],
+        "step": step + 1,
+        "loss": float(totals[0]) / max(n_targets, 1),
+        "lr": lr,
+        "tokens_per_s": float(totals[1]) / dt,
+        "tokens": int(totals[1]),
+        "target_tokens": n_targets,
+        "grad_norm": float(grad_norm),
+        "samples": (step + 1) * run.geo.global_batch,
+        "step_s": dt,
+    }
+
+
+def _checkpoint(run: Run, progress: dict) -> None:
+    """Report a checkpoint (rank 0 writes it; every rank must call report)."""
+    import ray.train
+
+    from pipeline.train import state as ckpt
+
+    if run.scaler.is_enabled():
+        progress["scaler"] = run.scaler.state_dict()
+    with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as d:
+        if run.rank == 0:
+            ckpt.save(d, run.params, run.optimizer, progress)
+            _write_metrics(run.cfg["metrics_path"], progress["metrics"])
+        metrics = {"step": progress["step"], "loss": progress["metrics"][-1]["loss"]}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if run.rank == 0 else None)
+
+
+def _maybe_crash(run: Run, step: int) -> None:
+    """Test hook (`chaos` in the loop config, never in YAML): die like a lost worker, once."""
+    chaos = run.cfg.get("chaos") or {}
+    if chaos.get("crash_after_step") == step and run.rank == chaos.get("rank", 0) and not os.path.exists(chaos["marker"]):
+        open(chaos["marker"], "w").close()
+        log.warning("%s: simulated worker crash after step %d", run.cfg["stage"], step)
+        os._exit(1)
+
+
+def train_loop(cfg: dict) -> dict:
+    """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
+    import ray.train.torch
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run, saved_dtype = _setup(cfg)
+    progress = _resume(run)
+    resumed_from = progress["step"]
+    run.net = ray.train.torch.prepare_model(run.model, move_to_device=False) if run.world > 1 else run.model
+    scfg, stage, steps = cfg["stage_cfg"], cfg["stage"], run.geo.steps
+    t_start = time.time()
+    for step in range(progress["step"], steps):
+        row = _step(run, step)
+        progress["metrics"].append(row)
+        progress["step"] = step + 1
+        if run.rank == 0 and ((step + 1) % scfg["log_every"] == 0 or step + 1 == steps):
+            log.info(
+                "%s step %d/%d loss %.4f lr %.3g tokens/s %.0f grad_norm %.3g",
+                stage, step + 1, steps, row["loss"], row["lr"], row["tokens_per_s"], row["grad_norm"],
+            )
+        if (step + 1) % scfg["checkpoint_every"] == 0 or step + 1 == steps:
+            _checkpoint(run, progress)
+            _maybe_crash(run, step + 1)
+
+    if run.rank != 0:
+        return {}
+    info = {
+        "stage": stage,
+        "steps": steps,
+        "resumed_from_step": resumed_from,
+        "layers_unfrozen": run.stage_plan.layers_unfrozen,
+        "trainable_parameters": int(sum(p.numel() for _, p in run.params)),
+        "final_loss": progress["metrics"][-1]["loss"] if progress["metrics"] else None,
+        "geometry": _geometry(run),
+        "precision": run.precision,
+        "seconds_this_attempt": time.time() - t_start,
+    }
+    _write_metrics(cfg["metrics_path"], progress["metrics"])
+    _save_final(run.stage_plan.merge(), saved_dtype, cfg["base_model"], cfg["output_model"], info)
+    log.info("%s: done (%d steps), model in %s", stage, steps, cfg["output_model"])
+    return info

@@ -1,0 +1,244 @@
+"""Training data: records, chat segmentation, sequences and labels, overflow rule, rejects, curriculum, batching."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.train import chat, curriculum, tiny
+from pipeline.train.batches import Geometry, Sequences, global_batch, worker_micro_batches
+from pipeline.train.prepare import IGNORE, prepare
+from pipeline.train.records import Turn, read_records
+from pipeline.train.schedule import lr_at
+from schemas.base import ConfigError, InputError
+from schemas.layout import IdLayout
+from schemas.train import CATEGORIES, ConversationSource, DataConfig, Mixture, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tokenizer extended by a small layout (as `vbpe train init` leaves it), a corpus, and records."""
+    from pipeline.train.init import extend_tokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    tok = tiny.build_tokenizer(str(root / "tok"))
+    layout = IdLayout(text_vocab_size=len(tok), codebook_size=16, num_merges=8)
+    extend_tokenizer(tok, layout)
+    keys = tiny.write_corpus(str(root / "corpus" / "part-0.parquet"), layout, 6, min_len=5, max_len=9)
+    return {"root": root, "tok": tok, "layout": layout, "keys": keys}
+
+
+def write_jsonl(path, rows) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def data_cfg(path, corpus, **kw) -> DataConfig:
+    return DataConfig(conversations=[ConversationSource(path=str(path))], corpus=[str(corpus)], image_key="stem", **kw)
+
+
+def test_segments_mark_only_answers(world):
+    tok = world["tok"]
+    turns = [Turn("user", "what color is it ?"), Turn("assistant", "red ."), Turn("user", "and which animal ?"), Turn("assistant", "a cat .")]
+    segs = chat.segments(tok, turns)
+    assert "".join(s for s, _ in segs) == tok.apply_chat_template([{"role": t.role, "content": t.content} for t in turns], tokenize=False)
+    answers = [s for s, a in segs if a]
+    assert answers == ["red . <|end|> ", "a cat . <|end|> "]
+    ids, mask = chat.encode(tok, turns)
+    assert tok.convert_ids_to_tokens([i for i, m in zip(ids, mask) if m]) == ["red", ".", "<|end|>", "a", "cat", ".", "<|end|>"]
+
+
+def test_default_template_and_bos_stripping(tmp_path):
+    tok = tiny.build_tokenizer(str(tmp_path / "tok"), chat_template=None)
+    tok.chat_template = "{{ bos_token }}" + chat.DEFAULT_CHAT_TEMPLATE
+    segs = chat.segments(tok, [Turn("user", "what is this ?"), Turn("assistant", "a dog .")])
+    assert segs[0][0].startswith("USER: ") and not segs[0][1]
+    assert [s for s, a in segs if a] == [" a dog .</s>\n"]
+
+
+def test_prefix_unstable_template_is_a_reject(world):
+    tok = world["tok"]
+    saved = tok.chat_template
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% if loop.last %} END{% endif %} {% endfor %}"
+    try:
+        with pytest.raises(chat.TemplateError, match="prefix-stable"):
+            chat.segments(tok, [Turn("user", "a"), Turn("assistant", "b")])
+    finally:
+        tok.chat_template = saved
+
+
+def test_sequences_labels_and_every_reject_counted(world, tmp_path):
+    tok, layout, keys = world["tok"], world["layout"], world["keys"]
+    good = {"id": "ok", "image": f"x/{keys[0]}.jpg", "category": "PD", "conversations": tiny.conversation(keys[0], "perception")}
+    rows = [
+        good,
+        {**good, "id": "multi", "conversations": tiny.conversation(keys[1], "instruction"), "image": f"{keys[1]}.png", "category": "instruction"},
+        {**good, "id": "text", "image": None, "category": "foundation"},
+        {**good, "id": "trailing", "conversations": good["conversations"] + [{"from": "human", "value": "and ?"}]},
+        {**good, "id": "nokey", "image": "missing.jpg"},
+        {**good, "id": "badcat", "category": "poetry"},
+        {**good, "id": "nocat", "category": None},
+        {**good, "id": "empty", "conversations": [{"from": "human", "value": "<image>\nwhat ?"}, {"from": "gpt", "value": "  "}]},
+        {**good, "id": "noanswer", "conversations": [{"from": "human", "value": "what ?"}]},
+        {**good, "id": "speaker", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
+        "{not json",
+        [1, 2],
+    ]
+    path = write_jsonl(tmp_path / "conv" / "a.jsonl", rows)
+    stats = prepare(data_cfg(path, world["root"] / "corpus", max_length=64), tok, layout, str(tmp_path / "out"))
+    assert stats["records"] == len(rows) == stats["sequences"] + stats["rejected"]
+    assert stats["sequences"] == 4 and stats["text_only"] == 1 and stats["trailing_prompts_dropped"] == 1
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    reasons = {r["key"]: r["reason"] for r in rejects}
+    assert reasons["nokey"] == "unknown image key: 'missing'"
+    assert reasons["badcat"] == "unknown category: 'poetry'"
+    assert reasons["nocat"].startswith("no category")
+    assert reasons["empty"] == "empty answer" and reasons["noanswer"] == "no answer turn"
+    assert reasons["speaker"] == "unknown speaker: 'robot'"
+    assert sorted(r["reason"].split(":")[0] for r in rejects if r["key"] is None) == ["invalid JSON", "not a mapping"]
+    assert all(r["stage"] == "train" and r["source"].endswith("a.jsonl") for r in rejects)
+
+    seqs = {r["record"]: r for r in pq.read_table(tmp_path / "out" / "sequences.parquet").to_pylist()}
+    s = seqs["ok"]
+    image = pq.read_table(world["root"] / "corpus" / "part-0.parquet").to_pylist()[0]["input_ids"]
+    assert s["input_ids"][: 1 + len(image)] == [tok.bos_token_id, *image]
+    assert s["input_ids"][-1] == tok.eos_token_id and s["category"] == "perception" and s["image"] == keys[0]
+    answer = [i for i, lab in zip(s["input_ids"], s["labels"]) if lab != IGNORE]
+    assert answer == [lab for lab in s["labels"] if lab != IGNORE]
+    assert tok.convert_ids_to_tokens(answer) == [tiny.caption(keys[0])[0], ".", "<|end|>", "</s>"]
+    assert all(lab == IGNORE for lab in s["labels"][: 1 + len(image)])
+    assert tok.decode(s["input_ids"]).count("<image>") == 0  # the placeholder is not left in the text
+    assert seqs["text"]["image"] is None and layout.begin_image_id not in seqs["text"]["input_ids"]
+    # unchanged inputs: reused, not rebuilt
+    mtime = os.path.getmtime(tmp_path / "out" / "sequences.parquet")
+    assert prepare(data_cfg(path, world["root"] / "corpus", max_length=64), tok, layout, str(tmp_path / "out"))["fingerprint"] == stats["fingerprint"]
+    assert os.path.getmtime(tmp_path / "out" / "sequences.parquet") == mtime
+
+
+def test_image_loss_labels_the_image(world, tmp_path):
+    keys = world["keys"]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"image": f"{keys[2]}.jpg", "category": "FD", "conversations": tiny.conversation(keys[2], "foundation")}])
+    prepare(data_cfg(path, world["root"] / "corpus", image_loss=True), world["tok"], world["layout"], str(tmp_path / "o"))
+    s = pq.read_table(tmp_path / "o" / "sequences.parquet").to_pylist()[0]
+    n_image = s["input_ids"].index(world["layout"].end_image_id)
+    assert s["labels"][0] == IGNORE and s["labels"][1 : n_image + 1] == s["input_ids"][1 : n_image + 1]
+
+
+def test_overflow_rule(world, tmp_path):
+    keys, tok, layout = world["keys"], world["tok"], world["layout"]
+    conv = tiny.conversation(keys[3], "instruction")
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "r", "image": f"{keys[3]}.jpg", "category": "ID", "conversations": conv}])
+    full = prepare(data_cfg(path, world["root"] / "corpus"), tok, layout, str(tmp_path / "full"))
+    n = full["tokens"]
+    image_len = 1 + len(pq.read_table(world["root"] / "corpus" / "part-0.parquet").to_pylist()[3]["input_ids"])
+    labels = pq.read_table(tmp_path / "full" / "sequences.parquet").column("labels")[0].as_py()
+    first_answer = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+
+    st = prepare(data_cfg(path, world["root"] / "corpus", max_length=n - 3), tok, layout, str(tmp_path / "cut"))
+    s = pq.read_table(tmp_path / "cut" / "sequences.parquet").to_pylist()[0]
+    assert st["truncated"] == 1 and s["truncated"] and len(s["input_ids"]) == n - 3 and s["n_tokens"] == n - 3
+
+    st = prepare(data_cfg(path, world["root"] / "corpus", max_length=n - 3, overflow="drop"), tok, layout, str(tmp_path / "drop"))
+    assert st["sequences"] == 0 and st["reject_reasons"] == {"too long": 1}
+    st = prepare(data_cfg(path, world["root"] / "corpus", max_length=image_len), tok, layout, str(tmp_path / "img"))
+    assert st["reject_reasons"] == {"image does not fit": 1}
+    st = prepare(data_cfg(path, world["root"] / "corpus", max_length=first_answer), tok, layout, str(tmp_path / "noans"))
+    assert st["reject_reasons"] == {"no answer within max_length": 1}
+
+
+def test_corpus_of_another_layout_is_refused(world, tmp_path):
+    other = IdLayout(text_vocab_size=world["layout"].text_vocab_size, codebook_size=32, num_merges=8)
+    tiny.write_corpus(str(tmp_path / "corpus" / "p.parquet"), other, 2)
+    path = write_jsonl(tmp_path / "c.jsonl", [{"image": "img_0000.jpg", "category": "FD", "conversations": tiny.conversation("img_0000", "foundation")}])
+    with pytest.raises(InputError, match="layout"):
+        prepare(data_cfg(path, tmp_path / "corpus"), world["tok"], world["layout"], str(tmp_path / "o"))
+
+
+def test_json_and_parquet_sources_with_default_category(tmp_path):
+    import pyarrow as pa
+
+    conv = tiny.conversation("img_0001", "foundation")
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "j", "image": "img_0001", "conversations": conv}]))
+    pq.write_table(pa.Table.from_pylist([{"id": "p", "image": "img_0001", "category": "reasoning", "conversations": conv}]), tmp_path / "b.parquet")
+    records, rejects = read_records([ConversationSource(path=str(tmp_path), category="foundation")])
+    assert not rejects and {(r.id, r.category) for r in records} == {("j", "foundation"), ("p", "reasoning")}
+
+
+def test_curriculum_proportions_order_and_determinism():
+    rng = np.random.default_rng(0)
+    cats = rng.choice(CATEGORIES, size=5000, p=[0.4, 0.3, 0.2, 0.1])
+    for mixture, n in [({"foundation": 80, "perception": 20}, 1000), ({"foundation": 15, "perception": 15, "reasoning": 30, "instruction": 40}, 2000)]:
+        weights = Mixture(**mixture).weights()
+        order = curriculum.plan(cats, weights, seed=7, stage=1, samples=n)
+        assert len(order) == n
+        got = [c for c in cats[order]]
+        total = sum(weights.values())
+        for c in CATEGORIES:
+            assert abs(got.count(c) / n - weights[c] / total) <= 1 / n + 1e-9
+        ranks = [CATEGORIES.index(c) for c in got]
+        assert ranks == sorted(ranks)  # foundation -> instruction
+        assert np.array_equal(order, curriculum.plan(cats, weights, seed=7, stage=1, samples=n))
+        assert not np.array_equal(order, curriculum.plan(cats, weights, seed=8, stage=1, samples=n))
+    # default size uses no record twice; two epochs repeat the category order
+    small = np.array(["foundation"] * 30 + ["perception"] * 30)
+    order = curriculum.plan(small, {"foundation": 0.8, "perception": 0.2}, seed=1, stage=1, epochs=2)
+    first = order[: len(order) // 2]
+    assert len(first) == 37 and len(set(first.tolist())) == len(first)
+    assert [small[i] for i in order].count("perception") == 2 * curriculum.quotas(37, {"foundation": 0.8, "perception": 0.2})["perception"]
+    with pytest.raises(InputError, match="reasoning"):
+        curriculum.plan(small, {"reasoning": 1.0}, seed=1, stage=2)
+
+
+def test_curriculum_sampler_statistics_with_oversampling():
+    cats = np.array(["foundation"] * 3 + ["perception"] * 50)
+    order = curriculum.plan(cats, {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
+    picked = order[:20]
+    assert sorted(np.bincount(picked, minlength=3).tolist()) == [6, 7, 7]  # whole permutations, then part of one
+
+
+def test_micro_batches_partition_the_global_batch(world, tmp_path):
+    keys = world["keys"]
+    rows = [{"image": f"{k}.jpg", "category": c, "conversations": tiny.conversation(k, c)} for k in keys for c in CATEGORIES]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    prepare(data_cfg(path, world["root"] / "corpus"), world["tok"], world["layout"], str(tmp_path / "o"))
+    seqs = Sequences.read(str(tmp_path / "o" / "sequences.parquet"))
+    assert len(seqs) == 24
+    table = pq.read_table(tmp_path / "o" / "sequences.parquet").to_pylist()
+    assert seqs.targets.tolist() == [r["n_labels"] for r in table]  # the first label never counts; it is always BOS here
+    plan = np.arange(22)
+    geo = Geometry.of(len(plan), batch_size=2, grad_accum=3, world_size=2)
+    assert geo.steps == 2 and geo.global_batch == 12
+    for step in range(geo.steps):
+        rows_ = global_batch(plan, step, geo)
+        parts = [mb for r in range(2) for mb in worker_micro_batches(rows_, seqs, geo, r)]
+        assert sorted(np.concatenate(parts).tolist()) == sorted(rows_.tolist())
+    assert global_batch(plan, 1, geo).tolist() == list(range(12, 22)) + [0, 1]  # wraps to the plan's start
+    ids, mask, labels = seqs.collate([0, 5], pad_id=world["layout"].pad_id)
+    assert ids.shape == mask.shape == labels.shape and (labels[mask == 0] == IGNORE).all()
+    assert (ids[mask == 0] == world["layout"].pad_id).all()
+
+
+def test_lr_schedule():
+    lrs = [lr_at(s, 100, 1e-3, "cosine", 0.03) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-3 / 3) and lrs[2] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and 0 < lrs[-1] < 1e-5
+    assert lr_at(50, 100, 1.0, "constant", 0.0) == 1.0
+    assert lr_at(99, 100, 1.0, "linear", 0.0, min_ratio=0.1) == pytest.approx(0.1 + 0.9 / 100)
+
+
+def test_config_defaults_and_errors(tmp_path):
+    cfg = TrainConfig.from_dict({"model": "m", "output": "o/", "data": {"conversations": [{"path": "c"}], "corpus": ["t"]}})
+    assert (cfg.stage1.lr, cfg.stage2.lr, cfg.stage3.lr) == (1e-3, 3e-5, 5e-5)
+    assert cfg.stage2.unfreeze_fraction == 0.25 and cfg.stage1.warmup_ratio == 0.03 and cfg.stage3.schedule == "cosine"
+    assert cfg.stage1.mixture.normalised() == {"foundation": 0.8, "perception": 0.2, "reasoning": 0.0, "instruction": 0.0}
+    assert [cfg.stage3.mixture.weights()[c] for c in CATEGORIES] == [15, 15, 30, 40] and cfg.output == "o"
+    (tmp_path / "bad.yaml").write_text("model: m\noutput: o\ndata: {conversations: [{path: c}], corpus: [t]}\nstage1: {lr: -1, mixture: {foundation: 0}}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    assert "stage1.lr" in str(err.value) and "bogus" in str(err.value) and "positive weight" in str(err.value)

@@ -1,0 +1,89 @@
+"""A stage whose base model, run directory and Ray checkpoints all live on S3 (moto server on loopback);
+it also runs the authors' defaults for precision (bf16 autocast) and activation checkpointing."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from pipeline import storage
+from pipeline.train import tiny
+from pipeline.train.files import local_dir, publish_dir
+from schemas.base import StorageOptions
+from schemas.layout import IdLayout
+from schemas.train import CATEGORIES, TrainConfig
+
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """Credentials go into the environment before Ray starts so that its workers inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = StorageOptions(endpoint_url=f"http://127.0.0.1:{port}")
+    storage.get_fs("s3://vbpe-train", options)[0].mkdir("vbpe-train")
+    storage.set_default_storage(options)
+    yield options
+    storage.set_default_storage(None)
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_directories_round_trip(s3, tmp_path):
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "a.txt").write_text("a")
+    (tmp_path / "src" / "sub" / "b.txt").write_text("b")
+    for _ in range(2):  # publishing twice replaces, never nests
+        publish_dir(str(tmp_path / "src"), "s3://vbpe-train/dir")
+    with local_dir("s3://vbpe-train/dir") as d:
+        assert sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs) == ["a.txt", "sub/b.txt"]
+    with pytest.raises(FileNotFoundError):
+        with local_dir("s3://vbpe-train/nothing"):
+            pass
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_stage_on_s3(s3, ray_local, tmp_path, monkeypatch):
+    from pipeline.train.stages import run_init, run_stage
+
+    tok = tiny.build_tokenizer(str(tmp_path / "tok"))
+    tiny.build_model(str(tmp_path / "src"), len(tok), layers=2)
+    layout = IdLayout(text_vocab_size=len(tok), codebook_size=16, num_merges=8)
+    keys = tiny.write_corpus(str(tmp_path / "corpus" / "p.parquet"), layout, 8)
+    tiny.write_conversations(str(tmp_path / "conv" / "c.jsonl"), keys, list(CATEGORIES[:2]))
+    cfg = TrainConfig.from_dict({
+        "model": "s3://vbpe-train/base",
+        "output": "s3://vbpe-train/run",
+        "init": {"source_model": str(tmp_path / "src"), "tokenizer": str(tmp_path / "tok"), "layout": str(tmp_path / "corpus" / "layout.yaml")},
+        "data": {"conversations": [{"path": str(tmp_path / "conv")}], "corpus": [str(tmp_path / "corpus")], "image_key": "stem"},
+        "stage1": {"lr": 1e-2, "epochs": 1, "batch_size": 2, "grad_accum": 1, "checkpoint_every": 2},
+        "workers": {"max_failures": 0},
+        "precision": "bf16-mixed",
+        "storage": s3.model_dump(),
+    })
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # read when the trainer starts
+    run_init(cfg)
+    summary = run_stage(cfg, "stage1")
+    assert summary["steps"] == 5 and summary["precision"] == "bf16-mixed" and summary["checkpoint"].startswith("vbpe-train/run/ray/stage1-")
+    fs, _ = storage.get_fs("s3://vbpe-train")
+    files = set(fs.find("vbpe-train/run"))
+    assert {"vbpe-train/run/stage1/model/model.safetensors", "vbpe-train/run/stage1/done.json", "vbpe-train/run/data/sequences.parquet"} <= files
+    assert any(f.endswith("/trainable.safetensors") for f in files) and any(f.endswith("/optimizer.safetensors") for f in files)
+    rows = storage.read_text("s3://vbpe-train/run/stage1/metrics.jsonl").splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert run_stage(cfg, "stage1")["skipped"]
