@@ -17,7 +17,7 @@ from pipeline.report.sample import holdout_mask, key_hash, read_holdout
 from pipeline.report.segment import instance_table, segment
 from pipeline.synthetic import synthetic_grids
 from pipeline.tokenize.encoder import Encoder
-from report_helpers import grids_from_array, learn_vocab, write_corpus
+from tests.helpers_report import grids_from_array, learn_vocab, write_corpus
 
 V = 6
 

@@ -16,10 +16,12 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.learn import reference
+from pipeline.learn.api import run as learn
 from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
 from pipeline.report.api import run
 from pipeline.tokenize.encoder import Encoder
-from report_helpers import learn_vocab, photo_corpus, write_corpus
+from tests.helpers_report import learn_vocab, photo_corpus, write_corpus
+from schemas.learn import LearnConfig
 from schemas.report import ReportConfig
 
 MERGES = 120
@@ -34,10 +36,10 @@ def corpus(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("photos"))
     shards, grids, V = photo_corpus(root, n_samples=160, corrupt_every=7)
     path = write_corpus(os.path.join(root, "grids", "part-0.parquet"), grids, V)
-    vocab = learn_vocab(grids.codes, grids.heights, grids.widths, V, MERGES, alpha=20.0, sigma=1.0,
-                        fingerprint=str(grids.fingerprint_sum()))
     vocab_path = os.path.join(root, "vocab.json")
-    vocab.save(vocab_path)
+    vocab = learn(LearnConfig(inputs=[path], out=vocab_path, merges=MERGES, alpha=20.0, progress=False,
+                              checkpoint_every=0))  # the real `vbpe learn` stage
+    assert len(vocab.merges) == MERGES
     return {"root": root, "shards": shards, "grids": grids, "V": V, "path": path, "vocab": vocab,
             "vocab_path": vocab_path}
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline import storage
 from pipeline.codegrids import write_grids
 from pipeline.report.api import run
-from report_helpers import learn_vocab, photo_corpus
+from tests.helpers_report import learn_vocab, photo_corpus
 from schemas.base import StorageOptions
 from schemas.report import ReportConfig
 

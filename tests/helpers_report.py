@@ -1,9 +1,4 @@
-"""Test helpers for the report: small vocabularies from the learner core, synthetic corpora, shards.
-
-`learn_vocab` drives the learner core (Shard + Stats) in one process; until `pipeline.learn.api`
-is on this branch it is the quickest way to make a vocabulary with realistic `merged` counts.
-Its output is checked against the slow reference learner in test_report_core.py.
-"""
+"""Test helpers for the report: vocabularies from in-memory grids, a real-photo corpus in shards."""
 from __future__ import annotations
 
 import io
@@ -14,37 +9,27 @@ import numpy as np
 from PIL import Image
 
 from pipeline.codegrids import Grids, write_grids
-from pipeline.learn.shard import Shard
-from pipeline.learn.stats import Stats
-from pipeline.learn.vocab import CorpusStats, Merge, Vocabulary
+from pipeline.learn.api import learn_arrays
+from pipeline.learn.vocab import CorpusStats, Vocabulary
 
 
 def learn_vocab(codes: np.ndarray, heights, widths, V: int, merges: int, alpha: float = 0.0, sigma: float = 1.0,
                 min_frequency: int = 2, fingerprint: str = "") -> Vocabulary:
+    """A Vocabulary learned (by `pipeline.learn.api.learn_arrays`) from concatenated row-major grids."""
     heights = np.asarray(heights, np.int32)
     widths = np.asarray(widths, np.int32)
-    shard = Shard(np.asarray(codes, np.int32), heights, widths, V)
-    stats = Stats(sigma, min_frequency, alpha)
-    stats.add(shard.count())
-    stats.refresh()
-    out = []
-    for k in range(merges):
-        c = stats.pop_best()
-        if c is None:
-            break
-        deltas, n = shard.merge(c.a, c.b, V + k, c.offset[0], c.offset[1])
-        stats.add(deltas)
-        stats.refresh()
-        out.append(Merge(V + k, (c.a, c.b), c.frequency, c.consistency, c.priority, c.offset, c.histogram, n))
-    cells = int((heights.astype(np.int64) * widths).sum())
+    sizes = heights.astype(np.int64) * widths
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    arrays = [np.asarray(codes[starts[i] : starts[i + 1]]).reshape(heights[i], widths[i]) for i in range(len(heights))]
+    out, _, eff_alpha = learn_arrays(arrays, V, merges, alpha=alpha, sigma=sigma, min_frequency=min_frequency)
+    cells = int(sizes.sum())
     shapes: dict[tuple[int, int], int] = {}
     for h, w in zip(heights, widths):
         shapes[(int(h), int(w))] = shapes.get((int(h), int(w)), 0) + 1
-    tokens_after = cells - sum(m.merged for m in out)
-    corpus = CorpusStats(len(heights), cells, [(h, w, n) for (h, w), n in sorted(shapes.items())], 0, tokens_after,
-                         fingerprint)
-    return Vocabulary(V, sigma, min_frequency, alpha, None, merges, out, corpus,
-                      stopped="requested merges" if len(out) == merges else "no eligible pair")
+    corpus = CorpusStats(len(heights), cells, [(h, w, n) for (h, w), n in sorted(shapes.items())], 0,
+                         cells - sum(m.merged for m in out), fingerprint)
+    return Vocabulary(V, sigma, min_frequency, eff_alpha, None, merges, out, corpus,
+                      stopped="requested merges reached" if len(out) == merges else "no eligible pair left")
 
 
 def grids_from_array(codes: np.ndarray, prefix: str = "g", sources: list[str | None] | None = None) -> Grids:
