@@ -47,7 +47,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(corpus, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report"))
-    cfg = ReportConfig(vocab=corpus["vocab_path"], grids=[corpus["path"]], shards=corpus["shards"], out=out,
+    cfg = ReportConfig(vocab=corpus["vocab_path"], grids=[corpus["path"]], shards=[corpus["root"]], out=out,  # a directory
                        holdout_fraction=FRACTION, holdout_salt=SALT, atlas_tokens=24, exemplars=3, image_size=128,
                        batch_grids=7)
     return run(cfg), out
@@ -170,7 +170,10 @@ def test_exemplars_are_real_crops_or_recorded(report, corpus):
 
 def test_missing_shard_gives_recorded_no_exemplar(corpus, tmp_path):
     out = str(tmp_path / "r")
-    summary = run(ReportConfig(vocab=corpus["vocab_path"], grids=[corpus["path"]], shards=corpus["shards"][:1],
+    with pytest.raises(FileNotFoundError):
+        run(ReportConfig(vocab=corpus["vocab_path"], grids=[corpus["path"]], shards=[str(tmp_path / "nope-*.tar")], out=out))
+    only_first = os.path.join(corpus["root"], "shard-000*.tar")  # a glob matching one of the two shards
+    summary = run(ReportConfig(vocab=corpus["vocab_path"], grids=[corpus["path"]], shards=[only_first],
                                out=out, holdout_fraction=0.5, atlas_tokens=8, exemplars=2, dead_rate_points=1))
     ex = [e for t in summary["atlas"]["tokens"] for e in t["exemplars"]]
     assert any(e["status"] == "ok" for e in ex)

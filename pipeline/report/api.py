@@ -29,6 +29,7 @@ from schemas.report import ReportConfig
 
 log = logging.getLogger("vbpe.report")
 FORMAT = "vbpe.report.v1"
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 DEFAULT_IMAGE_SIZE = 512  # Chameleon's input side, used only when neither the flag nor a manifest says
 
 
@@ -93,6 +94,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     corpus = open_corpus(cfg.grids, cfg.codebook_size, cfg.storage)
     vocab.check_codebook(corpus.codebook_size)
     vocab.check_quantizer(corpus.quantizer_fingerprint)
+    shards = storage.expand(cfg.shards, SHARD_SUFFIXES, cfg.storage) if cfg.shards else []  # fail early on a bad path
     V, M = vocab.codebook_size, len(vocab.merges)
     sample = read_holdout(corpus, cfg.holdout_fraction, cfg.holdout_salt, cfg.max_holdout_grids, options=cfg.storage,
                           fingerprint=bool(vocab.corpus.fingerprint))
@@ -109,7 +111,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
 
     t = time.perf_counter()
     encoder = Encoder(vocab)
-    pool = 2 * cfg.exemplars if cfg.shards else 0
+    pool = 2 * cfg.exemplars if shards else 0
     an = analyze(vocab, grids, cfg.batch_grids, pool, encoder)
     sizes = T.token_sizes(vocab)
     holdout_curve = T.tokens_curve(vocab, an.usage, an.cells, an.grids)
@@ -127,7 +129,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
         resolved = (found[0], found[1], "quantize manifest") if found else (DEFAULT_IMAGE_SIZE, cfg.resample, "default")
     image_size, resample, size_source = resolved
     ids = choose_tokens(vocab, an.usage, cfg.atlas_tokens)
-    cards, ex_note = build_cards(vocab, an, grids, encoder, ids, sizes, cfg.exemplars, cfg.shards, image_size,
+    cards, ex_note = build_cards(vocab, an, grids, encoder, ids, sizes, cfg.exemplars, shards, image_size,
                                  resample, cfg.storage)
     seconds["cards"] = time.perf_counter() - t
 
@@ -135,7 +137,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     local, remote = _local_out(cfg.out)
     files = {name: os.path.join(local, name) for name in
              ("atlas.png", "compression.png", "merge_scores.png", "token_sizes.png", "dead_tokens.png")}
-    n_ex = cfg.exemplars if cfg.shards else 0
+    n_ex = cfg.exemplars if shards else 0
     what = "most used learned tokens" if M else "most used base codes (the vocabulary has no merges)"
     title = (f"vbpe atlas: {len(cards)} {what}  |  vocabulary {vocab.fingerprint()}, V={V}, {M} merges  |  "
              f"{an.grids} held-out grids")
