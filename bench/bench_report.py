@@ -54,7 +54,7 @@ def main() -> None:
                      "--holdout-fraction", str(fraction))
         m = json.load(open(os.path.join(out, "metrics.json")))
         print(json.dumps({"grids": args.grids, "merges": args.merges, "learn_s": None if learn_s is None else round(learn_s, 2),
-                          "holdout_fraction": fraction, "held_out_grids": m["rows_out"],
+                          "holdout_fraction": fraction, "held_out_grids": m["held_out_grids"],
                           "report_process_s": round(wall, 2), "report_stage_s": round(m["wall_s"], 2),
                           "stage_seconds": m["seconds"], "peak_rss_mb": m["peak_rss_bytes"] >> 20,
                           "atlas": os.path.join(out, "atlas.png")}))

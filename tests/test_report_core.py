@@ -194,3 +194,17 @@ def test_analysis_does_not_depend_on_batch_size(small):
         for p in pool:
             g, a = unpack_pos(p)
             assert a in seg.anchors[seg.offsets[g] : seg.offsets[g + 1]].tolist()
+
+
+def test_read_holdout_counts_rejects(tmp_path):
+    from pipeline.codegrids import open_corpus
+    from tests.helpers_grids import write_raw
+
+    rows = [{"key": f"k{i}", "height": 2, "width": 2, "codes": [1, 2, 3, 4]} for i in range(20)]
+    rows += [{"key": "big", "height": 2, "width": 2, "codes": [1, 2, 3, 99]},
+             {"key": "big2", "height": 2, "width": 2, "codes": [1, 2, 3, 77]},
+             {"key": "short", "height": 2, "width": 2, "codes": [1, 2, 3]}]
+    write_raw(tmp_path / "g.parquet", rows, codebook_size=16)
+    s = read_holdout(open_corpus([str(tmp_path / "g.parquet")]), 1.0, "x", 100)
+    assert (s.rows_read, s.rows_rejected, len(s.grids)) == (23, 3, 20)
+    assert s.reject_reasons == {"code N outside [N, N)": 2, "codes has N values, expected height*width = N": 1}

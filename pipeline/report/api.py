@@ -99,7 +99,8 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     sample = read_holdout(corpus, cfg.holdout_fraction, cfg.holdout_salt, cfg.max_holdout_grids, options=cfg.storage,
                           fingerprint=bool(vocab.corpus.fingerprint))
     grids = sample.grids
-    metrics.add(rows_in=sample.rows_read, rows_out=len(grids), rows_rejected=sample.rows_rejected)
+    # every row read is accepted or rejected; the held-out sample is a figure of its own
+    metrics.add(rows_in=sample.rows_read, rows_out=sample.rows_read - sample.rows_rejected, rows_rejected=sample.rows_rejected)
     if len(grids) == 0:
         raise InputError(
             f"the held-out sample is empty ({sample.rows_read} rows, {sample.rows_rejected} rejected, "
