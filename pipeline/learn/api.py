@@ -159,7 +159,9 @@ def merge_loop(group, stats: Stats, V: int, target: int, merges: list[Merge], on
 def start_stats(group, sigma: float, min_frequency: int, alpha: float | None, alpha_rel: float | None) -> Stats:
     """Count every occurrence once and fix alpha (alpha_rel * the largest initial F)."""
     stats = Stats(sigma, min_frequency)
-    stats.add(group.count())
+    for deltas in group.count():
+        stats.add(deltas)
+        del deltas
     stats.alpha = alpha if alpha is not None else (alpha_rel or 0.0) * stats.max_frequency()
     stats.refresh()
     return stats

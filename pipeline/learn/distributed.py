@@ -30,7 +30,7 @@ class _ShardActor:
         return self.group.report
 
     def count(self) -> tuple[np.ndarray, np.ndarray]:
-        d = self.group.count()
+        d = concat_deltas(list(self.group.count()))
         return d.keys, d.d
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -81,8 +81,15 @@ class RayShards:
 
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
-    def count(self) -> Deltas:
-        return concat_deltas([Deltas(k, d) for k, d in self._all("count")])
+    def count(self):
+        """Each actor's deltas as they arrive."""
+        import ray
+
+        pending = [a.count.remote() for a in self.actors]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            keys, d = ray.get(done[0])
+            yield Deltas(keys, d)
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         results = self._all("merge", a, b, new_tok, uy, ux)

@@ -94,7 +94,7 @@ class Shard:
         self.dt = new_table(16 * self.max_cells)
         self.dkey = np.empty(16 * self.max_cells, np.int64)
         self.dval = np.empty(16 * self.max_cells, np.int64)
-        # where base-code pairs occur (filled by count): pair keys, run starts, X anchors
+        # where base-code pairs occur (filled by count): a * V + b of each pair, run starts, X anchors
         self.base_keys = np.empty(0, np.int64)
         self.base_start = np.zeros(1, np.int64)
         self.base_anchors = np.empty(0, np.int32)
@@ -115,18 +115,25 @@ class Shard:
         """Every occurrence of the current segmentation, as deltas from nothing; indexes places."""
         keys, los = K.occurrences(self.owner, self.nxt, self.tok, self.gstart, self.gw, self.gh,
                                   self.mark, self.buf_x, self.meta)
-        deltas = Deltas(*K.run_counts(np.sort(keys)))
-        if self.V <= 1 << 16:
+        if self.V <= 1 << 15:
             # (a * V + b) and a 31-bit anchor fit one int64: sorting values beats argsort ~10x.
-            packed = np.sort(K.packed_base_places(keys, los, self.V))
-            del keys, los
+            packed = K.packed_base_places(keys, los, self.V)
+            del los
+            packed.sort()
             self.base_keys, self.base_start, self.base_anchors = K.unpack_base_places(packed, self.V)
+            del packed
         else:
             pairs = keys >> OFF_BITS
             base = ((pairs >> K.ID_BITS) < self.V) & ((pairs & K.ID_MASK) < self.V)
             order = np.argsort(pairs[base], kind="stable")
             self.base_anchors = los[base][order]
-            self.base_keys, self.base_start = _runs(pairs[base][order])
+            base_pairs = (pairs[base][order] >> K.ID_BITS) * self.V + (pairs[base][order] & K.ID_MASK)
+            self.base_keys, starts = _runs(base_pairs)
+            self.base_start = starts.astype(np.int64)
+            del pairs, base, order, los
+        keys.sort()
+        deltas = Deltas(*K.run_counts(keys))
+        del keys
         self._index_merged_tokens()
         return deltas
 
@@ -157,8 +164,9 @@ class Shard:
     def _candidates(self, a: int, b: int) -> np.ndarray:
         """Anchors of the instances X that may merge with a b neighbour, ascending."""
         if a < self.V and b < self.V:
-            i = int(np.searchsorted(self.base_keys, K.pair_key(a, b)))
-            if i == self.base_keys.shape[0] or self.base_keys[i] != K.pair_key(a, b):
+            dense = a * self.V + b
+            i = int(np.searchsorted(self.base_keys, dense))
+            if i == self.base_keys.shape[0] or self.base_keys[i] != dense:
                 return np.empty(0, np.int32)
             return sorted_unique(self.base_anchors[self.base_start[i] : self.base_start[i + 1]])
         xs = self._live(a) if a >= self.V else None

@@ -74,7 +74,7 @@ def occurrences(owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
 
 @njit(cache=True)
 def packed_base_places(keys, los, V):
-    """(a * V + b) << 31 | X anchor for every occurrence of two base codes (needs V <= 2**16)."""
+    """(a * V + b) << 31 | X anchor for every occurrence of two base codes (needs V <= 2**15)."""
     n = 0
     for i in range(keys.shape[0]):
         pair = keys[i] >> OFF_BITS
@@ -94,20 +94,20 @@ def packed_base_places(keys, los, V):
 
 @njit(cache=True)
 def unpack_base_places(packed, V):
-    """Sorted packed places -> (distinct pair keys, run starts + end, X anchors)."""
+    """Sorted packed places -> (distinct a * V + b, run starts + end, X anchors); int32 when they fit."""
     anchors = np.empty(packed.shape[0], np.int32)
     n_runs = 0
     for i in range(packed.shape[0]):
         anchors[i] = packed[i] & ((np.int64(1) << 31) - 1)
         if i == 0 or (packed[i] >> 31) != (packed[i - 1] >> 31):
             n_runs += 1
-    keys = np.empty(n_runs, np.int64)
+    keys = np.empty(n_runs, np.int32)  # a * V + b < 2**30 (V <= 2**15)
     starts = np.empty(n_runs + 1, np.int64)
     r = 0
     for i in range(packed.shape[0]):
         dense = packed[i] >> 31
         if i == 0 or dense != (packed[i - 1] >> 31):
-            keys[r] = pair_key(dense // V, dense % V)
+            keys[r] = dense
             starts[r] = i
             r += 1
     starts[n_runs] = packed.shape[0]

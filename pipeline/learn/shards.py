@@ -91,8 +91,10 @@ class ShardGroup:
             g = end
         del grids
 
-    def count(self) -> Deltas:
-        return concat_deltas([s.count() for s in self.shards])
+    def count(self):
+        """Every occurrence, as deltas, one shard at a time (never all of them in memory at once)."""
+        for s in self.shards:
+            yield s.count()
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         parts, total = [], 0

@@ -27,6 +27,7 @@ from pipeline.learn.instances import OFF_BIAS, OFF_BITS, OFF_SPAN, unpack_offset
 from pipeline.learn.shard import Deltas, _resized
 from pipeline.learn.shard_kernels import ID_BITS, ID_MASK, OFF_MASK
 
+MAX_LOAD_TENTHS = 7  # linear probing stays fast up to ~0.7 load; the table is the driver's largest structure
 S_LIVE = 0  # live (pair, offset) entries
 S_NCHANGED = 1
 S_NHEAP = 2
@@ -279,12 +280,25 @@ def _dedup_sorted(v):
 
 @njit(cache=True)
 def _max_frequency(t):
-    pairs = _live_pairs(t)
-    offs = np.empty(64, np.int64)
-    cnts = np.empty(64, np.int64)
+    """Largest F, in one front-to-back pass: a pair is summed at its first slot of its probe run."""
+    cap = t.shape[0] >> 1
+    mask = np.int64(cap - 1)
     best = np.int64(0)
-    for pair in pairs:
-        f, _, _ = _scores(t, pair, 0.0, 1.0, offs, cnts)
+    for i in range(cap):
+        k = t[2 * i]
+        if k == EMPTY:
+            continue
+        pair = k >> OFF_BITS
+        j = _home(pair, mask)
+        while (t[2 * j] >> OFF_BITS) != pair:  # first slot of this pair in its run
+            j = (j + 1) & mask
+        if j != i:
+            continue
+        f = np.int64(0)
+        while t[2 * j] != EMPTY:
+            if (t[2 * j] >> OFF_BITS) == pair:
+                f += t[2 * j + 1]
+            j = (j + 1) & mask
         best = max(best, f)
     return best
 
@@ -329,6 +343,7 @@ class Stats:
         self.hP, self.hR = np.empty(1 << 12, np.float64), np.empty(2 << 12, np.int64)
         self.offs, self.cnts = np.empty(256, np.int64), np.empty(256, np.int64)
         self.meta = np.zeros(4, np.int64)
+        self.heap_base = 0  # heap size after the last rebuild: stale entries beyond ~2x that trigger one
 
     @property
     def live_entries(self) -> int:
@@ -340,9 +355,9 @@ class Stats:
         if n == 0:
             return
         cap = self.t.shape[0] >> 1
-        if 2 * (self.live_entries + n) > cap:
+        if 10 * (self.live_entries + n) > MAX_LOAD_TENTHS * cap:
             new_cap = cap
-            while 2 * (self.live_entries + n) > new_cap:
+            while 10 * (self.live_entries + n) > MAX_LOAD_TENTHS * new_cap:
                 new_cap *= 2
             self.t = _rehash(self.t, new_cap)
         used = int(self.meta[S_NCHANGED])
@@ -355,16 +370,25 @@ class Stats:
 
     def refresh(self) -> None:
         """Recompute (F, S, P) of every pair changed since the last refresh and queue them."""
-        pairs = _dedup_sorted(np.sort(self.changed[: int(self.meta[S_NCHANGED])]))
+        changed = self.changed[: int(self.meta[S_NCHANGED])]
+        changed.sort()
+        pairs = _dedup_sorted(changed)
         self.meta[S_NCHANGED] = 0
-        heap_size = int(self.meta[S_NHEAP])
-        if heap_size + pairs.shape[0] > 2 * self.live_entries + (1 << 20):
+        if self.changed.shape[0] > (1 << 22):  # the first count is huge; later steps are small
+            self.changed = np.empty(1 << 16, np.int64)
+        if int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 20):
+            # Stale entries piled up: rebuild from the live pairs.
             self.meta[S_NHEAP] = 0
             pairs = _live_pairs(self.t)
         pairs = _by_home(pairs, self.t)
         self._reserve_heap(int(self.meta[S_NHEAP]) + pairs.shape[0])
+        rebuilt = int(self.meta[S_NHEAP]) == 0
         _refresh(pairs, self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR, self.meta,
                  self.offs, self.cnts)
+        if rebuilt:
+            self.heap_base = int(self.meta[S_NHEAP])
+            if self.hP.shape[0] > 4 * self.heap_base + (1 << 20):
+                self.hP, self.hR = self.hP[: 2 * self.heap_base + (1 << 20)].copy(), self.hR[: 2 * (2 * self.heap_base + (1 << 20))].copy()
 
     def _reserve_heap(self, n: int) -> None:
         if n > self.hP.shape[0]:

@@ -1,0 +1,12 @@
+"""`python -m jobs.tokenize --config tokenize.yaml` (e.g. under `ray job submit --working-dir . -- ...`)."""
+import sys
+
+from jobs._entry import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("tokenize", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running stages as Ray jobs: the stage registry, `vbpe submit`, and rendering of cluster manifests."""

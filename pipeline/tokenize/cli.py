@@ -1,0 +1,53 @@
+"""`vbpe tokenize GRIDS... --vocab VOCAB.json --out DIR [--layout layout.yaml]` (or `--config tokenize.yaml`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_FAILED_INPUTS = 3
+
+
+FLAGS = {"inputs": "inputs", "vocab": "vocab", "out": "out", "layout": "layout", "input_kind": "input_kind",
+         "executor": "executor", "workers": "workers", "ray_address": "ray_address"}
+
+
+def config_from_args(args: argparse.Namespace):
+    """Flags override the config file; the result is validated before any work."""
+    from pipeline.configargs import build_config
+    from schemas.tokenize import TokenizeConfig
+
+    return build_config(TokenizeConfig, args, FLAGS)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.tokenize.api import run
+
+    summary = run(config_from_args(args))
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    if args.json:
+        json.dump(summary.to_json(), sys.stdout, indent=1)
+        print()
+    return 0 if summary.ok else EXIT_FAILED_INPUTS
+
+
+def register(subparsers) -> None:
+    from pipeline.configargs import add_config_flag
+
+    p = subparsers.add_parser(
+        "tokenize", help="apply a vocabulary to code grids: versioned token corpus for trainers (Parquet)",
+        description="Encode code-grid Parquet with a learned vocabulary. Output: OUT/<version>/data/*.parquet, one "
+        "version per (vocabulary, layout); re-runs process only inputs not yet done. Exit 3 if some inputs failed.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="GRIDS", help="Parquet files, directories, globs or s3:// URLs")
+    p.add_argument("--vocab", help="vocabulary JSON (vbpe learn)")
+    p.add_argument("--out", help="corpus root directory (local or s3://)")
+    p.add_argument("--layout", help="id layout YAML (schemas/layout.py): adds input_ids for the LLM")
+    p.add_argument("--input-kind", choices=["auto", "grids", "shards"], default=None)
+    p.add_argument("--executor", choices=["auto", "local", "ray"], default=None)
+    p.add_argument("--workers", type=int, default=None, help="run on Ray with this many files in flight")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    add_config_flag(p)
+    p.set_defaults(handler=_run)
