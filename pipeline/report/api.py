@@ -69,6 +69,16 @@ def _local_out(out: str) -> tuple[str, bool]:
     return out, False
 
 
+def _quantizer_input(cfg: ReportConfig, grid_files: list[str]) -> tuple[int, str, str]:
+    """(R, resample, where R came from): the flag, else the quantize manifest beside the grids, else 512."""
+    from pipeline.report.images import quantizer_input
+
+    if cfg.image_size:
+        return cfg.image_size, cfg.resample, "flag"
+    found = quantizer_input(grid_files, cfg.storage)
+    return (found[0], found[1], "quantize manifest") if found else (DEFAULT_IMAGE_SIZE, cfg.resample, "default")
+
+
 def run(cfg: ReportConfig) -> dict[str, Any]:
     storage.set_default_storage(cfg.storage)
     with StageMetrics("report", storage.join(cfg.out, "metrics.json"), log) as metrics:
@@ -86,7 +96,6 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     from pipeline.report import plots
     from pipeline.report.atlas import render_atlas
     from pipeline.report.html import page
-    from pipeline.report.images import quantizer_input
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -124,11 +133,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     seconds["analyse"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    resolved = (cfg.image_size, cfg.resample, "flag") if cfg.image_size else None
-    if resolved is None:
-        found = quantizer_input([f.path for f in corpus.files], cfg.storage)
-        resolved = (found[0], found[1], "quantize manifest") if found else (DEFAULT_IMAGE_SIZE, cfg.resample, "default")
-    image_size, resample, size_source = resolved
+    image_size, resample, size_source = _quantizer_input(cfg, [f.path for f in corpus.files])
     ids = choose_tokens(vocab, an.usage, cfg.atlas_tokens)
     cards, ex_note = build_cards(vocab, an, grids, encoder, ids, sizes, cfg.exemplars, shards, image_size,
                                  resample, cfg.storage)
