@@ -1,0 +1,1 @@
+"""`vbpe report`: what a vocabulary learned, as pictures and figures (atlas, plots, summary)."""
