@@ -114,6 +114,32 @@ class Grids:
         )
 
 
+def key_hash(keys: list[str], salt: str) -> np.ndarray:
+    """A uniform value in [0, 1) per key (first 53 bits of blake2b(salt, key))."""
+    out = np.empty(len(keys), np.float64)
+    s = salt.encode()
+    for i, key in enumerate(keys):
+        h = hashlib.blake2b(key.encode(), digest_size=8, key=s[:64]).digest()
+        out[i] = (int.from_bytes(h, "big") >> 11) / float(1 << 53)
+    return out
+
+
+def holdout_mask(keys: list[str], fraction: float, salt: str) -> np.ndarray:
+    """True for the keys in the held-out sample."""
+    return key_hash(keys, salt) < fraction
+
+
+def select(grids: Grids, keep: np.ndarray) -> Grids:
+    """The grids where `keep` is True, in order (rejects are kept: they stay accounted for)."""
+    keep = np.asarray(keep, bool)
+    o = grids.offsets
+    cells = np.repeat(keep, np.diff(o))
+    idx = np.flatnonzero(keep)
+    return Grids([grids.keys[i] for i in idx], grids.heights[keep], grids.widths[keep], grids.codes[cells],
+                 [grids.sources[i] for i in idx] if grids.sources else [],
+                 [grids.captions[i] for i in idx] if grids.captions else [], grids.rejects, grids.rows[keep])
+
+
 def _meta_int(meta: dict[bytes, bytes] | None, key: bytes) -> int | None:
     if meta and key in meta:
         return int(meta[key].decode())

@@ -27,6 +27,11 @@ class LearnConfig(Config):
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")
     resume: bool = Field(False, description="continue from the checkpoint (same inputs and settings)")
     rejects: str | None = Field(None, description="rejected rows Parquet; default: <out>.rejects.parquet")
+    holdout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="grids left out of learning, chosen by a salted hash of their key (the report's held-out sample)",
+    )
+    holdout_salt: str = "vbpe-holdout"
     shard_cells: int = Field(1 << 24, ge=1024, description="cells per in-process shard (bounds temporary memory)")
     progress: bool = True
     storage: StorageOptions = StorageOptions()
@@ -53,6 +58,10 @@ class LearnConfig(Config):
     @property
     def checkpoint_path(self) -> str:
         return self.checkpoint_dir or self.out[: -len(".json")] + ".checkpoint"
+
+    @property
+    def metrics_path(self) -> str:
+        return self.out[: -len(".json")] + ".metrics.json"
 
     @property
     def rejects_path(self) -> str:

@@ -145,3 +145,17 @@ def test_cli_reports_bad_config_fields(tmp_path, capsys):
     assert "sigma" in err and "merges_typo" in err and "Traceback" not in err
     assert main(["learn", str(tmp_path / "missing"), "--out", str(tmp_path / "v.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):
+    from pipeline.codegrids import holdout_mask
+
+    vocab = run(_cfg(tmp_path, merges=20, holdout_fraction=0.25))
+    corpus = open_corpus([str(grids_dir)])
+    keys = read_rows(corpus, 0, corpus.rows).keys
+    held = int(holdout_mask(keys, 0.25, "vbpe-holdout").sum())
+    assert 0 < held < 80 and vocab.corpus.held_out == held and vocab.corpus.grids == 80 - held
+    assert vocab.holdout == {"fraction": 0.25, "salt": "vbpe-holdout"}
+    metrics = json.loads((tmp_path / "vocab.metrics.json").read_text())
+    assert metrics["rows_in"] == 80 and metrics["rows_out"] + metrics["rows_rejected"] == 80
+    assert run(_cfg(tmp_path, "all", merges=20)).merges != vocab.merges

@@ -1,4 +1,4 @@
-"""`vbpe demo --out DIR`: photos -> shards -> k-means codebook -> code grids (local Ray) -> downstream."""
+"""`vbpe demo --out DIR`: photos -> shards -> k-means codebook -> code grids (local Ray) -> vocabulary -> tokens -> report."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--codebook-size", type=int, default=512)
+    p.add_argument("--merges", type=int, default=1000, help="vocabulary merges to learn")
     p.add_argument("--fresh", action="store_true", help="delete --out first (default: resume what is there)")
     p.set_defaults(handler=handle)
 
@@ -27,7 +28,7 @@ def _stage(n: int, total: int, text: str) -> None:
 
 
 def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image_size: int = 256,
-             patch_size: int = 8, codebook_size: int = 512) -> dict[str, Any]:
+             patch_size: int = 8, codebook_size: int = 512, merges: int = 1000) -> dict[str, Any]:
     from pipeline import storage
     from pipeline.demo.downstream import run_downstream
     from pipeline.demo.photos import build_demo_shards
@@ -39,7 +40,7 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    _stage(1, 4, f"building {samples} samples in {shards} WebDataset shards from bundled photos")
+    _stage(1, 6, f"building {samples} samples in {shards} WebDataset shards from bundled photos")
     corpus = build_demo_shards(storage.join(out, "shards"), samples, shards, seed)
     seconds["shards"] = time.perf_counter() - t
 
@@ -47,23 +48,21 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
     q = KMeansQuantizerConfig(codebook=storage.join(out, "quantizer", "kmeans.safetensors"), image_size=image_size,
                               patch_size=patch_size, codebook_size=codebook_size, fit_images=samples,
                               fit_patches=40_000, fit_iterations=12, seed=seed)
-    _stage(2, 4, f"fitting the k-means quantizer ({codebook_size} codes, {patch_size} px patches)")
+    _stage(2, 6, f"fitting the k-means quantizer ({codebook_size} codes, {patch_size} px patches)")
     ensure_codebook(q, corpus.shards, QuantizeConfig.model_fields["ingest"].default, None)
     cb = load_codebook(q.codebook)
     seconds["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _stage(3, 4, "quantizing on a local Ray (reader tasks + an encoder actor)")
+    _stage(3, 6, "quantizing on a local Ray (reader tasks + an encoder actor)")
     cfg = QuantizeConfig(inputs=corpus.shards, out=storage.join(out, "codes"), quantizer=q, batch_size=32,
                          num_actors=1, cpus_per_actor=1.0, cpus_per_reader=1.0)
     summary = run_quantize(cfg)
     seconds["quantize"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     layout = Layout(cfg.out)
-    _stage(4, 4, "downstream")
-    downstream = run_downstream(layout.grids_dir, out)
-    seconds["downstream"] = time.perf_counter() - t
+    downstream = run_downstream(layout.grids_dir, out, corpus.shards, merges=merges, stage=_stage)
+    seconds.update(downstream["seconds"])
 
     figures = {
         "photos": corpus.photos,
@@ -83,7 +82,7 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
 
 
 def report(f: dict[str, Any], out: str) -> str:
-    q, z = f["quantizer"], f["quantize"]
+    q, z, d = f["quantizer"], f["quantize"], f["downstream"]
     reasons = ", ".join(f"{k} {v}" for k, v in z["rejects_by_reason"].items()) or "none"
     lines = [
         "",
@@ -99,7 +98,12 @@ def report(f: dict[str, Any], out: str) -> str:
         f"  rejects    {z['rejects_dir']}: {reasons}",
         f"  this run   {z['lines'][1]}",
         f"  manifest   {z['manifest']}",
-        f"  downstream {json.dumps(f['downstream'], default=str)}",
+        f"  vocabulary {d['vocab']}: {d['merges']} merges learned on {d['grids_learned']} grids"
+        f" ({d['grids_held_out']} held out), alpha {d['alpha']:.3g}",
+        f"  tokens/img {d['tokens_per_image_before']} codes -> {d['tokens_per_image_after']} tokens on the training grids",
+        f"  corpus     {d['tokens']['data']}: {d['tokens']['rows_written']} rows with input_ids"
+        f" ({d['tokens']['rows_rejected']} rejected), {d['tokens']['cells_per_token']} cells per token",
+        f"  report     {d['report']}",
         "  seconds    " + ", ".join(f"{k} {v}" for k, v in f["seconds"].items()),
         f"  summary    {os.path.join(out, 'summary.json')}",
     ]
@@ -109,6 +113,7 @@ def report(f: dict[str, Any], out: str) -> str:
 def handle(args: argparse.Namespace) -> int:
     if args.fresh and os.path.exists(args.out):
         shutil.rmtree(args.out)
-    figures = run_demo(args.out, args.samples, args.shards, args.seed, args.image_size, args.patch_size, args.codebook_size)
+    figures = run_demo(args.out, args.samples, args.shards, args.seed, args.image_size, args.patch_size,
+                       args.codebook_size, args.merges)
     print(report(figures, args.out))
     return 0 if figures["quantize"]["failed"] == 0 else 3

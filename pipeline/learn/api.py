@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from pipeline import storage
+from pipeline.metrics import StageMetrics
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
 from pipeline.learn.shard_kernels import MAX_ID
@@ -32,6 +33,7 @@ def _settings(cfg: LearnConfig, corpus: Corpus) -> dict[str, Any]:
         "alpha": cfg.alpha,
         "alpha_rel": cfg.effective_alpha_rel,
         "inputs": [[f.path, f.rows] for f in corpus.files],
+        "holdout": [cfg.holdout_fraction, cfg.holdout_salt] if cfg.holdout_fraction else None,
     }
 
 
@@ -45,11 +47,13 @@ def _software() -> dict[str, str]:
 
 
 def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
+    holdout = (cfg.holdout_fraction, cfg.holdout_salt) if cfg.holdout_fraction else None
     if cfg.workers == 0:
-        return ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir)
+        return ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir, holdout)
     from pipeline.learn.distributed import RayShards
 
-    return RayShards(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address)
+    return RayShards(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address,
+                     holdout)
 
 
 def run(cfg: LearnConfig) -> Vocabulary:
@@ -71,13 +75,20 @@ def run(cfg: LearnConfig) -> Vocabulary:
             log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
 
     log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
-    group = _build_group(cfg, corpus, saved.state_dir if saved else None)
-    try:
-        return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
-    finally:
-        close = getattr(group, "close", None)
-        if close:
-            close()
+    with StageMetrics("learn", cfg.metrics_path) as metrics:
+        group = _build_group(cfg, corpus, saved.state_dir if saved else None)
+        try:
+            vocab = _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+        finally:
+            close = getattr(group, "close", None)
+            if close:
+                close()
+        metrics.add(rows_in=corpus.rows, rows_out=vocab.corpus.grids + vocab.corpus.held_out,
+                    rows_rejected=vocab.corpus.rejected)
+        metrics.set(merges=len(vocab.merges) - (len(saved.merges) if saved else 0), grids=vocab.corpus.grids,
+                    held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
+                    vocabulary=cfg.out, workers=cfg.workers)
+    return vocab
 
 
 def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabulary:
@@ -86,6 +97,8 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
     write_rejects(cfg.rejects_path, report.rejects, "learn", cfg.storage)
     if report.rejects:
         log.warning("%d of %d rows rejected (see %s)", len(report.rejects), report.rows, cfg.rejects_path)
+    if report.held_out:
+        log.info("%d grids held out (fraction %g, salt %r)", report.held_out, cfg.holdout_fraction, cfg.holdout_salt)
     if report.grids == 0:
         raise InputError(f"no valid grids among {report.rows} rows (rejects: {cfg.rejects_path})")
     log.info("%d grids, %d cells loaded in %.1fs", report.grids, report.cells, time.time() - t_start)
@@ -106,9 +119,10 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
         codebook_size=V, sigma=cfg.sigma, min_frequency=cfg.min_frequency, alpha=alpha,
         alpha_rel=cfg.effective_alpha_rel, requested_merges=cfg.merges, merges=merges,
         corpus=CorpusStats(report.grids, report.cells, sorted((h, w, n) for (h, w), n in report.shapes.items()),
-                           len(report.rejects), report.cells - sum(m.merged for m in merges),
+                           len(report.rejects), report.held_out, report.cells - sum(m.merged for m in merges),
                            f"{report.fingerprint_sum:016x}"),
         quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
+        holdout={"fraction": cfg.holdout_fraction, "salt": cfg.holdout_salt} if cfg.holdout_fraction else None,
     )
     vocab.save(cfg.out)
     elapsed = time.time() - t_start

@@ -23,8 +23,8 @@ class _ShardActor:
     """Runs inside a Ray actor process (wrapped by `ray.remote` in `RayShards`)."""
 
     def __init__(self, corpus: Corpus, start: int, stop: int, shard_cells: int,
-                 options: StorageOptions | None, state_dir: str | None):
-        self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir)
+                 options: StorageOptions | None, state_dir: str | None, holdout: tuple[float, str] | None):
+        self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
 
     def report(self) -> LoadReport:
         return self.group.report
@@ -63,13 +63,14 @@ class RayShards:
     """The same interface as ShardGroup, over `workers` actors holding contiguous row ranges."""
 
     def __init__(self, corpus: Corpus, workers: int, shard_cells: int, actor_cpus: float,
-                 options: StorageOptions | None, state_dir: str | None, address: str | None):
+                 options: StorageOptions | None, state_dir: str | None, address: str | None,
+                 holdout: tuple[float, str] | None = None):
         import ray
 
         ensure_ray(address)
         actor_cls = ray.remote(_ShardActor)
         self.actors = [
-            actor_cls.options(num_cpus=actor_cpus, name=None).remote(corpus, start, stop, shard_cells, options, state_dir)
+            actor_cls.options(num_cpus=actor_cpus, name=None).remote(corpus, start, stop, shard_cells, options, state_dir, holdout)
             for start, stop in corpus.row_ranges(workers)
         ]
         self.report = LoadReport()

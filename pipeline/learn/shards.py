@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import storage
-from pipeline.codegrids import Corpus, Grids, Reject, read_rows
+from pipeline.codegrids import Corpus, Grids, Reject, holdout_mask, read_rows, select
 from pipeline.learn.shard import Deltas, Shard
 from schemas.base import InputError, StorageOptions
 
@@ -32,6 +32,7 @@ class LoadReport:
 
     rows: int = 0
     grids: int = 0
+    held_out: int = 0
     cells: int = 0
     shapes: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
@@ -40,6 +41,7 @@ class LoadReport:
     def merge(self, other: "LoadReport") -> None:
         self.rows += other.rows
         self.grids += other.grids
+        self.held_out += other.held_out
         self.cells += other.cells
         self.shapes.update(other.shapes)
         self.rejects.extend(other.rejects)
@@ -57,10 +59,17 @@ def concat_deltas(parts: list[Deltas]) -> Deltas:
 
 class ShardGroup:
     @classmethod
-    def read(cls, corpus: Corpus, start: int, stop: int, shard_cells: int,
-             options: StorageOptions | None = None, state_dir: str | None = None) -> "ShardGroup":
+    def read(cls, corpus: Corpus, start: int, stop: int, shard_cells: int, options: StorageOptions | None = None,
+             state_dir: str | None = None, holdout: tuple[float, str] | None = None) -> "ShardGroup":
         grids = read_rows(corpus, start, stop, options)
-        return cls(grids, corpus.codebook_size, start, stop, shard_cells, options, state_dir)
+        held_out = 0
+        if holdout and holdout[0] > 0:
+            keep = ~holdout_mask(grids.keys, *holdout)
+            held_out = int((~keep).sum())
+            grids = select(grids, keep)
+        group = cls(grids, corpus.codebook_size, start, stop, shard_cells, options, state_dir)
+        group.report.held_out = held_out
+        return group
 
     def __init__(self, grids: Grids, codebook_size: int, start: int, stop: int, shard_cells: int = 1 << 24,
                  options: StorageOptions | None = None, state_dir: str | None = None):

@@ -57,6 +57,7 @@ class CorpusStats:
     cells: int = 0
     shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (height, width, grids)
     rejected: int = 0
+    held_out: int = 0  # accepted grids left out of learning (see Vocabulary.holdout)
     tokens_after: int = 0  # instances left after the last merge (the learner's final segmentation)
     fingerprint: str = ""  # order-independent hash of every accepted grid (key, shape, codes)
 
@@ -74,6 +75,7 @@ class Vocabulary:
     quantizer_fingerprint: str | None = None
     stopped: str = ""  # why learning ended
     software: dict[str, str] = field(default_factory=dict)
+    holdout: dict[str, Any] | None = None  # {"fraction", "salt"}: grids whose key hash fell below were not learned from
 
     @property
     def size(self) -> int:
@@ -132,6 +134,7 @@ class Vocabulary:
             "quantizer_fingerprint": self.quantizer_fingerprint,
             "corpus": corpus,
             "software": self.software,
+            "holdout": self.holdout,
             "merges": [m.to_json() for m in self.merges],
         }
 
@@ -144,7 +147,8 @@ class Vocabulary:
         c = d.get("corpus", {})
         corpus = CorpusStats(
             int(c.get("grids", 0)), int(c.get("cells", 0)), [tuple(map(int, s)) for s in c.get("shapes", [])],
-            int(c.get("rejected", 0)), int(c.get("tokens_after", 0)), str(c.get("fingerprint", "")),
+            int(c.get("rejected", 0)), int(c.get("held_out", 0)), int(c.get("tokens_after", 0)),
+            str(c.get("fingerprint", "")),
         )
         vocab = Vocabulary(
             codebook_size=int(d["codebook_size"]), sigma=float(d["sigma"]), min_frequency=int(d["min_frequency"]),
@@ -152,7 +156,7 @@ class Vocabulary:
             requested_merges=int(d.get("requested_merges", len(d["merges"]))),
             merges=[Merge.from_json(m) for m in d["merges"]], corpus=corpus,
             quantizer_fingerprint=d.get("quantizer_fingerprint"), stopped=str(d.get("stopped", "")),
-            software=dict(d.get("software", {})),
+            software=dict(d.get("software", {})), holdout=d.get("holdout"),
         )
         vocab.validate(source)
         stored = d.get("fingerprint")

@@ -11,23 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.codegrids import Corpus, Grids, read_rows
+from pipeline.codegrids import Corpus, Grids, holdout_mask, key_hash, read_rows  # noqa: F401 (re-exported)
 from schemas.base import StorageOptions
-
-
-def key_hash(keys: list[str], salt: str) -> np.ndarray:
-    """A uniform value in [0, 1) per key (first 53 bits of blake2b(salt, key))."""
-    out = np.empty(len(keys), np.float64)
-    s = salt.encode()
-    for i, key in enumerate(keys):
-        h = hashlib.blake2b(key.encode(), digest_size=8, key=s[:64]).digest()
-        out[i] = (int.from_bytes(h, "big") >> 11) / float(1 << 53)
-    return out
-
-
-def holdout_mask(keys: list[str], fraction: float, salt: str) -> np.ndarray:
-    """True for the keys in the held-out sample."""
-    return key_hash(keys, salt) < fraction
 
 
 def take(grids: Grids, index: np.ndarray) -> Grids:
