@@ -102,7 +102,7 @@ def unpack_base_places(packed, V):
         if i == 0 or (packed[i] >> 31) != (packed[i - 1] >> 31):
             n_runs += 1
     keys = np.empty(n_runs, np.int32)  # a * V + b < 2**30 (V <= 2**15)
-    starts = np.empty(n_runs + 1, np.int64)
+    starts = np.empty(n_runs + 1, np.int32)  # a shard holds < 2**31 cells
     r = 0
     for i in range(packed.shape[0]):
         dense = packed[i] >> 31
