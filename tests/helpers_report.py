@@ -26,9 +26,9 @@ def learn_vocab(codes: np.ndarray, heights, widths, V: int, merges: int, alpha: 
     shapes: dict[tuple[int, int], int] = {}
     for h, w in zip(heights, widths):
         shapes[(int(h), int(w))] = shapes.get((int(h), int(w)), 0) + 1
-    corpus = CorpusStats(len(heights), cells, [(h, w, n) for (h, w), n in sorted(shapes.items())], 0,
-                         cells - sum(m.merged for m in out), fingerprint)
-    return Vocabulary(V, sigma, min_frequency, eff_alpha, None, merges, out, corpus,
+    corpus = CorpusStats(grids=len(heights), cells=cells, shapes=[(h, w, n) for (h, w), n in sorted(shapes.items())],
+                         tokens_after=cells - sum(m.merged for m in out), fingerprint=fingerprint)
+    return Vocabulary(V, sigma, min_frequency, eff_alpha, None, requested_merges=merges, merges=out, corpus=corpus,
                       stopped="requested merges reached" if len(out) == merges else "no eligible pair left")
 
 

@@ -37,10 +37,14 @@ def test_demo_end_to_end(ray_local, tmp_path, capsys):
             "--codebook-size", "32"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "rows in 42 = written 40 + rejected 2" in text and "[4/4]" in text
+    assert "rows in 42 = written 40 + rejected 2" in text and "[6/6]" in text
     figures = json.load(open(os.path.join(out, "summary.json")))
-    assert figures["downstream"]["grids"] == 40 and figures["downstream"]["grid_shapes"] == [[8, 8]]
+    down = figures["downstream"]
+    assert down["grids_learned"] + down["grids_held_out"] == 40 and down["grids_held_out"] > 0
+    assert down["merges"] > 0 and down["tokens_per_image_after"] < down["tokens_per_image_before"] == 64
+    assert down["tokens"]["rows_written"] == 40 and down["tokens"]["rows_rejected"] == 0
+    assert os.path.getsize(down["report"]) > 10_000 and "report.html" in text
     assert figures["quantize"]["rejects_by_reason"] == {"corrupt image": 1, "empty image member": 1}
-    assert set(figures["seconds"]) == {"shards", "fit", "quantize", "downstream"}
+    assert set(figures["seconds"]) == {"shards", "fit", "quantize", "learn", "tokenize", "report"}
     assert main(args) == 0  # re-run: resumes, nothing redone
     assert "0 done now, 2 already done" in capsys.readouterr().out

@@ -35,7 +35,7 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
     from pipeline.quantize.fit import ensure_codebook
     from pipeline.quantize.kmeans import load_codebook
     from pipeline.quantize.outputs import Layout
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import KMeansQuantizerConfig, QuantizeConfig
 
     seconds: dict[str, float] = {}

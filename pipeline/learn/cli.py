@@ -10,6 +10,7 @@ FLAGS = {
     "sigma": "sigma", "min_frequency": "min_frequency", "codebook_size": "codebook_size", "workers": "workers",
     "actor_cpus": "actor_cpus", "ray_address": "ray_address", "checkpoint_dir": "checkpoint_dir",
     "checkpoint_every": "checkpoint_every", "resume": "resume", "rejects": "rejects", "progress": "progress",
+    "holdout_fraction": "holdout_fraction", "holdout_salt": "holdout_salt",
 }
 
 
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="merges between checkpoints (0: none)")
     p.add_argument("--resume", action="store_const", const=True, help="continue from the checkpoint")
     p.add_argument("--rejects", help="rejected rows Parquet (default: <out>.rejects.parquet)")
+    p.add_argument("--holdout-fraction", dest="holdout_fraction", type=float,
+                   help="leave out this share of grids (by a salted hash of the key) for held-out evaluation")
+    p.add_argument("--holdout-salt", dest="holdout_salt", help="salt of that hash (default vbpe-holdout)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
     add_config_flag(p)
     p.set_defaults(handler=_run)

@@ -86,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
 
     cfg = config_from_args(args)
     summary = run_quantize(cfg)
