@@ -36,7 +36,7 @@ def warm_up() -> None:
 
     g = synthetic_grids(8, seed=99).codes
     _ours(g, 5, alpha_rel=0.01)
-    naive_learn(g[:, :8, :8].copy(), 256, 2)
+    naive_learn(synthetic_grids(4, 8, 8, codebook_size=256, seed=99).codes, 256, 2)
 
 
 def naive(quick: bool = False) -> dict:

@@ -20,8 +20,6 @@ EXIT_FAILURES = 3
 
 
 def load_config(spec: str, cls: type) -> Any:
-    import yaml
-
     from schemas.base import ConfigError
 
     if not spec.startswith("env:"):
@@ -30,13 +28,7 @@ def load_config(spec: str, cls: type) -> Any:
     text = os.environ.get(name)
     if text is None:
         raise ConfigError(f"--config {spec}: environment variable {name} is not set")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"invalid config {spec}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {spec}: expected a mapping at the top level")
-    return cls.from_dict(data, source=spec)
+    return cls.from_yaml_text(text, spec)
 
 
 MAX_LIST = 50

@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, TypeVar
 
-import yaml
-
 from pipeline import storage
-from schemas.base import Config, ConfigError
+from schemas.base import Config, parse_yaml_mapping
 
 T = TypeVar("T", bound=Config)
 
@@ -22,13 +20,7 @@ def build_config(cls: type[T], args: argparse.Namespace, fields: dict[str, str])
     source = "command line"
     if getattr(args, "config", None):
         source = args.config
-        try:
-            loaded = yaml.safe_load(storage.read_text(args.config)) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"invalid config {args.config}: not valid YAML: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"invalid config {args.config}: expected a mapping at the top level")
-        data.update(loaded)
+        data.update(parse_yaml_mapping(storage.read_text(args.config), args.config))
     for dest, field in fields.items():
         value = getattr(args, dest, None)
         if value is not None and value != []:

@@ -26,6 +26,17 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def parse_yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    """A config file's text -> its top-level mapping, or a ConfigError naming the source."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid config {source}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping at the top level")
+    return data
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -37,17 +48,14 @@ class Config(BaseModel):
             raise ConfigError(describe_validation_error(err, source)) from None
 
     @classmethod
+    def from_yaml_text(cls: type[T], text: str, source: str) -> T:
+        return cls.from_dict(parse_yaml_mapping(text, source), source=source)
+
+    @classmethod
     def from_yaml(cls: type[T], path: str | Path) -> T:
         from pipeline.storage import read_text
 
-        text = read_text(str(path))
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"invalid config {path}: not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"invalid config {path}: expected a mapping at the top level")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_yaml_text(read_text(str(path)), str(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -202,3 +202,12 @@ def test_large_instances_match_reference(V, shape, seed, n_merges, sigma):
     tokens, anchors, _ = group.segmentation()
     assert tokens.tolist() == [t for g in ref_state for t in g.segmentation()[0]]
     assert anchors.tolist() == [a for g in ref_state for a in g.segmentation()[1]]
+
+
+def test_in_memory_api_refuses_bad_grids():
+    from schemas.base import InputError
+
+    with pytest.raises(InputError, match="outside"):
+        learn_arrays([np.array([[0, 5]])], 4, 1)
+    with pytest.raises(InputError, match="shape"):
+        learn_arrays([np.zeros(3, np.int32)], 4, 1)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 
@@ -12,6 +11,7 @@ from pipeline.codegrids import write_grids
 from pipeline.report.api import run
 from tests.helpers_report import learn_vocab, photo_corpus
 from schemas.base import StorageOptions
+from tests.helpers.s3 import moto_s3
 from schemas.report import ReportConfig
 
 BUCKET = "vbpe-report"
@@ -19,30 +19,9 @@ BUCKET = "vbpe-report"
 
 @pytest.fixture(scope="module")
 def s3():
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage.set_default_storage(None)
-
+    storage.set_default_storage(None)
 
 def test_report_on_s3(s3, tmp_path):
     opts = StorageOptions(endpoint_url=s3)

@@ -10,33 +10,21 @@ import pytest
 from pipeline import codegrids
 from pipeline.tokenize.api import run
 from schemas.base import StorageOptions
+from tests.helpers.s3 import moto_s3
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
-from tests.tokenize_support import V, free_port, grids, learn_vocab
+from tests.tokenize_support import V, grids, learn_vocab
 
 BUCKET = "corpus"
 
 
 @pytest.fixture(scope="module")
 def s3():
-    moto_server = pytest.importorskip("moto.server")
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        mp.setenv(k, v)
     import s3fs
 
-    endpoint = f"http://127.0.0.1:{port}"
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
-    fs.mkdir(BUCKET)
-    try:
-        yield fs, StorageOptions(endpoint_url=endpoint)
-    finally:
-        mp.undo()
-        server.stop()
-
+    with moto_s3(BUCKET) as endpoint:
+        yield s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True), \
+            StorageOptions(endpoint_url=endpoint)
 
 def put_grids(fs, key: str, codes, prefix: str) -> None:
     n, h, w = codes.shape

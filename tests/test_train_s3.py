@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 
@@ -12,6 +11,7 @@ from pipeline import storage
 from pipeline.train import tiny
 from pipeline.train.files import local_dir, publish_dir
 from schemas.base import StorageOptions
+from tests.helpers.s3 import moto_s3
 from schemas.layout import IdLayout
 from schemas.train import CATEGORIES, TrainConfig
 
@@ -20,28 +20,11 @@ from schemas.train import CATEGORIES, TrainConfig
 @pytest.fixture(scope="module")
 def s3():
     """Credentials go into the environment before Ray starts so that its workers inherit them."""
-    from moto.server import ThreadedMotoServer
-
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = StorageOptions(endpoint_url=f"http://127.0.0.1:{port}")
-    storage.get_fs("s3://vbpe-train", options)[0].mkdir("vbpe-train")
-    storage.set_default_storage(options)
-    yield options
-    storage.set_default_storage(None)
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
+    with moto_s3("vbpe-train") as endpoint:
+        options = StorageOptions(endpoint_url=endpoint)
+        storage.set_default_storage(options)
+        yield options
+        storage.set_default_storage(None)
 
 def test_directories_round_trip(s3, tmp_path):
     (tmp_path / "src" / "sub").mkdir(parents=True)

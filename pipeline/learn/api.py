@@ -14,6 +14,7 @@ from pipeline import storage
 from pipeline.metrics import StageMetrics
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
+from pipeline.learn.instances import MAX_SIDE
 from pipeline.learn.shard_kernels import MAX_ID
 from pipeline.learn.shards import ShardGroup
 from pipeline.learn.stats import Stats
@@ -193,6 +194,11 @@ def learn_arrays(grids: list, codebook_size: int, merges: int, *, alpha: float |
     from pipeline.codegrids import Grids
 
     arrays = [np.asarray(g) for g in grids]
+    for i, a in enumerate(arrays):  # the kernels trust their input: check it here, like codegrids does for files
+        if a.ndim != 2 or not (1 <= a.shape[0] <= MAX_SIDE and 1 <= a.shape[1] <= MAX_SIDE):
+            raise InputError(f"grid {i} has shape {a.shape}: expected 2D, 1..{MAX_SIDE} per side")
+        if a.size and (a.min() < 0 or a.max() >= codebook_size):
+            raise InputError(f"grid {i} has codes outside [0, {codebook_size})")
     data = Grids([str(i) for i in range(len(arrays))], np.array([a.shape[0] for a in arrays], np.int32),
                  np.array([a.shape[1] for a in arrays], np.int32),
                  np.concatenate([a.reshape(-1) for a in arrays]).astype(np.int32) if arrays else np.empty(0, np.int32),

@@ -8,7 +8,6 @@ never an exception: an atlas without a crop is still an atlas.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -16,20 +15,14 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from pipeline import storage
+from pipeline.ingest.images import ImageLimits, decode_rgb
+from pipeline.ingest.preprocess import ImageSpec, resize_crop
 from schemas.base import StorageOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
@@ -45,29 +38,13 @@ def canonical(url: str) -> str:
 
 
 def preprocess(data: bytes, size: int, resample: str = "bicubic") -> Image.Image:
-    """Image bytes -> the quantizer's size x size RGB input (resize shortest side, centre crop).
+    """Image bytes -> the quantizer's size x size RGB input, by the quantizer's own decode and crop.
 
-    Done in one resampling step over the centre square (PIL's `box`), which is the same geometry
-    as resize-then-crop. EXIF orientation is applied and transparency composited on white first.
+    Only the decompression-bomb guard applies: an image that reached the grids already passed the
+    quantizer's size checks, and a crop is wanted even for one the checks would now refuse.
     """
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    scale = size / min(w, h)
-    if scale < 0.5 and im.format == "JPEG":
-        im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-    im.load()
-    im = ImageOps.exif_transpose(im) or im
-    if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        im = canvas
-    elif im.mode != "RGB":
-        im = im.convert("RGB")
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    return im.resize((size, size), resample=RESAMPLE[resample], box=(left, top, left + side, top + side))
+    rgb = decode_rgb(data, ImageLimits(min_side=1, max_aspect=float("inf")), shortest_side=size)
+    return Image.fromarray(resize_crop(rgb, ImageSpec(size, resample)))
 
 
 def cell_box(r: int, c: int, h: int, w: int, size: int) -> tuple[float, float, float, float]:
