@@ -46,6 +46,7 @@ def main() -> int:
     p.add_argument("--only", default=",".join(ALL))
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the targets)")
     args = p.parse_args()
+    args.out = os.path.abspath(args.out)  # Ray workers do not share this process's working directory
     os.makedirs(args.out, exist_ok=True)
     from bench.bench_learn import warm_up
 
