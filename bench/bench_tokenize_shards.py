@@ -1,0 +1,99 @@
+"""Image shards -> tokens in one Ray Data pass, against quantize alone on the same shards, in one process.
+
+`python -m bench.bench_tokenize_shards OUT [--merges 1024] [--rounds 2]`. Demo photos in 8 shards,
+the k-means quantizer (256 px -> 32 x 32, 512 codes, the cheap forward, so anything the extra
+tokenize step costs shows), a vocabulary learned by `vbpe learn` on the quantized codes. Runs
+alternate (quantize, shards->tokens, quantize, ...) so load from other jobs on this shared machine
+hits both alike. Both use the stage defaults: one encoder actor and readers of 1 CPU each, and
+tokenize tasks of 1 CPU (cpus_per_task).
+
+Figures per run: images/s over the Ray phase incl. start-up, and "steady" (blocks after the first
+reaching the driver / time from the first to the last), as in bench_quantize.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+
+
+def _quantize(q, shards: list[str], out: str) -> dict:
+    from pipeline.quantize.run import run_quantize
+    from schemas.quantize import QuantizeConfig
+
+    shutil.rmtree(out, ignore_errors=True)
+    s = run_quantize(QuantizeConfig(inputs=shards, out=out, quantizer=q, batch_size=32, torch_threads=1))
+    return {"images": s.rows_written, "ips": s.rows_written / s.encode_seconds, "steady": s.trace.steady_images_per_second()}
+
+
+def _tokenize(q, shards: list[str], vocab: str, out: str) -> dict:
+    from pipeline.tokenize.api import run
+    from schemas.layout import IdLayout
+    from schemas.tokenize import TokenizeConfig
+
+    shutil.rmtree(out, ignore_errors=True)
+    s = run(TokenizeConfig(inputs=shards, vocab=vocab, out=out, layout=IdLayout(codebook_size=512),
+                           quantize={"quantizer": q.model_dump(), "batch_size": 32, "torch_threads": 1}))
+    assert s.ok, s.failed
+    return {"images": s.rows_written, "ips": s.rows_written / s.work_seconds, "steady": s.trace.steady_images_per_second(),
+            "cells_per_token": s.cells / max(s.tokens, 1)}
+
+
+def run(out_dir: str, merges: int = 1024, rounds: int = 2) -> dict:
+    from pipeline.demo.photos import build_demo_shards
+    from pipeline.learn.api import run as learn
+    from pipeline.quantize.fit import ensure_codebook
+    from pipeline.tokenize.execute import ensure_ray
+    from schemas.learn import LearnConfig
+    from schemas.quantize import IngestOptions, KMeansQuantizerConfig
+
+    os.makedirs(out_dir, exist_ok=True)
+    shards = build_demo_shards(os.path.join(out_dir, "shards"), samples=384, shards=8, seed=1, plant_bad=False).shards
+    q = KMeansQuantizerConfig(codebook=os.path.join(out_dir, "kmeans.safetensors"), image_size=256, patch_size=8,
+                              codebook_size=512, fit_patches=40_000, fit_iterations=12)
+    ensure_codebook(q, shards, IngestOptions(), None)
+    ensure_ray(None)
+    vocab = os.path.join(out_dir, f"vocab-{merges}.json")
+    if not os.path.exists(vocab):  # learned on this quantizer's codes, so it carries its fingerprint
+        _quantize(q, shards, os.path.join(out_dir, "train-codes"))
+        learn(LearnConfig(inputs=[os.path.join(out_dir, "train-codes", "grids")], out=vocab, merges=merges, progress=False))
+    runs: dict[str, list[dict]] = {"quantize": [], "shards_to_tokens": []}
+    for r in range(rounds):
+        runs["quantize"].append(_quantize(q, shards, os.path.join(out_dir, f"q-{r}")))
+        runs["shards_to_tokens"].append(_tokenize(q, shards, vocab, os.path.join(out_dir, f"t-{r}")))
+    result = {name: {"images": rs[0]["images"], "ips_runs": [round(x["ips"], 1) for x in rs],
+                     "steady_runs": [round(x["steady"], 1) for x in rs],
+                     "ips_median": round(statistics.median(x["ips"] for x in rs), 1),
+                     "steady_median": round(statistics.median(x["steady"] for x in rs), 1)}
+              for name, rs in runs.items()}
+    result["shards_to_tokens"]["cells_per_token"] = round(runs["shards_to_tokens"][0]["cells_per_token"], 2)
+    result["merges"] = merges
+    result["load_avg_end"] = os.getloadavg()
+    q_, t_ = result["quantize"], result["shards_to_tokens"]
+    print(f"{'':18} {'images':>6} {'img/s (runs)':>18} {'steady (runs)':>18}")
+    for name in ("quantize", "shards_to_tokens"):
+        r = result[name]
+        print(f"{name:18} {r['images']:6d} {str(r['ips_runs']):>18} {str(r['steady_runs']):>18}")
+    print(f"shards->tokens / quantize: {t_['ips_median'] / q_['ips_median']:.2f} (whole Ray phase), "
+          f"{t_['steady_median'] / q_['steady_median']:.2f} (steady); {t_['cells_per_token']} cells per token")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--merges", type=int, default=1024)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    t = time.perf_counter()
+    result = run(args.out, args.merges, args.rounds)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"({time.perf_counter() - t:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
