@@ -1,8 +1,10 @@
 """`run(TokenizeConfig)`: code grids (or image shards) + vocabulary + id layout -> a versioned token corpus.
 
 Order of work: everything that can refuse the run does so first (vocabulary, layout vs vocabulary,
-codebook and quantizer of every input, the version's manifest); then only inputs not yet done in
-this version are processed, each committed (files, then its manifest entry) as soon as it is back.
+codebook and quantizer of every grid file, or of the quantizer that will encode the image shards,
+the version's manifest); then only inputs not yet done in this version are processed (grid files
+as tasks, image shards in one Ray Data pass), each committed (files, then its manifest entry) as
+soon as it is back.
 """
 from __future__ import annotations
 

@@ -145,12 +145,28 @@ def build_dataset(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, n
     )
 
 
+def _warn_if_no_cpu_left(cfg: TokenizeConfig) -> None:
+    """Readers + encoder actors holding every CPU leave the tokenize tasks none until reading ends: correct, but
+    nothing is committed (and token blocks pile up) until then. Worth one line, since it looks like a hang."""
+    import ray
+
+    q = cfg.quantize
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    held = q.cpus_per_reader + (q.max_actors or q.num_actors) * q.cpus_per_actor
+    if cpus and held + cfg.cpus_per_task > cpus:
+        log.warning("the cluster has %.1f CPUs; reader tasks (%.2f) + encoder actors (%.2f) + one tokenize task (%.2f) "
+                    "do not fit at once, so shards are tokenized and committed only as reading ends: lower "
+                    "quantize.cpus_per_reader / cpus_per_actor or cpus_per_task", cpus, q.cpus_per_reader,
+                    held - q.cpus_per_reader, cfg.cpus_per_task)
+
+
 def run_shards(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], vocab: Vocabulary,
                layout: IdLayout | None, jobs: list[ShardJob], out: str, trace: Any = None) -> Iterator[Outcome]:
     """Yield each shard's outcome as soon as all its rows are back and its files are written."""
     from pipeline.tokenize.execute import ensure_ray
 
     ensure_ray(cfg.ray_address)
+    _warn_if_no_cpu_left(cfg)
     urls = [j.url for j in jobs]
     ds = build_dataset(cfg, spec, tensors, vocab, layout, urls, out)
     schema = output_schema(vocab.fingerprint(), vocab.codebook_size, layout, vocab.quantizer_fingerprint)
