@@ -231,3 +231,10 @@ def test_an_added_shard_is_the_only_one_processed(ray_local, setup, tmp_path):
 
     third = run(shard_cfg(setup, [str(shards)], tmp_path / "out"))
     assert (third.done, third.skipped) == (0, 3)
+
+
+def test_submit_sees_the_quantizer_files_as_paths_to_check(setup):
+    """`vbpe submit` refuses relative paths (they break in a job's working dir): the quantizer's files count too."""
+    cfg = shard_cfg(setup, ["s3://b/shards/"], "s3://b/out", vocab="s3://b/vocab.json", layout=None,
+                    quantize={"quantizer": {**setup["quantizer"], "codebook": "models/cb.safetensors"}})
+    assert cfg.local_relative_paths() == ["models/cb.safetensors"]
