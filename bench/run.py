@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print a table, write bench-out/results.json.
 
-    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,quantize,train] [--quick]
+    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,quantize,shards,train] [--quick]
 
 Speed is reported as ratios against a baseline measured in the same run (the machines are noisy).
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-ALL = ["naive", "hf", "scale", "encode", "quantize", "train"]
+ALL = ["naive", "hf", "scale", "encode", "quantize", "shards", "train"]
 
 
 def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
@@ -33,6 +33,10 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
         from bench import bench_quantize
 
         return bench_quantize.run(os.path.join(out, "quantize"))
+    if name == "shards":
+        from bench import bench_tokenize_shards
+
+        return bench_tokenize_shards.run(os.path.join(out, "shards"), images=384 if quick else 1536)
     if name == "train":
         from bench import bench_train
 

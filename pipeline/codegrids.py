@@ -185,7 +185,8 @@ def open_corpus(paths: list[str], codebook_size: int | None = None, options: Sto
     return Corpus(files, int(codebook_size), fps.pop() if fps else None)
 
 
-def _validate(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
+def validate_table(table: pa.Table, source: str, first_row: int, V: int) -> Grids:
+    """Rows of one table (key, height, width, codes[, source, caption]) -> accepted grids + rejects with reasons."""
     n = table.num_rows
     keys_col = table.column("key")
     keys = keys_col.to_pylist()
@@ -263,7 +264,7 @@ def read_file(gf: GridFile, V: int, row_start: int = 0, row_stop: int | None = N
             lo, hi = max(row_start, first), min(row_stop, first + n)
             if lo < hi:
                 table = pf.read_row_group(rg, columns=columns).slice(lo - first, hi - lo)
-                parts.append(_validate(table, gf.path, lo, V))
+                parts.append(validate_table(table, gf.path, lo, V))
             first += n
     return Grids.concat(parts)
 

@@ -14,8 +14,13 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML config; flags given here override it")
 
 
-def build_config(cls: type[T], args: argparse.Namespace, fields: dict[str, str]) -> T:
-    """`fields` maps argparse dest -> config field; only flags the user gave (not None) override."""
+def build_config(cls: type[T], args: argparse.Namespace, fields: dict[str, str],
+                 sections: dict[str, dict[str, Any]] | None = None) -> T:
+    """`fields` maps argparse dest -> config field; only flags the user gave (not None) override.
+
+    `sections` are flag values for nested mappings (e.g. {"quantize": {"batch_size": 64}}): merged
+    into the file's section key by key, so a flag overrides one field without dropping the others.
+    """
     data: dict[str, Any] = {}
     source = "command line"
     if getattr(args, "config", None):
@@ -25,4 +30,8 @@ def build_config(cls: type[T], args: argparse.Namespace, fields: dict[str, str])
         value = getattr(args, dest, None)
         if value is not None and value != []:
             data[field] = value
+    for name, values in (sections or {}).items():
+        if values:
+            base = data.get(name)
+            data[name] = {**(base if isinstance(base, dict) else {}), **values}
     return cls.from_dict(data, source=source)

@@ -77,9 +77,9 @@ class IngestOptions(Config):
         return [e.lower().lstrip(".") for e in v]
 
 
-class QuantizeConfig(Config):
-    inputs: list[str] = Field(min_length=1)
-    out: str
+class QuantizeOptions(Config):
+    """How shards are read and quantized: shared by `vbpe quantize` and `vbpe tokenize` on image shards."""
+
     quantizer: QuantizerConfig
     ingest: IngestOptions = IngestOptions()
     batch_size: int = Field(32, ge=1)
@@ -91,14 +91,23 @@ class QuantizeConfig(Config):
     shards_per_reader_process: int = Field(16, ge=1, description="a reader worker process is replaced after this many shards")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default max(1, cpus_per_actor)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @model_validator(mode="after")
+    def _actors(self) -> "QuantizeOptions":
+        if self.max_actors is not None and self.max_actors < self.num_actors:
+            raise ValueError(f"max_actors {self.max_actors} < num_actors {self.num_actors}")
+        return self
+
+
+class QuantizeConfig(QuantizeOptions):
+    inputs: list[str] = Field(min_length=1)
+    out: str
     fit_kmeans: bool = False
     ray_address: str | None = None
     storage: StorageOptions = StorageOptions()
 
     @model_validator(mode="after")
-    def _actors(self) -> "QuantizeConfig":
-        if self.max_actors is not None and self.max_actors < self.num_actors:
-            raise ValueError(f"max_actors {self.max_actors} < num_actors {self.num_actors}")
+    def _fit_needs_kmeans(self) -> "QuantizeConfig":
         if self.fit_kmeans and self.quantizer.kind != "kmeans":
             raise ValueError("fit_kmeans needs quantizer.kind: kmeans")
         return self

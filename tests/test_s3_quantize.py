@@ -63,3 +63,47 @@ def test_quantize_from_s3_to_s3(ray_s3, tmp_path, capsys):
 
     assert vbpe(args) == 0
     assert "0 done now, 3 already done" in capsys.readouterr().out
+
+
+def test_tokenize_image_shards_from_s3_to_s3(ray_s3, tmp_path, capsys):
+    """`vbpe tokenize` on s3:// shards: one Ray Data pass, corpus written to S3, keyed by shard URL, incremental."""
+    import numpy as np
+
+    from pipeline.ingest.reader import Decoded, iter_shard
+    from pipeline.quantize.fit import ensure_codebook
+    from pipeline.quantize.kmeans import KMeansEncoder, load_codebook
+    from schemas.quantize import IngestOptions, KMeansQuantizerConfig
+    from tests.tokenize_support import learn_vocab
+
+    opts = StorageOptions(endpoint_url=ray_s3)
+    for i in range(2):
+        write_shard(f"s3://{BUCKET}/tok/shards/s-{i:03d}.tar", good_samples(f"k{i}_", 4, seed=20 + i), opts)
+    q = KMeansQuantizerConfig(codebook=f"s3://{BUCKET}/tok/cb.safetensors", image_size=32, patch_size=8, codebook_size=16,
+                              fit_patches=2000)
+    assert ensure_codebook(q, [f"s3://{BUCKET}/tok/shards/s-000.tar"], IngestOptions(), opts)
+    cb = load_codebook(q.codebook, opts)
+    images = [d.pixels for i in range(2) for d in iter_shard(f"s3://{BUCKET}/tok/shards/s-{i:03d}.tar", cb.spec().image,
+                                                             IngestOptions(), opts) if isinstance(d, Decoded)]
+    codes = KMeansEncoder(cb.spec(), {"centroids": cb.centroids}).encode(np.stack(images * 3))  # 24 grids of 4 x 4
+    vocab = learn_vocab(codes, num_merges=3, codebook_size=16, quantizer_fingerprint=cb.fingerprint)
+    storage.write_text(f"s3://{BUCKET}/tok/vocab.json", json.dumps(vocab.to_json()), opts)
+    (tmp_path / "q.yaml").write_text(json.dumps(q.model_dump()))
+    (tmp_path / "res.yaml").write_text(json.dumps({"quantize": {"cpus_per_actor": 0.5, "cpus_per_reader": 0.5},
+                                                   "cpus_per_task": 0.5, "storage": {"endpoint_url": ray_s3}}))
+    args = ["tokenize", f"s3://{BUCKET}/tok/shards/", "--vocab", f"s3://{BUCKET}/tok/vocab.json", "--out",
+            f"s3://{BUCKET}/tok/out", "--quantizer", str(tmp_path / "q.yaml"), "--config", str(tmp_path / "res.yaml"),
+            "--batch-size", "4", "--json"]
+    assert vbpe(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["done"], report["rows_written"], report["rows_rejected"]) == (2, 8, 0)
+    assert report["root"].startswith(f"s3://{BUCKET}/tok/out/")
+    manifest = json.loads(storage.read_text(f"{report['root']}/manifest.json", opts))
+    assert set(manifest["inputs"]) == {f"s3://{BUCKET}/tok/shards/s-{i:03d}.tar" for i in range(2)}
+    fs, _ = storage.get_fs(report["root"], opts)
+    table = pq.read_table(report["data"].split("://", 1)[1], filesystem=fs)
+    assert table.num_rows == 8 and set(table.column("source").to_pylist()) == set(manifest["inputs"])
+
+    write_shard(f"s3://{BUCKET}/tok/shards/s-002.tar", good_samples("k2_", 3, seed=22), opts)
+    assert vbpe(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["done"], again["skipped"], again["rows_written"]) == (1, 2, 3)

@@ -1,8 +1,10 @@
 """`run(TokenizeConfig)`: code grids (or image shards) + vocabulary + id layout -> a versioned token corpus.
 
 Order of work: everything that can refuse the run does so first (vocabulary, layout vs vocabulary,
-codebook and quantizer of every input, the version's manifest); then only inputs not yet done in
-this version are processed, each committed (files, then its manifest entry) as soon as it is back.
+codebook and quantizer of every grid file, or of the quantizer that will encode the image shards,
+the version's manifest); then only inputs not yet done in this version are processed (grid files
+as tasks, image shards in one Ray Data pass), each committed (files, then its manifest entry) as
+soon as it is back.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from pipeline import codegrids, storage
 from pipeline.learn.vocab import Vocabulary
+from pipeline.quantize.summary import RunTrace
 from pipeline.tokenize import versions
 from pipeline.tokenize.execute import Outcome, run_jobs
 from pipeline.tokenize.files import remove_stale_temps
@@ -50,6 +53,8 @@ class TokenizeSummary:
     totals: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     work_seconds: float = 0.0
+    input_kind: str = "grids"
+    trace: RunTrace = field(default_factory=RunTrace)  # shard input: when token blocks reached the driver
 
     @property
     def ok(self) -> bool:
@@ -59,7 +64,7 @@ class TokenizeSummary:
         return {
             "ok": self.ok, "version": self.version, "root": self.root, "data": self.data,
             "vocab_fingerprint": self.vocab_fingerprint, "layout_fingerprint": self.layout_fingerprint,
-            "inputs": self.inputs, "skipped": self.skipped, "done": self.done, "failed": self.failed,
+            "input_kind": self.input_kind, "inputs": self.inputs, "skipped": self.skipped, "done": self.done, "failed": self.failed,
             "rows_in": self.rows_in, "rows_written": self.rows_written, "rows_rejected": self.rows_rejected,
             "tokens": self.tokens, "cells": self.cells, "reject_reasons": dict(self.reasons), "totals": self.totals,
             "seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_in / max(self.work_seconds, 1e-9), 1),
@@ -138,29 +143,39 @@ def _fresh_listings(paths: list[str], options) -> None:
             storage.get_fs(path, options)[0].invalidate_cache()
 
 
-def _plan(cfg: TokenizeConfig, corpus: codegrids.Corpus, manifest: versions.Manifest, layout: IdLayout | None,
-          summary: TokenizeSummary) -> tuple[list[FileJob], dict[str, dict]]:
-    """A job for every input this version does not have yet (or whose file changed since)."""
-    options, paths = cfg.storage, manifest.paths
-    jobs, identities = [], {}
-    for gf in corpus.files:
-        url = versions.canonical_url(gf.path)
-        identities[url] = versions.input_identity(gf.path, options)
-        if manifest.is_done(url, identities[url], options):
+def _todo(paths: list[str], manifest: versions.Manifest, options, summary: TokenizeSummary) -> list[tuple[str, str, dict]]:
+    """(path, canonical URL, identity) of every input this version does not have yet (or whose file changed since)."""
+    todo = []
+    for path in paths:
+        url = versions.canonical_url(path)
+        identity = versions.input_identity(path, options)
+        if manifest.is_done(url, identity, options):
             summary.skipped += 1
-            continue
-        name = versions.output_name(url)
-        jobs.append(FileJob(
-            grid_file=vars(gf).copy(), output=storage.join(paths.data_dir, name),
-            rejects=storage.join(paths.rejects_dir, versions.rejects_name(name)),
-            layout=layout.model_dump(mode="json") if layout else None, storage=options.model_dump(mode="json"),
-        ))
-    return jobs, identities
+        else:
+            todo.append((path, url, identity))
+    return todo
+
+
+def _targets(paths: versions.VersionPaths, url: str) -> tuple[str, str]:
+    name = versions.output_name(url)
+    return storage.join(paths.data_dir, name), storage.join(paths.rejects_dir, versions.rejects_name(name))
+
+
+def _grid_jobs(cfg: TokenizeConfig, corpus: codegrids.Corpus, todo: list[tuple[str, str, dict]], paths: versions.VersionPaths,
+               layout: IdLayout | None) -> list[FileJob]:
+    files = {gf.path: gf for gf in corpus.files}
+    jobs = []
+    for path, url, _ in todo:
+        output, rejects = _targets(paths, url)
+        jobs.append(FileJob(grid_file=vars(files[path]).copy(), output=output, rejects=rejects,
+                            layout=layout.model_dump(mode="json") if layout else None,
+                            storage=cfg.storage.model_dump(mode="json")))
+    return jobs
 
 
 def _commit(outcome: Outcome, identity: dict, manifest: versions.Manifest, summary: TokenizeSummary, progress: str) -> None:
     """The outcome's files are already in place: record it (the manifest is saved by the caller)."""
-    url = versions.canonical_url(outcome.job.grid_file["path"])
+    url = versions.canonical_url(outcome.input)
     if outcome.error is not None:
         summary.failed[url] = outcome.error
         manifest.record(url, status="failed", identity=identity, error=outcome.error)
@@ -194,31 +209,43 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
     if layout is not None:
         check_layout(layout, vocab, cfg.vocab)
     kind, urls = _input_kind(cfg)
-    if kind == "shards":
-        from pipeline.tokenize.shards import run_shards
+    if kind == "shards":  # refuse a quantizer whose codes are not the vocabulary's before any work
+        from pipeline.tokenize import shards
 
-        return run_shards(cfg, vocab, layout, urls)
-    corpus = codegrids.open_corpus(urls, codebook_size=vocab.codebook_size, options=options)
-    _check_inputs(corpus, vocab)
+        urls = sorted({versions.canonical_url(u) for u in urls})
+        spec, tensors = shards.prepare_quantizer(cfg, vocab)
+    else:
+        if cfg.quantize is not None:
+            log.info("inputs are code grids: the `quantize` section is not used")
+        corpus = codegrids.open_corpus(urls, codebook_size=vocab.codebook_size, options=options)
+        _check_inputs(corpus, vocab)
+        urls = [gf.path for gf in corpus.files]
     manifest = _prepare_version(cfg, vocab, layout)
     paths = manifest.paths
     summary = TokenizeSummary(paths.name, paths.root, paths.data_dir, vocab.fingerprint(),
-                              layout.fingerprint() if layout else None, inputs=len(corpus.files))
-    jobs, identities = _plan(cfg, corpus, manifest, layout, summary)
-    log.info("%s: %d inputs, %d to tokenize, %d already done", paths.name, len(corpus.files), len(jobs), summary.skipped)
+                              layout.fingerprint() if layout else None, inputs=len(urls), input_kind=kind)
+    todo = _todo(urls, manifest, options, summary)
+    identities = {url: identity for _, url, identity in todo}
+    log.info("%s: %d %s, %d to tokenize, %d already done", paths.name, len(urls), kind, len(todo), summary.skipped)
     manifest.save(options)
     versions.update_index(cfg.out, options)
 
+    if kind == "shards":
+        jobs = [shards.ShardJob(url, *_targets(paths, url)) for _, url, _ in todo]
+        outcomes = shards.run_shards(cfg, spec, tensors, vocab, layout, jobs, paths.root, summary.trace) if jobs else iter(())
+    else:
+        outcomes = run_jobs(_grid_jobs(cfg, corpus, todo, paths, layout), vocab.to_json(), cfg)
     work_start = last_save = time.perf_counter()
-    for i, outcome in enumerate(run_jobs(jobs, vocab.to_json(), cfg), 1):
-        url = versions.canonical_url(outcome.job.grid_file["path"])
-        _commit(outcome, identities[url], manifest, summary, f"[{i}/{len(jobs)}]")
-        if time.perf_counter() - last_save >= MANIFEST_SAVE_SECONDS:
-            manifest.save(options)
-            last_save = time.perf_counter()
-    summary.work_seconds = time.perf_counter() - work_start
-    manifest.save(options)
-    versions.update_index(cfg.out, options)
+    try:
+        for i, outcome in enumerate(outcomes, 1):
+            _commit(outcome, identities[versions.canonical_url(outcome.input)], manifest, summary, f"[{i}/{len(todo)}]")
+            if time.perf_counter() - last_save >= MANIFEST_SAVE_SECONDS:
+                manifest.save(options)
+                last_save = time.perf_counter()
+    finally:  # inputs committed before an error stay committed
+        summary.work_seconds = time.perf_counter() - work_start
+        manifest.save(options)
+        versions.update_index(cfg.out, options)
     summary.totals = manifest.totals()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    job: FileJob
+    """One input's result (or error), keyed by the input's path or URL; the driver records it."""
+
+    input: str
     result: FileResult | None
     error: str | None
 
@@ -26,10 +28,10 @@ class Outcome:
 def run_local(jobs: list[FileJob], vocab_json: dict[str, Any]) -> Iterator[Outcome]:
     for job in jobs:
         try:
-            yield Outcome(job, tokenize_file(job, vocab_json), None)
+            yield Outcome(job.grid_file["path"], tokenize_file(job, vocab_json), None)
         except Exception as err:  # one bad file must not stop the others; the driver records it
             log.debug("%s failed", job.grid_file["path"], exc_info=True)
-            yield Outcome(job, None, f"{type(err).__name__}: {err}")
+            yield Outcome(job.grid_file["path"], None, f"{type(err).__name__}: {err}")
 
 
 def ensure_ray(address: str | None) -> None:
@@ -72,9 +74,9 @@ def run_ray(jobs: list[FileJob], vocab_json: dict[str, Any], cfg: TokenizeConfig
         for ref in ready:
             job = pending.pop(ref)
             try:
-                yield Outcome(job, ray.get(ref), None)
+                yield Outcome(job.grid_file["path"], ray.get(ref), None)
             except Exception as err:
-                yield Outcome(job, None, _error_text(err))
+                yield Outcome(job.grid_file["path"], None, _error_text(err))
 
 
 def run_jobs(jobs: list[FileJob], vocab_json: dict[str, Any], cfg: TokenizeConfig) -> Iterator[Outcome]:

@@ -1,32 +1,184 @@
-"""Image shards straight to tokens: quantize, then apply the vocabulary, in one Ray Data pass.
+"""Image shards straight to tokens: read, quantize and apply the vocabulary in one Ray Data pass.
 
-Needs the quantize stage (pipeline.quantize). Until that stage is part of this build, asking for
-shard input is a clear configuration error; code-grid Parquet input works without it.
-
-The seam: the quantize stage's Ray Data pipeline (read shards -> encoder actors) gains one more
-`map_batches` that validates the code rows (codegrids) and calls `records.encode_to_table`; the
-driver regroups rows per shard as quantize does and commits each shard exactly like a grid file
-(`files.atomic_write`, then a `versions.Manifest` entry keyed by the shard URL), so versions,
-incremental runs and rejects behave the same for both kinds of input.
+The quantize stage's pipeline (reader tasks -> encoder actor pool, pipeline.quantize.dataset) gains
+one more `map_batches` (pipeline.tokenize.stream) that turns code rows into token rows, so no
+code-grid files are written in between. The driver regroups rows per shard with the quantize
+stage's collector and commits each shard like a grid file (files first, then a manifest entry keyed
+by the shard URL), so versions, incremental runs, rejects and failures behave the same for both
+kinds of input.
 """
 from __future__ import annotations
 
-import importlib.util
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.ingest.records import IMAGE
 from pipeline.learn.vocab import Vocabulary
+from pipeline.quantize.collect import Collector, ShardResult
+from pipeline.quantize.spec import QuantizerSpec
+from pipeline.tokenize.execute import Outcome
+from pipeline.tokenize.files import atomic_write, remove
+from pipeline.tokenize.records import output_schema
+from pipeline.tokenize.worker import FileResult
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
-from schemas.tokenize import TokenizeConfig
+from schemas.quantize import QuantizeConfig
+from schemas.tokenize import SHARDS_NEED_QUANTIZER, TokenizeConfig
+
+log = logging.getLogger(__name__)
+
+MIN_TOKENIZE_BATCH = 256  # rows per tokenize task at least: amortises task overhead, still streams per shard
 
 
-def quantize_available() -> bool:
-    return importlib.util.find_spec("pipeline.quantize") is not None and importlib.util.find_spec("schemas.quantize") is not None
+@dataclass
+class ShardJob:
+    url: str  # canonical shard URL (the manifest key and each row's `source`)
+    output: str
+    rejects: str
 
 
-def run_shards(cfg: TokenizeConfig, vocab: Vocabulary, layout: IdLayout | None, urls: list[str]):
-    if not quantize_available():
-        raise ConfigError(
-            f"{len(urls)} inputs are image shards (e.g. {urls[0]}), but this build has no quantize stage "
-            "(pipeline.quantize): quantize them with `vbpe quantize` first and tokenize the code-grid Parquet"
-        )
-    raise ConfigError("image-shard input is not wired to this build's quantize stage yet")
+def prepare_quantizer(cfg: TokenizeConfig, vocab: Vocabulary) -> tuple[QuantizerSpec, dict[str, np.ndarray]]:
+    """Load and fingerprint the quantizer once; refuse it unless its codes are the vocabulary's codes."""
+    if cfg.quantize is None:
+        raise ConfigError(SHARDS_NEED_QUANTIZER)
+    if cfg.executor == "local":
+        raise ConfigError("image shards are quantized in a Ray Data pass: executor: local only applies to code-grid "
+                          "input (use auto or ray; without a cluster a private local Ray is started)")
+    from pipeline.quantize.registry import prepare
+
+    spec, tensors = prepare(cfg.quantize.quantizer, cfg.storage)
+    what = f"codes of {spec.describe()}"
+    vocab.check_codebook(spec.codebook_size, what=what)
+    vocab.check_quantizer(spec.fingerprint, what=what)
+    if not vocab.quantizer_fingerprint:
+        log.warning("the vocabulary does not record its quantizer: only the codebook size (%d) could be checked "
+                    "against %s", vocab.codebook_size, spec.describe())
+    return spec, tensors
+
+
+def quantize_config(cfg: TokenizeConfig, urls: list[str], out: str) -> QuantizeConfig:
+    """The quantize stage's view of this run (its dataset builder takes a QuantizeConfig)."""
+    assert cfg.quantize is not None
+    return QuantizeConfig.model_validate({**cfg.quantize.model_dump(), "inputs": urls, "out": out,
+                                          "ray_address": cfg.ray_address, "storage": cfg.storage.model_dump()})
+
+
+class TokenCollector(Collector):
+    """The quantize stage's per-shard reassembly (dedup by row, done at the end marker), with token rows."""
+
+    def __init__(self, urls: dict[int, str], spec: QuantizerSpec, schema: pa.Schema):
+        super().__init__(urls, spec)
+        self.schema = schema
+
+    def _grids(self, rows: pa.Table | None, url: str) -> pa.Table:
+        if rows is None:
+            return self.schema.empty_table()
+        images = rows.filter(pc.equal(rows.column("kind"), IMAGE)).sort_by("row")
+        cols = {name: images.column(name) for name in self.schema.names if name in images.column_names}
+        cols["source"] = pa.array([url] * images.num_rows, pa.string())
+        return pa.table(cols).select(self.schema.names).cast(self.schema)
+
+
+def reason_kind(reason: str) -> str:
+    """`corrupt image: cannot identify ...` -> `corrupt image`; numbers become N, so reasons group."""
+    return re.sub(r"-?\d+", "N", reason.split(":", 1)[0])
+
+
+def write_shard(res: ShardResult, job: ShardJob, options) -> FileResult:
+    """One finished shard -> its tokens file and rejects file (both whole or absent)."""
+    table, rejects = res.grids, res.rejects
+    if res.rows_in != res.rows_written + res.rows_rejected:
+        raise RuntimeError(f"{res.url}: {res.rows_in} rows in but {res.rows_written} written + {res.rows_rejected} rejected")
+    with atomic_write(job.output, options) as sink:
+        pq.write_table(table, sink, compression="zstd")
+    if res.rows_rejected:
+        with atomic_write(job.rejects, options) as sink:
+            pq.write_table(rejects, sink, compression="zstd")
+    else:
+        remove(job.rejects, options)  # left by an earlier attempt on an older copy of this shard
+    reasons: dict[str, int] = {}
+    for r in (rejects.column("reason").to_pylist() if res.rows_rejected else []):
+        reasons[reason_kind(r)] = reasons.get(reason_kind(r), 0) + 1
+    cells = pc.sum(pc.multiply(table.column("height").cast(pa.int64()), table.column("width").cast(pa.int64()))).as_py()
+    tokens = pc.sum(table.column("n_tokens")).as_py()
+    return FileResult(res.url, res.rows_in, res.rows_written, res.rows_rejected, int(tokens or 0), int(cells or 0),
+                      res.read_seconds, bool(res.rows_rejected), reasons)
+
+
+def _outcome(res: ShardResult, job: ShardJob, cfg: TokenizeConfig) -> Outcome:
+    if res.error is not None:  # the reader could not read the shard at all
+        return Outcome(job.url, None, res.error)
+    try:
+        return Outcome(job.url, write_shard(res, job, cfg.storage), None)
+    except Exception as err:  # e.g. the store refused the upload: this shard fails, the others go on
+        log.debug("%s failed", job.url, exc_info=True)
+        return Outcome(job.url, None, f"{type(err).__name__}: {err}")
+
+
+def build_dataset(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], vocab: Vocabulary,
+                  layout: IdLayout | None, urls: list[str], out: str):
+    """Reader tasks -> encoder actors (the quantize stage's dataset) -> tokenize tasks."""
+    import ray
+
+    from pipeline.quantize.dataset import build_dataset as quantize_dataset
+    from pipeline.tokenize.stream import tokenize_stream
+
+    qcfg = quantize_config(cfg, urls, out)
+    ds = quantize_dataset(qcfg, spec, ray.put(tensors), urls)
+    return ds.map_batches(
+        tokenize_stream,
+        fn_kwargs={"vocab": [ray.put(vocab.to_json())], "fingerprint": vocab.fingerprint(),
+                   "layout": layout.model_dump(mode="json") if layout else None},
+        batch_size=max(MIN_TOKENIZE_BATCH, qcfg.batch_size),
+        batch_format="pyarrow",
+        num_cpus=cfg.cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=cfg.workers) if cfg.workers else None,
+        udf_modifying_row_count=False,
+    )
+
+
+def _warn_if_no_cpu_left(cfg: TokenizeConfig) -> None:
+    """Readers + encoder actors holding every CPU leave the tokenize tasks none until reading ends: correct, but
+    nothing is committed (and token blocks pile up) until then. Worth one line, since it looks like a hang."""
+    import ray
+
+    q = cfg.quantize
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    held = q.cpus_per_reader + (q.max_actors or q.num_actors) * q.cpus_per_actor
+    if cpus and held + cfg.cpus_per_task > cpus:
+        log.warning("the cluster has %.1f CPUs; reader tasks (%.2f) + encoder actors (%.2f) + one tokenize task (%.2f) "
+                    "do not fit at once, so shards are tokenized and committed only as reading ends: lower "
+                    "quantize.cpus_per_reader / cpus_per_actor or cpus_per_task", cpus, q.cpus_per_reader,
+                    held - q.cpus_per_reader, cfg.cpus_per_task)
+
+
+def run_shards(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], vocab: Vocabulary,
+               layout: IdLayout | None, jobs: list[ShardJob], out: str, trace: Any = None) -> Iterator[Outcome]:
+    """Yield each shard's outcome as soon as all its rows are back and its files are written."""
+    from pipeline.tokenize.execute import ensure_ray
+
+    ensure_ray(cfg.ray_address)
+    _warn_if_no_cpu_left(cfg)
+    urls = [j.url for j in jobs]
+    ds = build_dataset(cfg, spec, tensors, vocab, layout, urls, out)
+    schema = output_schema(vocab.fingerprint(), vocab.codebook_size, layout, vocab.quantizer_fingerprint)
+    collector = TokenCollector(dict(enumerate(urls)), spec, schema)
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if trace is not None:
+            images = int(np.count_nonzero(block.column("kind").to_numpy(zero_copy_only=False) == IMAGE))
+            trace.arrivals.append((time.perf_counter(), images))
+        for res in collector.add(block):
+            yield _outcome(res, jobs[res.index], cfg)
+    if trace is not None:
+        trace.dataset_stats = ds.stats()
+    missing = collector.unfinished()
+    if missing:
+        raise RuntimeError(f"stream ended before {len(missing)} shards were complete: {missing[:3]}")
