@@ -258,3 +258,22 @@ def test_the_trainer_reads_the_corpus(corpus, tmp_path):
     other = IdLayout(**{**LAYOUT.model_dump(), "text_vocab_size": 999})
     with pytest.raises(InputError, match="tokenized with layout"):
         train_corpus.load_images([s.data], keys, other)
+
+
+def test_tokenize_writes_run_metrics(tmp_path):
+    import json
+
+    from pipeline.tokenize.api import run
+    from schemas.tokenize import TokenizeConfig
+    from tests.helpers_grids import write_synthetic
+    from pipeline.learn.api import run as learn
+    from schemas.learn import LearnConfig
+
+    (tmp_path / "g").mkdir()
+    write_synthetic(tmp_path / "g", 20, parts=1, side=8, codebook_size=32)
+    learn(LearnConfig(inputs=[str(tmp_path / "g")], out=str(tmp_path / "v.json"), merges=10, progress=False,
+                      checkpoint_every=0))
+    summary = run(TokenizeConfig(inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "v.json"), out=str(tmp_path / "t")))
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["stage"] == "tokenize" and m["status"] == "ok" and m["rows_accounted"]
+    assert m["rows_in"] == 20 == m["rows_out"] + m["rows_rejected"] and m["tokens"] == summary.tokens

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import codegrids, storage
 from pipeline.learn.vocab import Vocabulary
+from pipeline.metrics import StageMetrics
 from pipeline.quantize.summary import RunTrace
 from pipeline.tokenize import versions
 from pipeline.tokenize.execute import Outcome, run_jobs
@@ -200,6 +201,17 @@ def _commit(outcome: Outcome, identity: dict, manifest: versions.Manifest, summa
 
 
 def run(cfg: TokenizeConfig) -> TokenizeSummary:
+    """Tokenize, recording the run's metrics in <out>/metrics.json (the latest run; the manifest keeps history)."""
+    with StageMetrics("tokenize", storage.join(cfg.out, "metrics.json")) as metrics:
+        summary = _run(cfg)
+        metrics.add(rows_in=summary.rows_in, rows_out=summary.rows_written, rows_rejected=summary.rows_rejected)
+        metrics.set(version=summary.version, inputs=summary.inputs, inputs_done=summary.done,
+                    inputs_skipped=summary.skipped, inputs_failed=len(summary.failed), tokens=summary.tokens,
+                    cells=summary.cells)
+    return summary
+
+
+def _run(cfg: TokenizeConfig) -> TokenizeSummary:
     started = time.perf_counter()
     options = cfg.storage
     storage.set_default_storage(options)
