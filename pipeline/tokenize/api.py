@@ -201,9 +201,11 @@ def _commit(outcome: Outcome, identity: dict, manifest: versions.Manifest, summa
 
 
 def run(cfg: TokenizeConfig) -> TokenizeSummary:
-    """Tokenize, recording the run's metrics in <out>/metrics.json (the latest run; the manifest keeps history)."""
+    """Tokenize. A run refused by its checks writes nothing; one that starts records <out>/metrics.json."""
+    started = time.perf_counter()
+    plan = _check(cfg)
     with StageMetrics("tokenize", storage.join(cfg.out, "metrics.json")) as metrics:
-        summary = _run(cfg)
+        summary = _execute(cfg, plan, started)
         metrics.add(rows_in=summary.rows_in, rows_out=summary.rows_written, rows_rejected=summary.rows_rejected)
         metrics.set(version=summary.version, inputs=summary.inputs, inputs_done=summary.done,
                     inputs_skipped=summary.skipped, inputs_failed=len(summary.failed), tokens=summary.tokens,
@@ -211,11 +213,22 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
     return summary
 
 
-def _run(cfg: TokenizeConfig) -> TokenizeSummary:
-    started = time.perf_counter()
-    options = cfg.storage
-    storage.set_default_storage(options)
-    _fresh_listings([*cfg.inputs, cfg.out], options)
+@dataclass
+class _Plan:
+    """What the checks established, before any file is written."""
+
+    vocab: Vocabulary
+    layout: IdLayout | None
+    kind: str
+    urls: list[str]
+    corpus: codegrids.Corpus | None = None
+    spec: Any = None
+    tensors: Any = None
+
+
+def _check(cfg: TokenizeConfig) -> _Plan:
+    storage.set_default_storage(cfg.storage)
+    _fresh_listings([*cfg.inputs, cfg.out], cfg.storage)
     vocab = Vocabulary.load(cfg.vocab)
     layout = resolve_layout(cfg.layout)
     if layout is not None:
@@ -224,14 +237,18 @@ def _run(cfg: TokenizeConfig) -> TokenizeSummary:
     if kind == "shards":  # refuse a quantizer whose codes are not the vocabulary's before any work
         from pipeline.tokenize import shards
 
-        urls = sorted({versions.canonical_url(u) for u in urls})
         spec, tensors = shards.prepare_quantizer(cfg, vocab)
-    else:
-        if cfg.quantize is not None:
-            log.info("inputs are code grids: the `quantize` section is not used")
-        corpus = codegrids.open_corpus(urls, codebook_size=vocab.codebook_size, options=options)
-        _check_inputs(corpus, vocab)
-        urls = [gf.path for gf in corpus.files]
+        return _Plan(vocab, layout, kind, sorted({versions.canonical_url(u) for u in urls}), spec=spec, tensors=tensors)
+    if cfg.quantize is not None:
+        log.info("inputs are code grids: the `quantize` section is not used")
+    corpus = codegrids.open_corpus(urls, codebook_size=vocab.codebook_size, options=cfg.storage)
+    _check_inputs(corpus, vocab)
+    return _Plan(vocab, layout, kind, [gf.path for gf in corpus.files], corpus=corpus)
+
+
+def _execute(cfg: TokenizeConfig, plan: _Plan, started: float) -> TokenizeSummary:
+    options = cfg.storage
+    vocab, layout, kind, urls, corpus = plan.vocab, plan.layout, plan.kind, plan.urls, plan.corpus
     manifest = _prepare_version(cfg, vocab, layout)
     paths = manifest.paths
     summary = TokenizeSummary(paths.name, paths.root, paths.data_dir, vocab.fingerprint(),
@@ -243,8 +260,11 @@ def _run(cfg: TokenizeConfig) -> TokenizeSummary:
     versions.update_index(cfg.out, options)
 
     if kind == "shards":
+        from pipeline.tokenize import shards
+
         jobs = [shards.ShardJob(url, *_targets(paths, url)) for _, url, _ in todo]
-        outcomes = shards.run_shards(cfg, spec, tensors, vocab, layout, jobs, paths.root, summary.trace) if jobs else iter(())
+        outcomes = (shards.run_shards(cfg, plan.spec, plan.tensors, vocab, layout, jobs, paths.root, summary.trace)
+                    if jobs else iter(()))
     else:
         outcomes = run_jobs(_grid_jobs(cfg, corpus, todo, paths, layout), vocab.to_json(), cfg)
     work_start = last_save = time.perf_counter()
