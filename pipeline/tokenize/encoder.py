@@ -1,9 +1,10 @@
 """Encode code grids with a learned vocabulary: the contract's sequential application, fast.
 
-Per grid, one min-heap of (merge rank, X anchor) entries, pushed whenever an occurrence of a
-vocabulary pair appears. Popping in (rank, anchor) order is exactly "apply the merges in id
-order, each scanning X in increasing anchor order", because merge k only creates occurrences
-that involve token V + k, whose pairs all rank after k. Only merges that occur cost anything.
+Per grid, (merge rank, X anchor) entries for every occurrence of a vocabulary pair: those of the
+first count in a sorted array, those that merges create in a min-heap. Taking them in (rank,
+anchor) order is exactly "apply the merges in id order, each scanning X in increasing anchor
+order", because merge k only creates occurrences that involve token V + k, whose pairs all rank
+after k. Only merges that occur cost anything.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from pipeline.learn.hashtable import get, new_table, slot_for
-from pipeline.learn.instances import absorb, choose_partner, init_instances, neighbours
+from pipeline.learn.instances import absorb, choose_partner, init_instances, neighbours, segmentation
 from pipeline.learn.shard_kernels import pair_key
 from pipeline.learn.vocab import Vocabulary
 
@@ -82,30 +83,38 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
         max_cells = max(max_cells, gstart[g + 1] - gstart[g])
     mark = np.zeros(max_cells, np.int64)
     buf = np.empty(max_cells, np.int32)
-    heap = np.empty(4 * max_cells, np.int64)  # >= 2 * cells: the initial entries always fit
+    first = np.empty(2 * max_cells, np.int64)  # entries of the initial occurrences, sorted once
+    heap = np.empty(4 * max_cells, np.int64)  # entries pushed by merges
     stamp = 0
-    counts = np.zeros(gstart.shape[0], np.int64)
     low = (np.int64(1) << 32) - 1
     for g in range(gstart.shape[0] - 1):
         gs = gstart[g]
         w = gw[g]
         h = gh[g]
-        n = 0
+        n0 = 0
         for x in range(gs, gstart[g + 1]):
             c = (x - gs) % w
             if c < w - 1:
                 r = get(table, pair_key(tok[x], tok[x + 1]))
                 if r >= 0:
-                    heap[n] = (r << 32) | np.int64(x)
-                    n += 1
+                    first[n0] = (r << 32) | np.int64(x)
+                    n0 += 1
             if x + w < gstart[g + 1]:
                 r = get(table, pair_key(tok[x], tok[x + w]))
                 if r >= 0:
-                    heap[n] = (r << 32) | np.int64(x)
-                    n += 1
-        heap[:n].sort()  # a sorted array is a valid min-heap: cheaper than n pushes
-        while n > 0:
-            e, n = _heap_pop(heap, n)
+                    first[n0] = (r << 32) | np.int64(x)
+                    n0 += 1
+        first[:n0].sort()
+        # Two streams, merged on the fly: the sorted initial entries and a heap of the entries that
+        # merges push (always of a later rank); most entries never go through the heap.
+        i0 = 0
+        n = 0
+        while i0 < n0 or n > 0:
+            if n == 0 or (i0 < n0 and first[i0] < heap[0]):
+                e = first[i0]
+                i0 += 1
+            else:
+                e, n = _heap_pop(heap, n)
             r = e >> 32
             x = e & low
             if owner[x] != x or tok[x] != m_a[r]:
@@ -121,21 +130,7 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
             for i in range(k):
                 nb = buf[i]
                 heap, n = _push_if_ranked(heap, n, table, tok, min(x, nb), max(x, nb))
-        for x in range(gs, gstart[g + 1]):
-            if owner[x] == x:
-                counts[g + 1] += 1
-    for g in range(gstart.shape[0] - 1):
-        counts[g + 1] += counts[g]
-    tokens = np.empty(counts[gstart.shape[0] - 1], np.int32)
-    anchors = np.empty(counts[gstart.shape[0] - 1], np.int32)
-    k = 0
-    for g in range(gstart.shape[0] - 1):
-        for x in range(gstart[g], gstart[g + 1]):
-            if owner[x] == x:
-                tokens[k] = tok[x]
-                anchors[k] = x - gstart[g]
-                k += 1
-    return tokens, anchors, counts
+    return segmentation(owner, tok, gstart)
 
 
 @dataclass
