@@ -164,7 +164,7 @@ class Shard:
     def _candidates(self, a: int, b: int) -> np.ndarray:
         """Anchors of the instances X that may merge with a b neighbour, ascending."""
         if a < self.V and b < self.V:
-            dense = a * self.V + b
+            dense = self.base_keys.dtype.type(a * self.V + b)  # same dtype: no cast of the whole array per call
             i = int(np.searchsorted(self.base_keys, dense))
             if i == self.base_keys.shape[0] or self.base_keys[i] != dense:
                 return np.empty(0, np.int32)

@@ -376,13 +376,13 @@ class Stats:
         self.meta[S_NCHANGED] = 0
         if self.changed.shape[0] > (1 << 22):  # the first count is huge; later steps are small
             self.changed = np.empty(1 << 16, np.int64)
-        if int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 20):
+        if int(self.meta[S_NHEAP]) > 0 and int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 20):
             # Stale entries piled up: rebuild from the live pairs.
             self.meta[S_NHEAP] = 0
             pairs = _live_pairs(self.t)
         pairs = _by_home(pairs, self.t)
         self._reserve_heap(int(self.meta[S_NHEAP]) + pairs.shape[0])
-        rebuilt = int(self.meta[S_NHEAP]) == 0
+        rebuilt = int(self.meta[S_NHEAP]) == 0  # first fill or rebuild: the new baseline size
         _refresh(pairs, self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR, self.meta,
                  self.offs, self.cnts)
         if rebuilt:
