@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.learn.instances import init_instances
-from pipeline.tokenize.encoder import Encoder, encode_grids
+from pipeline.tokenize.encoder import Encoder
 
 
 @dataclass
@@ -53,21 +52,10 @@ class Segmented:
 
 
 def segment(encoder: Encoder, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Segmented:
-    """`encoder.encode`, keeping owner and nxt (the kernel mutates them in place)."""
-    heights = np.asarray(heights, np.int32)
-    widths = np.asarray(widths, np.int32)
-    gstart = np.zeros(len(heights) + 1, np.int64)
-    np.cumsum(heights.astype(np.int64) * widths, out=gstart[1:])
-    codes = np.asarray(codes, np.int32)
-    if codes.shape[0] != gstart[-1]:
-        raise ValueError(f"{codes.shape[0]} codes for grids of {gstart[-1]} cells")
-    V = encoder.vocab.codebook_size
-    if codes.size and (codes.min() < 0 or codes.max() >= V):
-        raise ValueError(f"codes outside [0, {V})")
-    owner, nxt, tok = init_instances(codes)
-    tokens, anchors, offsets = encode_grids(owner, nxt, tok, gstart, widths, heights, encoder.table,
-                                            encoder.m_a, encoder.m_b, encoder.m_dy, encoder.m_dx, V)
-    return Segmented(tokens, anchors, offsets, owner, nxt, codes, gstart, heights, widths)
+    """`encoder.encode`, keeping which instance covers every cell."""
+    enc, owner, nxt, gstart = encoder.encode_with_cells(codes, heights, widths)
+    return Segmented(enc.tokens, enc.anchors, enc.offsets, owner, nxt, np.asarray(codes, np.int32), gstart,
+                     np.asarray(heights, np.int32), np.asarray(widths, np.int32))
 
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -155,6 +155,11 @@ class Encoder:
 
     def encode(self, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Encoded:
         """Encode concatenated row-major grids (as in `codegrids.Grids`)."""
+        return self.encode_with_cells(codes, heights, widths)[0]
+
+    def encode_with_cells(self, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray):
+        """`encode`, also returning (owner, nxt, gstart): which instance covers every cell, for callers
+        that need token shapes (the report)."""
         heights = np.asarray(heights, np.int32)
         widths = np.asarray(widths, np.int32)
         gstart = np.zeros(len(heights) + 1, np.int64)
@@ -167,7 +172,7 @@ class Encoder:
         owner, nxt, tok = init_instances(codes)
         tokens, anchors, offsets = encode_grids(owner, nxt, tok, gstart, widths, heights, self.table,
                                                 self.m_a, self.m_b, self.m_dy, self.m_dx, self.vocab.codebook_size)
-        return Encoded(tokens, anchors, offsets)
+        return Encoded(tokens, anchors, offsets), owner, nxt, gstart
 
     def encode_grid(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         grid = np.asarray(grid)
