@@ -283,10 +283,11 @@ def read_rows(corpus: Corpus, start: int, stop: int, options: StorageOptions | N
     return Grids.concat(parts)
 
 
-def write_rejects(path: str, rejects: list[Reject], stage: str, options: StorageOptions | None = None) -> None:
+def rejects_table(rejects: list[Reject], stage: str) -> pa.Table:
+    """Rejects as the Arrow table every stage writes (schemas.grids.REJECTS_SCHEMA)."""
     from schemas.grids import REJECTS_SCHEMA
 
-    table = pa.table(
+    return pa.table(
         {
             "key": [r.key for r in rejects],
             "source": [r.source for r in rejects],
@@ -296,8 +297,11 @@ def write_rejects(path: str, rejects: list[Reject], stage: str, options: Storage
         },
         schema=REJECTS_SCHEMA,
     )
+
+
+def write_rejects(path: str, rejects: list[Reject], stage: str, options: StorageOptions | None = None) -> None:
     with storage.open_file(path, "wb", options) as f:
-        pq.write_table(table, f)
+        pq.write_table(rejects_table(rejects, stage), f)
 
 
 def write_grids(path: str, grids: Grids, codebook_size: int, quantizer_fingerprint: str | None = None,

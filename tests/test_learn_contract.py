@@ -211,3 +211,14 @@ def test_in_memory_api_refuses_bad_grids():
         learn_arrays([np.array([[0, 5]])], 4, 1)
     with pytest.raises(InputError, match="shape"):
         learn_arrays([np.zeros(3, np.int32)], 4, 1)
+
+
+def test_large_codebooks_match_reference():
+    """V > 2**15 takes the argsort path for base-pair places instead of packed sorting."""
+    rng = np.random.default_rng(3)
+    V = 40000
+    grids = [rng.choice([5, 39999, 20000, 7], size=(6, 7)).astype(np.int32) for _ in range(3)]
+    ref, ref_state, _ = R.learn(grids, V, 15, alpha=1.0)
+    got, group, _ = learn_arrays(grids, V, 15, alpha=1.0)
+    assert [(m.pair, m.offset, m.frequency) for m in got] == [(m.pair, m.offset, m.frequency) for m in ref]
+    assert group.segmentation()[0].tolist() == [t for g in ref_state for t in g.segmentation()[0]]

@@ -125,11 +125,11 @@ class Shard:
         else:
             pairs = keys >> OFF_BITS
             base = ((pairs >> K.ID_BITS) < self.V) & ((pairs & K.ID_MASK) < self.V)
-            order = np.argsort(pairs[base], kind="stable")
+            pairs = pairs[base]
+            order = np.argsort(pairs, kind="stable")
+            pairs = pairs[order]
             self.base_anchors = los[base][order]
-            base_pairs = (pairs[base][order] >> K.ID_BITS) * self.V + (pairs[base][order] & K.ID_MASK)
-            self.base_keys, starts = _runs(base_pairs)
-            self.base_start = starts.astype(np.int64)
+            self.base_keys, self.base_start = _runs((pairs >> K.ID_BITS) * self.V + (pairs & K.ID_MASK))
             del pairs, base, order, los
         keys.sort()
         deltas = Deltas(*K.run_counts(keys))

@@ -387,8 +387,9 @@ class Stats:
                  self.offs, self.cnts)
         if rebuilt:
             self.heap_base = int(self.meta[S_NHEAP])
-            if self.hP.shape[0] > 4 * self.heap_base + (1 << 20):
-                self.hP, self.hR = self.hP[: 2 * self.heap_base + (1 << 20)].copy(), self.hR[: 2 * (2 * self.heap_base + (1 << 20))].copy()
+            keep = 2 * self.heap_base + (1 << 20)  # room until the next rebuild
+            if self.hP.shape[0] > 2 * keep:
+                self.hP, self.hR = self.hP[:keep].copy(), self.hR[: 2 * keep].copy()
 
     def _reserve_heap(self, n: int) -> None:
         if n > self.hP.shape[0]:

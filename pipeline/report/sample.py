@@ -5,7 +5,6 @@ excludes `holdout_mask(keys, fraction, salt)` from training leaves exactly this 
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 

@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -22,7 +21,6 @@ from pipeline.tokenize.encoder import Encoder
 from pipeline.tokenize.files import atomic_write, remove
 from pipeline.tokenize.records import encode_to_table, output_schema
 from schemas.base import StorageOptions
-from schemas.grids import REJECTS_SCHEMA
 from schemas.layout import IdLayout
 
 STAGE = "tokenize"
@@ -53,19 +51,6 @@ class FileResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _rejects_table(rejects: list[codegrids.Reject]) -> pa.Table:
-    return pa.table(
-        {
-            "key": [r.key for r in rejects],
-            "source": [r.source for r in rejects],
-            "row": [r.row for r in rejects],
-            "stage": [STAGE] * len(rejects),
-            "reason": [r.reason for r in rejects],
-        },
-        schema=REJECTS_SCHEMA,
-    )
 
 
 def _row_groups(gf: codegrids.GridFile, options: StorageOptions | None) -> list[tuple[int, int]]:
@@ -109,7 +94,7 @@ def tokenize_file(job: FileJob, vocab_json: dict[str, Any]) -> FileResult:
                 raise RuntimeError(f"{gf.path}: {gf.rows} rows in but {written} written + {len(rejects)} rejected")
     if rejects:
         with atomic_write(job.rejects, options) as sink:
-            pq.write_table(_rejects_table(rejects), sink, compression="zstd")
+            pq.write_table(codegrids.rejects_table(rejects, STAGE), sink, compression="zstd")
     else:
         remove(job.rejects, options)  # left by an earlier attempt on an older copy of this input
     reasons: dict[str, int] = {}

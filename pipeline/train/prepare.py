@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.codegrids import rejects_table
 from pipeline.train import chat
 from pipeline.train.corpus import check_ids, corpus_key, load_images
 from pipeline.train.records import Record, Reject, read_records
 from schemas.base import ConfigError
-from schemas.grids import REJECTS_SCHEMA
 from schemas.layout import IdLayout
 from schemas.train import CATEGORIES, SEQUENCES_SCHEMA, DataConfig
 
@@ -169,13 +169,7 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
     if len(seqs) + len(rejects) != n_in:
         raise RuntimeError(f"lost records: {n_in} in, {len(seqs)} sequences + {len(rejects)} rejects")
     _write_parquet(_sequences_table(seqs, data), storage.join(out_dir, "sequences.parquet"))
-    _write_parquet(
-        pa.Table.from_pylist(
-            [{"key": r.key, "source": r.source, "row": r.row, "stage": "train", "reason": r.reason} for r in rejects],
-            schema=REJECTS_SCHEMA,
-        ),
-        storage.join(out_dir, "rejects.parquet"),
-    )
+    _write_parquet(rejects_table(rejects, "train"), storage.join(out_dir, "rejects.parquet"))
     stats = {
         "fingerprint": fingerprint,
         "records": n_in,
