@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.submit.render import read_params, render_all, render_text, templates
-from pipeline.submit.stages import STAGES
+from pipeline.stage import STAGES
 from schemas.base import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.learn import LearnConfig
 from tests.helpers_grids import write_synthetic
 

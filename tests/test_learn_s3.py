@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.codegrids import open_corpus, read_rows, write_grids
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.base import StorageOptions
 from schemas.learn import LearnConfig
 from tests.helpers.s3 import moto_s3

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.cli import main
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from pipeline.learn.vocab import Vocabulary
 from pipeline.tokenize.encoder import Encoder
 from pipeline.codegrids import open_corpus, read_rows
@@ -150,7 +150,10 @@ def test_cli_reports_bad_config_fields(tmp_path, capsys):
 def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):
     from pipeline.codegrids import holdout_mask
 
-    vocab = run(_cfg(tmp_path, merges=20, holdout_fraction=0.25))
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    vocab = execute(get_stage("learn"), _cfg(tmp_path, merges=20, holdout_fraction=0.25)).vocab  # as the CLI and jobs run it
     corpus = open_corpus([str(grids_dir)])
     keys = read_rows(corpus, 0, corpus.rows).keys
     held = int(holdout_mask(keys, 0.25, "vbpe-holdout").sum())

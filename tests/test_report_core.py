@@ -15,7 +15,7 @@ from pipeline.report import tokens as T
 from pipeline.report.analyze import analyze, unpack_pos
 from pipeline.report.sample import holdout_mask, key_hash, read_holdout
 from pipeline.report.segment import instance_table, segment
-from pipeline.synthetic import synthetic_grids
+from bench.synthetic import synthetic_grids
 from pipeline.tokenize.encoder import Encoder
 from tests.helpers_report import grids_from_array, learn_vocab, write_corpus
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.learn import reference
-from pipeline.learn.api import run as learn
+from pipeline.learn.api import learn_vocabulary as learn
 from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
 from pipeline.report.api import run
 from pipeline.tokenize.encoder import Encoder
@@ -189,7 +189,7 @@ def test_zero_merges(corpus, tmp_path):
     vocab_path = str(tmp_path / "v0.json")
     vocab.save(vocab_path)
     out = str(tmp_path / "r0")
-    for shards in ([], corpus["shards"]):
+    for shards in ([], corpus["inputs"]):
         summary = run(ReportConfig(vocab=vocab_path, grids=[corpus["path"]], shards=shards, out=out,
                                    holdout_fraction=FRACTION, holdout_salt=SALT, atlas_tokens=10, exemplars=2))
         idx = _held_out(grids)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.submit import ids
-from pipeline.submit.stages import get_stage
+from pipeline.stage import get_stage
 from pipeline.submit.submit import (
     CONFIG_ENV, DEFAULT_EXCLUDES, SubmitRequest, build_entrypoint, build_runtime_env, config_argument, read_and_validate,
 )

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
+from pipeline.configargs import load_config
 from pipeline.learn import reference
 from pipeline.tokenize.api import run
 from schemas.base import ConfigError, InputError
@@ -80,7 +81,7 @@ def test_plain_arrow_schema_metadata_and_captions(corpus, tmp_path):
     caps = dict(zip(table.column("key").to_pylist(), table.column("caption").to_pylist()))
     assert caps["a-0003"] == "caption of a-0003" and caps["b-0003"] is None
     # The layout and vocabulary travel with the corpus.
-    assert IdLayout.from_yaml(os.path.join(s.root, "layout.yaml")) == LAYOUT
+    assert load_config(IdLayout, os.path.join(s.root, "layout.yaml")) == LAYOUT
     assert json.load(open(os.path.join(s.root, "vocab.json")))["fingerprint"] == corpus["vocab"].fingerprint()
 
 
@@ -225,10 +226,10 @@ def test_overlapping_runs_of_one_version_keep_each_others_entries(corpus, tmp_pa
     s = run(cfg_for(corpus, out))
     paths = versions.VersionPaths(str(out), s.version)
     meta = json.load(open(paths.manifest))
-    stale = versions.Manifest(paths, json.loads(json.dumps(meta)))  # a run that loaded the manifest earlier
-    del stale.data["inputs"][next(iter(meta["inputs"]))]
-    stale.record("/elsewhere/c.parquet", status="failed", identity={}, error="x")
-    stale.save()
+    first = versions.open_manifest(paths, meta["vocab"], LAYOUT)  # a run that opened the manifest earlier ...
+    other = versions.open_manifest(paths, meta["vocab"], LAYOUT)  # ... and another run of the same version
+    other.commit("/elsewhere/c.parquet", "failed", identity={}, error="x")
+    first.save()
     merged = json.load(open(paths.manifest))["inputs"]
     assert set(merged) == set(meta["inputs"]) | {"/elsewhere/c.parquet"}
 
@@ -266,14 +267,18 @@ def test_tokenize_writes_run_metrics(tmp_path):
     from pipeline.tokenize.api import run
     from schemas.tokenize import TokenizeConfig
     from tests.helpers_grids import write_synthetic
-    from pipeline.learn.api import run as learn
+    from pipeline.learn.api import learn_vocabulary as learn
     from schemas.learn import LearnConfig
 
     (tmp_path / "g").mkdir()
     write_synthetic(tmp_path / "g", 20, parts=1, side=8, codebook_size=32)
     learn(LearnConfig(inputs=[str(tmp_path / "g")], out=str(tmp_path / "v.json"), merges=10, progress=False,
                       checkpoint_every=0))
-    summary = run(TokenizeConfig(inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "v.json"), out=str(tmp_path / "t")))
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    summary = execute(get_stage("tokenize"), TokenizeConfig(inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "v.json"),
+                                                            out=str(tmp_path / "t")))
     m = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert m["stage"] == "tokenize" and m["status"] == "ok" and m["rows_accounted"]
     assert m["rows_in"] == 20 == m["rows_out"] + m["rows_rejected"] and m["tokens"] == summary.tokens

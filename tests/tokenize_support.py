@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pipeline import codegrids
 from pipeline.learn import reference
 from pipeline.learn.vocab import CorpusStats, Merge, Vocabulary
-from pipeline.synthetic import synthetic_grids
+from bench.synthetic import synthetic_grids
 from schemas.grids import code_grid_schema
 
 V = 64

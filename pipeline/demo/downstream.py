@@ -15,7 +15,7 @@ HOLDOUT = 0.25
 
 def run_downstream(grids_dir: str, out_dir: str, shards: list[str] | None = None, merges: int = 1000,
                    stage=lambda n, total, text: None) -> dict[str, Any]:
-    from pipeline.learn.api import run as learn
+    from pipeline.learn.api import learn_vocabulary as learn
     from pipeline.report.api import run as report
     from pipeline.tokenize.api import run as tokenize
     from schemas.layout import IdLayout

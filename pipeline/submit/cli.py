@@ -20,7 +20,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.submit.stages import get_stage
+    from pipeline.stage import get_stage
     from pipeline.submit.submit import SubmitRequest, submit
     from schemas.base import ConfigError
 
@@ -29,7 +29,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise ConfigError("no cluster: pass --address http://HEAD:8265 (the dashboard) or set RAY_ADDRESS")
     date = args.schedule_date or (dt.datetime.now(dt.timezone.utc).date().isoformat() if args.scheduled else None)
     stage = get_stage(args.stage)
-    if args.step and not stage.takes_step:
+    if args.step and not stage.steps:
         raise ConfigError(f"--stage is only for stages with steps (train), not {stage.name}")
     req = SubmitRequest(
         stage=stage, config=args.config, address=address, working_dir=None if args.no_upload else args.working_dir,
@@ -55,7 +55,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from pipeline.submit.stages import STAGES
+    from pipeline.stage import STAGES
 
     p = subparsers.add_parser(
         "submit", help="run a stage as a Ray job (job submission API); waits and streams logs",

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from pipeline import storage
 from pipeline.submit import ids
-from pipeline.submit.stages import Stage
+from pipeline.stage import Stage
 from schemas.base import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,10 @@ class SubmitResult:
 
 def read_and_validate(req: SubmitRequest) -> tuple[str, Any]:
     """The config's text, validated with the stage's schema; relative local paths are refused."""
-    text = storage.read_text(req.config)
-    import yaml
+    from pipeline.configargs import read_config_text
 
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {req.config}: expected a mapping at the top level")
-    cfg = req.stage.config_class().from_dict(data, source=req.config)
+    text = read_config_text(req.config)
+    cfg = req.stage.config_class().from_yaml_text(text, req.config)
     relative = cfg.local_relative_paths() if hasattr(cfg, "local_relative_paths") else []
     if relative and req.working_dir is not None:
         raise ConfigError(
@@ -93,7 +90,7 @@ def build_entrypoint(req: SubmitRequest, config_arg: str) -> str:
     import shlex
 
     parts = [req.python, "-m", req.stage.entry_module, "--config", config_arg]
-    if req.stage.takes_step and req.step:
+    if req.stage.steps and req.step:
         parts += ["--stage", req.step]
     return " ".join(shlex.quote(p) for p in parts)
 
