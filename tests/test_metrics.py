@@ -47,7 +47,7 @@ def test_metrics_file_and_log_lines(tmp_path, caplog):
     assert doc["rows_per_s"] == 400.0 and doc["merges"] == 50 and doc["merges_per_s"] == 20.0
     assert doc["peak_rss_bytes"] - doc["rss_start_bytes"] >= 60 << 20  # the sample saw the 80 MB block
     assert doc["process_peak_rss_bytes"] >= doc["peak_rss_bytes"] - (8 << 20)
-    assert doc["codebook"] == 512 and doc["inputs"] == 3
+    assert doc["codebook"] == 512 and doc["shards"] == 3
     events = _events(caplog)
     assert [e["event"] for e in events] == ["stage_start", "merge", "stage_end"]
     assert all(e["stage"] == "learn" for e in events)

@@ -189,7 +189,7 @@ def test_zero_merges(corpus, tmp_path):
     vocab_path = str(tmp_path / "v0.json")
     vocab.save(vocab_path)
     out = str(tmp_path / "r0")
-    for shards in ([], corpus["inputs"]):
+    for shards in ([], corpus["shards"]):
         summary = run(ReportConfig(vocab=vocab_path, grids=[corpus["path"]], shards=shards, out=out,
                                    holdout_fraction=FRACTION, holdout_salt=SALT, atlas_tokens=10, exemplars=2))
         idx = _held_out(grids)

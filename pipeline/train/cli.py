@@ -19,7 +19,9 @@ def _run(step: str, args: argparse.Namespace) -> int:
     from pipeline import storage
     from schemas.train import TrainConfig
 
-    cfg = TrainConfig.from_yaml(args.config)
+    from pipeline.configargs import load_config
+
+    cfg = load_config(TrainConfig, args.config)
     if cfg.storage:
         storage.set_default_storage(cfg.storage)
     from pipeline.train import stages
