@@ -48,7 +48,7 @@ def _render(args: argparse.Namespace) -> int:
 
     params = read_params(args.params) if args.params else {}
     params.update(_pairs(args.set, "--set"))
-    rendered = render_all(args.infra, params)
+    rendered = render_all(args.infra, params, args.only)
     for path in write_all(rendered, args.out):
         print(path)
     return 0
@@ -86,5 +86,7 @@ def register(subparsers) -> None:
     r.add_argument("--infra", default="infra", help="template root (default: infra)")
     r.add_argument("--params", help="KEY=VALUE file (see infra/params.example.env)")
     r.add_argument("--set", action="append", help="KEY=VALUE, repeatable; overrides --params")
+    r.add_argument("--only", action="append", metavar="DIR",
+                   help="render only the templates under this subdirectory (k8s, aws, ...), repeatable")
     r.add_argument("--out", required=True, help="directory for the rendered files")
     r.set_defaults(handler=_render)
