@@ -59,6 +59,8 @@ _sessions: dict[int, Any] = {}
 
 
 def _retry_logger(max_attempts: int):
+    last: list[Any] = [None]
+
     def on_needs_retry(attempts: int = 0, caught_exception: BaseException | None = None, response: Any = None,
                        operation: Any = None, **_: Any) -> None:
         if caught_exception is not None:
@@ -69,20 +71,31 @@ def _retry_logger(max_attempts: int):
                 return
             what = f"HTTP {status}"
         op = getattr(operation, "name", "request")
+        key = (op, what, min(attempts, max_attempts))
+        if key == last[0]:  # the last attempt is reported twice by botocore's retry handlers
+            return
+        last[0] = key
         if attempts < max_attempts:
             log.warning("S3 %s failed (%s); attempt %d of %d, retrying", op, what, attempts, max_attempts)
         else:
-            log.warning("S3 %s failed (%s); giving up after %d attempts", op, what, attempts)
+            log.warning("S3 %s failed (%s); attempt %d of %d, no retries left", op, what, min(attempts, max_attempts),
+                        max_attempts)
     return on_needs_retry
 
 
+def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Uploads wait for "100 Continue" with no timeout at all: a hung store would hold them forever."""
+    params.get("headers", {}).pop("Expect", None)
+
+
 def _session(max_attempts: int):
-    """One aiobotocore session per attempt limit, with a handler that logs every retry."""
+    """One aiobotocore session per attempt limit: every retry logged, no upload waits without a timeout."""
     if max_attempts not in _sessions:
         from aiobotocore.session import AioSession
 
         session = AioSession()
         session.register("needs-retry.s3", _retry_logger(max_attempts))
+        session.register("before-call.s3", _no_expect_continue)  # after the built-in handler that adds it
         _sessions[max_attempts] = session
     return _sessions[max_attempts]
 

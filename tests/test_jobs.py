@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import stage as stages
 from pipeline.runner import job_main
-from tests.tokenize_support import V, grids, learn_vocab, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_grid_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from pipeline.learn.api import learn_vocabulary as run
 from schemas.base import StorageOptions
 from schemas.learn import LearnConfig
 from tests.helpers.s3 import moto_s3
-from tests.helpers_grids import write_synthetic
+from tests.helpers.grids import write_synthetic
 
 BUCKET = "vbpe-learn"
 

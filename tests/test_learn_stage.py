@@ -17,7 +17,7 @@ from pipeline.tokenize.encoder import Encoder
 from pipeline.codegrids import open_corpus, read_rows
 from schemas.base import InputError
 from schemas.learn import LearnConfig
-from tests.helpers_grids import write_raw, write_synthetic
+from tests.helpers.grids import write_raw, write_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -88,3 +88,42 @@ def test_executor_local_is_refused_for_shards(tmp_path):
     cfg = QuantizeConfig.from_dict({"inputs": ["a.tar"], "out": "o", "quantizer": KM, "executor": "local"})
     with pytest.raises(ConfigError, match="executor: local is not possible here"):
         execution.plan(cfg, ray_only="shards are read in a Ray Data pipeline")
+
+
+def _damaged_quantizers(root) -> dict[str, tuple[dict, str]]:
+    """name -> (quantizer section, what the one line must say)."""
+    import json
+
+    tm, ch = root / "tm", root / "ch"
+    tm.mkdir()
+    ch.mkdir()
+    (tm / "m.yaml").write_text(yaml.safe_dump({"model": {"params": {"ddconfig": {"resolution": 64, "ch_mult": [1, 2]},
+                                                                   "n_embed": 16, "embed_dim": 4}}}))
+    (tm / "cut.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a truncated zip, as torch saves them
+    (tm / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    (tm / "list.yaml").write_text("- a\n- b\n")
+    (ch / "config.json").write_text("{not json")
+    (root / "ch2").mkdir()
+    (root / "ch2" / "config.json").write_text(json.dumps({"model_type": "chameleon_vqgan"}))
+    (root / "ch2" / "model.safetensors").write_bytes(b"garbage")
+    return {
+        "truncated ckpt": ({"kind": "taming", "config": str(tm / "m.yaml"), "checkpoint": str(tm / "cut.ckpt")},
+                           "not a readable torch checkpoint"),
+        "corrupt safetensors": ({"kind": "taming", "config": str(tm / "m.yaml"), "checkpoint": str(tm / "bad.safetensors")},
+                                "not a readable safetensors file"),
+        "model yaml not a mapping": ({"kind": "taming", "config": str(tm / "list.yaml"), "checkpoint": str(tm / "cut.ckpt")},
+                                     "expected a taming model config"),
+        "config.json not json": ({"kind": "chameleon", "path": str(ch)}, "config.json: not valid JSON"),
+        "chameleon weights corrupt": ({"kind": "chameleon", "path": str(root / "ch2")}, "not a readable safetensors file"),
+    }
+
+
+def test_damaged_quantizer_files_are_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "s.tar").write_bytes(b"x")
+    for name, (quantizer, says) in _damaged_quantizers(tmp_path).items():
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"inputs": [str(tmp_path / "s.tar")], "out": str(tmp_path / "o"), "quantizer": quantizer}))
+        assert job_main(["--config", str(cfg)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("jobs.quantize: error:") and says in err[-1], (name, err[-1])
+        assert not any("Traceback" in line for line in err), name

@@ -20,7 +20,7 @@ from pipeline.learn.api import learn_vocabulary as learn
 from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
 from pipeline.report.api import run
 from pipeline.tokenize.encoder import Encoder
-from tests.helpers_report import learn_vocab, photo_corpus, write_corpus
+from tests.helpers.report import learn_vocab, photo_corpus, write_corpus
 from schemas.learn import LearnConfig
 from schemas.report import ReportConfig
 

@@ -73,7 +73,7 @@ def test_tokenize_image_shards_from_s3_to_s3(ray_s3, tmp_path, capsys):
     from pipeline.quantize.fit import ensure_codebook
     from pipeline.quantize.kmeans import KMeansEncoder, load_codebook
     from schemas.quantize import IngestOptions, KMeansQuantizerConfig
-    from tests.tokenize_support import learn_vocab
+    from tests.helpers.corpus import learn_vocab
 
     opts = StorageOptions(endpoint_url=ray_s3)
     for i in range(2):

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from tests.tokenize_support import V, LocalRayCluster, grids, learn_vocab, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_grid_file
+from tests.helpers.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

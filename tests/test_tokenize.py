@@ -17,7 +17,7 @@ from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
 from schemas.tokens import LAYOUT_FINGERPRINT_KEY, VOCAB_FINGERPRINT_KEY
-from tests.tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_bad_rows, write_grid_file
 
 LAYOUT = IdLayout(text_vocab_size=1000, codebook_size=V, num_merges=20)
 
@@ -266,7 +266,7 @@ def test_tokenize_writes_run_metrics(tmp_path):
 
     from pipeline.tokenize.api import run
     from schemas.tokenize import TokenizeConfig
-    from tests.helpers_grids import write_synthetic
+    from tests.helpers.grids import write_synthetic
     from pipeline.learn.api import learn_vocabulary as learn
     from schemas.learn import LearnConfig
 

@@ -25,7 +25,7 @@ from schemas.layout import IdLayout
 from schemas.quantize import IngestOptions, KMeansQuantizerConfig
 from schemas.tokenize import TokenizeConfig
 from tests.helpers.shards import good_samples, write_bad_corpus
-from tests.tokenize_support import grids, learn_vocab
+from tests.helpers.corpus import grids, learn_vocab
 
 MAX_PIXELS = 1_000_000
 V = 16

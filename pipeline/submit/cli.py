@@ -38,7 +38,7 @@ def _submit(args: argparse.Namespace) -> int:
         entrypoint_num_cpus=args.entrypoint_num_cpus,
     )
     result = submit(req)
-    print(f"vbpe submit: {result.message}", file=sys.stderr)
+    print(f"vbpe submit: {'error: ' if result.exit_code else ''}{result.message}", file=sys.stderr)
     print(result.submission_id)
     return result.exit_code
 
