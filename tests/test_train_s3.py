@@ -42,7 +42,7 @@ def test_directories_round_trip(s3, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_stage_on_s3(s3, ray_local, tmp_path, monkeypatch):
-    from pipeline.train.stages import run_init, run_stage
+    from pipeline.train.driver import run_init, run_stage
 
     tok = tiny.build_tokenizer(str(tmp_path / "tok"))
     tiny.build_model(str(tmp_path / "src"), len(tok), layers=2)

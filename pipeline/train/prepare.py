@@ -190,7 +190,7 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
         old = json.loads(storage.read_text(stats_path))
         if old.get("fingerprint") == fingerprint:
             log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
-            return old
+            return {**old, "reused": True}
 
     records, rejects = read_records(data.conversations)
     n_in = len(records) + len(rejects)
