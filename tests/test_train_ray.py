@@ -207,3 +207,41 @@ def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
     assert mean_loss(stage_models(cfg)[-1], seqs, layout.pad_id) < mean_loss(cfg.model, seqs, layout.pad_id)
     heldout = os.path.join(cfg.output, "data", "heldout.parquet")  # scored by two ranks, as one process scores it
     assert stages[-1]["heldout_loss"] == pytest.approx(mean_loss(stage_models(cfg)[-1], heldout, layout.pad_id), rel=1e-4)
+
+
+def test_worker_killed_right_after_a_checkpoint_resumes_from_it(fast_ray, inputs, tmp_path):
+    """The newest checkpoint complete on storage is the resume point, whether or not Ray Train
+    registered it before the worker died (#10 item 18)."""
+    cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 2, "max_steps": 6}, workers={"max_failures": 1})
+    run_init(cfg)
+    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"), when="checkpoint")
+    summary = run_stage(cfg, "stage1", hooks=crash)
+    assert os.path.exists(crash.marker) and summary["resumed_from_step"] == 4 and summary["steps"] == 6
+
+
+def test_edited_conversation_invalidates_the_stages_trained_on_it(fast_ray, inputs, tmp_path):
+    """Same size, same modification time, other content: the prepared data is stale, and so is the
+    completed stage; the run says so instead of skipping it, and nothing is overwritten (#10 item 14)."""
+    import shutil
+
+    from schemas.base import InputError
+
+    root, _ = inputs
+    conv = tmp_path / "conv"
+    shutil.copytree(root / "conv", conv)
+    cfg = config(inputs, str(tmp_path / "run"), data={"conversations": [{"path": str(conv)}]}, stage1={"max_steps": 2})
+    run_init(cfg)
+    first = run_stage(cfg, "stage1")
+    path = conv / "good.jsonl"
+    text, stat = path.read_text(), os.stat(path)
+    path.write_text(text.replace("a red cat", "a red dog", 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.read_text() != text and os.path.getsize(path) == stat.st_size
+    stats = (tmp_path / "run" / "data" / "stats.json").read_text()
+    with pytest.raises(InputError, match="inputs changed .* stage1 already completed"):
+        run_stage(cfg, "stage1")
+    with pytest.raises(InputError, match="stage1 already completed"):
+        api.run(cfg, "prepare")
+    assert (tmp_path / "run" / "data" / "stats.json").read_text() == stats  # the data stage1 used is kept
+    path.write_text(text)
+    assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]

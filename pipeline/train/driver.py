@@ -63,14 +63,32 @@ def _tokenizer(model_dir: str):
         return AutoTokenizer.from_pretrained(d)
 
 
+def _refuse_stale_stages(cfg: TrainConfig, fingerprint: str) -> None:
+    """New inputs must not replace the data that completed stages were trained on."""
+    paths = RunPaths(cfg.output)
+    old = _read_json(paths.data.stats)
+    if old is None or old.get("fingerprint") == fingerprint:
+        return
+    done = [s for s in STAGES if storage.exists(paths.done(s))]
+    if done:
+        raise InputError(
+            f"the training inputs changed (prepared data {old.get('fingerprint')}, inputs now {fingerprint}) but "
+            f"{', '.join(done)} already completed on the old data in {cfg.output}; use a new output directory "
+            f"(or remove {paths.stage(done[0])} and later stages to retrain them)"
+        )
+
+
 def run_prepare(cfg: TrainConfig) -> dict:
     from pipeline.train.init import read_layout
-    from pipeline.train.prepare import prepare
+    from pipeline.train.prepare import inputs_fingerprint, prepare
 
     layout = read_layout(cfg.model)
+    tokenizer = _tokenizer(cfg.model)
+    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer)
+    _refuse_stale_stages(cfg, fingerprint)
     files = RunPaths(cfg.output).data
     with StageMetrics("train.prepare", files.metrics) as m:
-        stats = prepare(cfg.data, _tokenizer(cfg.model), layout, files.directory)
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint)
         m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
         m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
               reused=bool(stats.get("reused")))
@@ -143,23 +161,29 @@ def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: d
     return summary
 
 
+def _absolute(path: str) -> str:
+    """Workers run in another directory: local paths reach them absolute."""
+    return path if storage.is_remote(path) else os.path.abspath(path)
+
+
 def _job(cfg: TrainConfig, stage: str, fingerprint: str, plan, hooks: Hooks) -> StageJob:
     from pipeline.train.init import read_layout
 
-    paths = RunPaths(cfg.output)
+    paths = RunPaths(_absolute(cfg.output))
     layout = read_layout(cfg.model)
     return StageJob(
         stage=stage, settings=cfg.stage(stage), fingerprint=fingerprint,
-        base_model=base_model(cfg, stage), output_model=paths.model(stage),
+        base_model=_absolute(base_model(cfg, stage)), output_model=paths.model(stage),
         sequences=paths.data.sequences, heldout=paths.data.heldout, plan=plan,
         n_old=layout.text_vocab_size, pad_id=layout.pad_id,
         precision=cfg.precision, tf32=cfg.tf32, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-        steps_path=paths.steps(stage), storage=cfg.storage, hooks=hooks,
+        steps_path=paths.steps(stage), checkpoints=storage.join(paths.ray, f"{stage}-{fingerprint}"),
+        keep_checkpoints=cfg.workers.keep_checkpoints, storage=cfg.storage, hooks=hooks,
     )
 
 
 def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.train import curriculum
@@ -185,7 +209,6 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=w.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=w.keep_checkpoints),
         ),
     )
     t0 = time.time()
@@ -202,7 +225,6 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         "samples_planned": len(order),
         "samples_consumed": int(len(consumed)),
         "samples_per_category": {c: int(n) for c, n in sorted(counts.items())},
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "fit_seconds": time.time() - t0,
     }
     storage.write_text(paths.done(stage), json.dumps(summary, indent=1))

@@ -42,6 +42,8 @@ class StageJob:
     gradient_checkpointing: bool
     seed: int
     steps_path: str  # metrics.jsonl: one row per optimizer step
+    checkpoints: str  # root of the stage's checkpoints (pipeline.train.checkpoints.CheckpointStore)
+    keep_checkpoints: int
     storage: StorageOptions | None = None
     hooks: Hooks = field(default_factory=Hooks)
 

@@ -1,8 +1,8 @@
 """The training loop each Ray Train worker runs for one stage.
 
-Resume: Ray hands back the last reported checkpoint (after a worker failure, or when the same
-stage is run again); the loop restores its trainable tensors, optimizer state, step and metrics
-and continues from the next step. The sample order, the learning rate and the random seed are pure
+Resume: after a worker failure (Ray Train restarts the worker group) or when the same stage is run
+again, the loop restores the newest checkpoint complete on storage (pipeline/train/checkpoints.py):
+trainable tensors, optimizer state, step and metrics, and continues from the next step. The sample order, the learning rate and the random seed are pure
 functions of the step, so a resumed stage follows the same trajectory as an uninterrupted one.
 At the end rank 0 writes the merged HF model (safetensors) and the metrics file.
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ContextManager
 
 import numpy as np
 
+from pipeline.train.checkpoints import CheckpointStore
 from pipeline.train.job import StageJob
 
 if TYPE_CHECKING:
@@ -154,18 +155,24 @@ def _geometry(run: Run) -> dict:
     return {"global_batch": run.geo.global_batch, "steps": run.geo.steps, "world_size": run.world, "plan": len(run.job.plan)}
 
 
-def _resume(run: Run) -> dict:
-    """The loop's progress: fresh, or restored from the checkpoint Ray hands back."""
-    import ray.train
+def _barrier(run: Run) -> None:
+    if run.world > 1:
+        import torch.distributed as dist
 
+        dist.barrier()
+
+
+def _resume(run: Run) -> dict:
+    """The loop's progress: fresh, or restored from the newest checkpoint complete on storage."""
     from pipeline.train import state as ckpt
+    from pipeline.train.files import local_dir
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
+    latest = CheckpointStore(run.job.checkpoints).latest()
+    if latest is None:
         return progress
-    with checkpoint.as_directory() as d:
+    with local_dir(latest[1]) as d:
         progress = ckpt.load(d, run.params, run.optimizer)
     if progress["fingerprint"] != fingerprint:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
@@ -232,21 +239,24 @@ def _step(run: Run, step: int) -> dict:
     }
 
 
-def _checkpoint(run: Run, progress: dict) -> None:
-    """Report a checkpoint (rank 0 writes it; every rank must call report)."""
-    import ray.train
-
+def _checkpoint(run: Run, progress: dict) -> str:
+    """Every rank: write this step's checkpoint (rank 0 holds all of it under DDP), complete on storage on return."""
     from pipeline.train import state as ckpt
 
     if run.scaler.is_enabled():
         progress["scaler"] = run.scaler.state_dict()
-    with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as d:
+    store = CheckpointStore(run.job.checkpoints)
+
+    def write(directory: str) -> None:
         if run.rank == 0:
-            ckpt.save(d, run.params, run.optimizer, progress)
-            _write_metrics(run.job.steps_path, progress["metrics"])
-        metrics = {"step": progress["step"], "loss": progress["metrics"][-1]["loss"]}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if run.rank == 0 else None)
+            ckpt.save(directory, run.params, run.optimizer, progress)
+
+    path = store.save(progress["step"], run.rank, write, lambda: _barrier(run))
+    if run.rank == 0:
+        _write_metrics(run.job.steps_path, progress["metrics"])
+        store.prune(run.job.keep_checkpoints)
     run.job.hooks.after_checkpoint(run.job.stage, progress["step"], run.rank)
+    return path
 
 
 def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None, int]:
@@ -300,6 +310,7 @@ def train_loop(job: StageJob) -> dict:
     resumed_from = progress["step"]
     settings, stage, steps = job.settings, job.stage, run.geo.steps
     t_start = time.time()
+    checkpoint = None
     for step in range(progress["step"], steps):
         row = _step(run, step)
         progress["metrics"].append(row)
@@ -310,7 +321,7 @@ def train_loop(job: StageJob) -> dict:
                 stage, step + 1, steps, row["loss"], row["lr"], row["tokens_per_s"], row["grad_norm"],
             )
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
-            _checkpoint(run, progress)
+            checkpoint = _checkpoint(run, progress)
 
     held, n_held = heldout_loss(run, job.heldout) if job.heldout else (None, 0)
     if run.rank == 0 and held is not None:
@@ -329,6 +340,7 @@ def train_loop(job: StageJob) -> dict:
         "geometry": _geometry(run),
         "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,
+        "checkpoint": checkpoint or CheckpointStore(job.checkpoints).path(steps),
     }
     _write_metrics(job.steps_path, progress["metrics"])
     _save_final(run.stage_plan.merge(), saved_dtype, job.base_model, job.output_model, info)
