@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES.values():
-        if stage.run is not None:
+        if not stage.own_command:
             register_stage_command(sub, stage)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

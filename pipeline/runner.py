@@ -101,11 +101,6 @@ def job_main(stage_name: str, argv: list[str] | None = None) -> int:
         parser.add_argument("--stage", choices=stage.steps, default=stage.default_step, help="which step")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    if stage.run is None:  # the stage's own command does the work (train, until it joins the runner)
-        from pipeline.cli import main as vbpe_main
-
-        step = [args.stage] if stage.steps else []
-        return vbpe_main([*(["-v"] if args.verbose else []), stage.name, *step, "--config", args.config])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = stage.entry_module

@@ -41,7 +41,7 @@ def _load(ref: str) -> Any:
 class Stage:
     name: str
     config: str  # "module:Class", a schemas.base.JobConfig subclass
-    run: str | None  # "module:function": run(cfg) -> Summary (run(cfg, step) for a stage with steps)
+    run: str  # "module:function": run(cfg) -> Summary (run(cfg, step) for a stage with steps)
     help: str = ""
     description: str = ""
     output_field: str = "out"  # the config field whose location the metrics file goes next to
@@ -50,6 +50,7 @@ class Stage:
     aliases: dict[str, str] = field(default_factory=dict)  # extra flag -> dotted config field
     steps: tuple[str, ...] = ()  # train: init | prepare | stage1 | ...
     default_step: str | None = None
+    own_command: bool = False  # its `vbpe` sub-command is registered by its own module, not derived here
 
     @property
     def entry_module(self) -> str:
@@ -59,9 +60,6 @@ class Stage:
         return _load(self.config)
 
     def run_function(self) -> Callable[..., Summary]:
-        if self.run is None:
-            raise ConfigError(f"stage {self.name!r} has no run function in the shared runner; use `python -m "
-                              f"{self.entry_module}`")
         return _load(self.run)
 
     def output(self, cfg: Any) -> str | None:
@@ -98,10 +96,9 @@ STAGES: dict[str, Stage] = {
                      "--num-actors": "quantize.num_actors", "--num-gpus": "quantize.num_gpus",
                      "--cpus-per-task": "cpus", "--endpoint-url": "storage.endpoint_url"},
         ),
-        # Train keeps its own command (`vbpe train STEP`, which `python -m jobs.train` calls) until it
-        # exposes run(cfg, step) for the shared runner; `vbpe submit train` works either way.
-        Stage("train", "schemas.train:TrainConfig", None, output_field="output", positional=None,
-              steps=("all", "init", "prepare", "stage1", "stage2", "stage3"), default_step="all"),
+        # `vbpe train STEP` is the train stage's own command (pipeline/train/cli.py); jobs and submit use the runner.
+        Stage("train", "schemas.train:TrainConfig", "pipeline.train.api:run", output_field="output", positional=None,
+              steps=("all", "init", "prepare", "stage1", "stage2", "stage3"), default_step="all", own_command=True),
     )
 }
 
