@@ -165,7 +165,7 @@ def _barrier(run: Run) -> None:
 def _resume(run: Run) -> dict:
     """The loop's progress: fresh, or restored from the newest checkpoint complete on storage."""
     from pipeline.train import state as ckpt
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}
