@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
+from pipeline.bpe import reference
 from pipeline.configargs import load_config
-from pipeline.learn import reference
 from pipeline.tokenize.api import run
 from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import codegrids, execution, storage
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.execution import Outcome, StreamTrace
 from pipeline.manifest import Manifest
 from pipeline.tokenize import versions

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import storage
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.execution import Outcome, StreamTrace, collect_stream, ensure_ray
 from pipeline.ingest.stream_rows import IMAGE
-from pipeline.learn.vocab import Vocabulary
 from pipeline.quantize.collect import Collector, ShardResult
 from pipeline.quantize.dataset import image_rows
 from pipeline.quantize.spec import QuantizerSpec
