@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.learn import reference
+from pipeline.bpe import reference
 from pipeline.tokenize.api import run
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
