@@ -20,7 +20,6 @@ BUCKET = "vbpe-learn"
 def s3():
     with moto_s3(BUCKET) as endpoint:
         yield StorageOptions(endpoint_url=endpoint)
-    storage.set_default_storage(None)
 
 
 def test_learn_from_and_to_s3_with_resume(s3, tmp_path):

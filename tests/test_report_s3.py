@@ -21,7 +21,6 @@ BUCKET = "vbpe-report"
 def s3():
     with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    storage.set_default_storage(None)
 
 def test_report_on_s3(s3, tmp_path):
     opts = StorageOptions(endpoint_url=s3)

@@ -87,7 +87,6 @@ class LearnSummary:
 
 def run(cfg: LearnConfig) -> LearnSummary:
     t_start = time.time()
-    storage.set_default_storage(cfg.storage)  # the vocabulary file does not take per-call options yet
     corpus = open_corpus(cfg.inputs, cfg.codebook_size, cfg.storage)
     V = corpus.codebook_size
     if V + cfg.merges > MAX_ID:
@@ -153,7 +152,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
         quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
         holdout={"fraction": cfg.holdout_fraction, "salt": cfg.holdout_salt} if cfg.holdout_fraction else None,
     )
-    vocab.save(cfg.out)
+    vocab.save(cfg.out, cfg.storage)
     elapsed = time.time() - t_start
     log.info("%d merges (%s); tokens per grid %.1f -> %.1f; %.1fs; wrote %s", len(merges), stopped,
              report.cells / report.grids, vocab.corpus.tokens_after / report.grids, elapsed, cfg.out)

@@ -166,7 +166,7 @@ def _check_grid_files(paths: list[str], vocab: Vocabulary, plan: _Plan, cfg: Tok
 
 
 def _check(cfg: TokenizeConfig) -> tuple[_Plan, execution.Placement]:
-    vocab = Vocabulary.load(cfg.vocab)
+    vocab = Vocabulary.load(cfg.vocab, cfg.storage)
     layout = resolve_layout(cfg.layout, cfg.storage)
     if layout is not None:
         check_layout(layout, vocab, cfg.vocab)
