@@ -105,6 +105,8 @@ class VisualProcessor:
                  return_tensors: str | None = None, add_special_tokens: bool = True):
         """`input_ids` and `attention_mask`, one row per text; each `<image>` takes the next image.
 
+        With `add_special_tokens` the text tokenizer adds its special tokens and every row starts with
+        its BOS, as training sequences do.
         `images` is one image, a flat list consumed in order over all texts, or one list per text.
         Without text, each image is a sequence of its own. `padding=True` (or "longest") pads with the
         layout's pad id on the tokenizer's padding side; `return_tensors` is "pt", "np" or None.
@@ -115,12 +117,15 @@ class VisualProcessor:
         rows = []
         for t, imgs in zip(texts, per_text):
             ids = self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] if t is not None else []
+            bos = self.tokenizer.bos_token_id
+            if add_special_tokens and bos is not None and ids[:1] != [bos]:
+                ids = [bos] + ids  # training sequences always start with BOS (pipeline/train/prepare.py)
             slots = [i for i, x in enumerate(ids) if x == self.image_token_id]
-            if len(slots) != len(imgs):
+            if t is not None and len(slots) != len(imgs):
                 raise ValueError(f"{len(slots)} {self.image_token} placeholders but {len(imgs)} images for text {t!r}")
             encoded = self.visual.encode_batch(imgs) if imgs else []
             if t is None:
-                row = encoded[0]
+                row = ids + encoded[0]
             else:
                 row, last = [], 0
                 for slot, image_ids in zip(slots, encoded):
@@ -180,23 +185,23 @@ class VisualProcessor:
     def decode(self, sequence: Sequence[int], skip_special_tokens: bool = True) -> DecodedSample:
         lay = self.visual.layout
         ids = [int(x) for x in (sequence.tolist() if hasattr(sequence, "tolist") else sequence)]
-        ids = [x for x in ids if x != lay.pad_id]
-        text_parts, spans, cur, i = [], [], [], 0
+        text, spans, i = [], [], 0
         while i < len(ids):
-            if ids[i] == lay.begin_image_id:
+            if ids[i] == lay.begin_image_id:  # an image span becomes one image token in the text
                 end = next((j for j in range(i + 1, len(ids)) if ids[j] == lay.end_image_id), len(ids))
-                text_parts.append(cur)
                 spans.append(np.asarray(ids[i + 1:end], np.int64) - lay.code_offset)
-                cur, i = [], end + 1
+                text.append(self.image_token_id)
+                i = end + 1
             else:
-                cur.append(ids[i])
+                text.append(ids[i])
                 i += 1
-        text_parts.append(cur)
-        pieces = [self.tokenizer.decode(p, skip_special_tokens=skip_special_tokens) for p in text_parts]
+        if skip_special_tokens:
+            drop = set(self.tokenizer.all_special_ids) | {lay.pad_id}
+            text = [x for x in text if x == self.image_token_id or x not in drop]
         images = []
         if spans:
-            grids = np.stack([self.visual.decode_grid(s) for s in spans])
             from PIL import Image
 
+            grids = np.stack([self.visual.decode_grid(s) for s in spans])
             images = [Image.fromarray(p) for p in self.visual.decode_codes_batch(grids)]
-        return DecodedSample(self.image_token.join(pieces), images)
+        return DecodedSample(self.tokenizer.decode(text, skip_special_tokens=False), images)
