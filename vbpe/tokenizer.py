@@ -189,37 +189,48 @@ class VisualTokenizer:
         """One (h, w) code grid -> its tokens, their anchors and where their codes lie."""
         return self.encode_grids([codes], return_encoding=True)[0]
 
-    def encode_grids(self, grids: Iterable[np.ndarray] | np.ndarray, return_encoding: bool = False
-                     ) -> list[list[int]] | list[VisualEncoding]:
-        """Many code grids at once (the fast path): LLM ids per grid, or `VisualEncoding`s."""
+    def encode_grids(self, grids: Iterable[np.ndarray] | np.ndarray, return_encoding: bool = False,
+                     return_tensors: str | None = None) -> list:
+        """Many code grids at once (the fast path): LLM ids per grid as lists, as int32 arrays with
+        `return_tensors="np"` (no Python ints: the fastest), or `VisualEncoding`s."""
         from pipeline.tokenize.geometry import leaf_cells
 
-        grids = [np.asarray(g) for g in grids]
-        for g in grids:
-            if g.ndim != 2:
-                raise ValueError(f"expected (h, w) code grids, got shape {g.shape}")
-        if not grids:
+        if isinstance(grids, np.ndarray) and grids.ndim == 3:  # (B, h, w): no per-grid copies
+            n, h, w = grids.shape
+            heights, widths = np.full(n, h, np.int32), np.full(n, w, np.int32)
+            codes = np.ascontiguousarray(grids, np.int32).reshape(-1)
+        else:
+            grids = [np.asarray(g) for g in grids]
+            for g in grids:
+                if g.ndim != 2:
+                    raise ValueError(f"expected (h, w) code grids, got shape {g.shape}")
+            heights = np.array([g.shape[0] for g in grids], np.int32)
+            widths = np.array([g.shape[1] for g in grids], np.int32)
+            codes = (np.concatenate([g.reshape(-1) for g in grids]) if grids else np.empty(0)).astype(np.int32, copy=False)
+            n = len(grids)
+        if n == 0:
             return []
-        heights = np.array([g.shape[0] for g in grids], np.int32)
-        widths = np.array([g.shape[1] for g in grids], np.int32)
-        codes = np.concatenate([g.reshape(-1) for g in grids]).astype(np.int32, copy=False)
         self._check_codes(codes)
         if not return_encoding:
             enc = self._bpe.encode(codes, heights, widths)
-            return self._split_ids(enc.tokens, enc.offsets)
+            return self._split_ids(enc.tokens, enc.offsets, return_tensors)
         enc, owner, nxt, gstart = self._bpe.encode_with_cells(codes, heights, widths)
         t = self._tree
         cells = leaf_cells(owner, nxt, enc.tokens, enc.offsets, gstart, t.left, t.right, t.size, t.V)
-        ids = self._split_ids(enc.tokens, enc.offsets)
+        ids = self._split_ids(enc.tokens, enc.offsets, None)
         out = []
-        for i in range(len(grids)):
+        for i in range(n):
             lo, hi = enc.offsets[i], enc.offsets[i + 1]
             out.append(VisualEncoding(ids[i], enc.tokens[lo:hi].copy(), enc.anchors[lo:hi].copy(),
                                       cells[gstart[i]:gstart[i + 1]].copy(), int(heights[i]), int(widths[i])))
         return out
 
-    def _split_ids(self, tokens: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    def _split_ids(self, tokens: np.ndarray, offsets: np.ndarray, return_tensors: str | None = None) -> list:
         values, new_offsets = wrap_images(tokens, offsets, self.layout)
+        if return_tensors == "np":
+            return np.split(values, new_offsets[1:-1])
+        if return_tensors is not None:
+            raise ValueError(f"return_tensors={return_tensors!r}: use None (lists) or 'np'")
         flat = values.tolist()
         o = new_offsets.tolist()
         return [flat[o[i]:o[i + 1]] for i in range(len(o) - 1)]
@@ -270,10 +281,11 @@ class VisualTokenizer:
         """One image (PIL image, uint8 array, bytes or path) -> LLM ids `<boi> ... <eoi>`."""
         return self.encode_batch([image], return_encoding=return_encoding)[0]
 
-    def encode_batch(self, images: Sequence[Any], return_encoding: bool = False, batch_size: int = 32
-                     ) -> list[list[int]] | list[VisualEncoding]:
+    def encode_batch(self, images: Sequence[Any], return_encoding: bool = False, batch_size: int = 32,
+                     return_tensors: str | None = None) -> list:
+        """Images -> LLM ids per image (quantized `batch_size` at a time, then one BPE call)."""
         codes = self.quantize_batch(list(images), batch_size)
-        return self.encode_grids(list(codes), return_encoding=return_encoding)
+        return self.encode_grids(codes, return_encoding=return_encoding, return_tensors=return_tensors)
 
     def decode(self, ids: VisualEncoding | Sequence[int]) -> "Image.Image":  # noqa: F821
         """LLM ids (their first image span) or a `VisualEncoding` -> a PIL image through the quantizer's decoder."""
