@@ -37,13 +37,13 @@ def _best(fn, repeats: int) -> float:
 
 def grids(vocab, quick: bool) -> dict:
     from pipeline.quantize.kmeans import KMeansCodebook
-    from pipeline.tokenize.encoder import Encoder
+    from pipeline.bpe.encoder import BpeEncoder
 
     n = 2000 if quick else 20000
     held_out = synthetic_grids(n, seed=2, sample_seed=7777).codes
     cb = KMeansCodebook(np.random.default_rng(0).random((V, 12), dtype=np.float32), 64, 2, "bicubic")
     tok = _tokenizer(vocab, cb.spec(), {"centroids": cb.centroids})
-    enc = Encoder(vocab)
+    enc = BpeEncoder(vocab)
     flat, sides = held_out.reshape(-1), [32] * n
     enc.encode(held_out[:10].reshape(-1), [32] * 10, [32] * 10)  # compile / warm up
     tok.encode_grids(held_out[:10])
@@ -83,8 +83,8 @@ def _photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
 def images(quick: bool) -> dict:
     import torch
 
-    from pipeline.learn.api import learn_arrays
-    from pipeline.learn.vocab import Vocabulary
+    from pipeline.bpe.learner import learn_arrays
+    from pipeline.bpe.vocab import Vocabulary
     from pipeline.ingest.preprocess import ImageSpec
     from pipeline.quantize.kmeans import KMeansEncoder, fit_codebook
     from vbpe.images import prepare
@@ -116,8 +116,8 @@ def images(quick: bool) -> dict:
 def run(quick: bool, vocab_path: str | None = None) -> dict:
     import os
 
-    from pipeline.learn.api import learn_arrays
-    from pipeline.learn.vocab import Vocabulary
+    from pipeline.bpe.learner import learn_arrays
+    from pipeline.bpe.vocab import Vocabulary
 
     if vocab_path and os.path.exists(vocab_path):
         vocab = Vocabulary.load(vocab_path)

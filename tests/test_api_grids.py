@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.learn.api import learn_arrays
-from pipeline.learn.vocab import Merge, Vocabulary
-from pipeline.tokenize.encoder import Encoder
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.vocab import Merge, Vocabulary
+from pipeline.bpe.encoder import BpeEncoder
 from tests.helpers.tokenizers import visual_tokenizer
 
 
@@ -54,7 +54,7 @@ def test_decode_grid_of_encode_grid_is_the_grid(case):
     for g, enc in zip(gs, encs):
         assert np.array_equal(tok.decode_grid(enc), g)
         assert sorted(enc.cells.tolist()) == list(range(g.size))  # every cell once
-        t, a = Encoder(vocab).encode_grid(g)
+        t, a = BpeEncoder(vocab).encode_grid(g)
         assert enc.tokens.tolist() == t.tolist() and enc.anchors.tolist() == a.tolist()
     assert [e.input_ids for e in encs] == tok.encode_grids(gs)  # the fast path gives the same ids
 

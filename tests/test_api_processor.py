@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import vbpe
-from pipeline.learn.api import learn_arrays
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.train import tiny
 from pipeline.train.init import init_base_model
 from schemas.base import InputError

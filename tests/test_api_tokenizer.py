@@ -12,8 +12,8 @@ from PIL import Image
 
 import vbpe
 from pipeline.cli import main
-from pipeline.learn.api import learn_arrays
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.quantize.kmeans import KMeansEncoder, fit_codebook, save_codebook
 from schemas.base import InputError
 from schemas.layout import IdLayout

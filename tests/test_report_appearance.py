@@ -46,7 +46,7 @@ def test_kmeans_code_patches_are_its_centroids(setup):
 def test_taming_code_patch_is_the_centre_of_a_decoded_grid_of_it(tmp_path):
     from pipeline.quantize.decode import build_decoder, prepare_decoder
     from pipeline.quantize.registry import prepare
-    from pipeline.learn.vocab import Vocabulary
+    from pipeline.bpe.vocab import Vocabulary
     from schemas.quantize import TamingQuantizerConfig
     from tests.helpers import models
 

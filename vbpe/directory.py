@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import storage
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.quantize.decode import DecoderSpec, decoder_fingerprint
 from pipeline.quantize.spec import QuantizerSpec
 from pipeline.tokenize.layout import check_layout

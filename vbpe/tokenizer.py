@@ -54,15 +54,15 @@ class VisualTokenizer:
     """Load with `from_pretrained(dir)` (a directory `vbpe export` or `save_pretrained` wrote)."""
 
     def __init__(self, parts: directory.Parts, device: str = "cpu"):
-        from pipeline.tokenize.encoder import Encoder
-        from pipeline.tokenize.geometry import Shapes, Tree
+        from pipeline.bpe.encoder import BpeEncoder
+        from pipeline.bpe.geometry import Shapes, Tree
 
         self._parts = parts
         self.vocab = parts.vocab
         self.layout = parts.layout
         self.quantizer = parts.spec
         self.device = device
-        self._bpe = Encoder(parts.vocab)
+        self._bpe = BpeEncoder(parts.vocab)
         self._tree = Tree.of(parts.vocab)
         self._shapes = Shapes(parts.vocab)
         self._encoder = None
@@ -193,7 +193,7 @@ class VisualTokenizer:
                      return_tensors: str | None = None) -> list:
         """Many code grids at once (the fast path): LLM ids per grid as lists, as int32 arrays with
         `return_tensors="np"` (no Python ints: the fastest), or `VisualEncoding`s."""
-        from pipeline.tokenize.geometry import leaf_cells
+        from pipeline.bpe.geometry import leaf_cells
 
         if isinstance(grids, np.ndarray) and grids.ndim == 3:  # (B, h, w): no per-grid copies
             n, h, w = grids.shape
@@ -242,7 +242,7 @@ class VisualTokenizer:
         is inferred: 2D BPE ids do not always determine the grid (see docs/api.md), so the result is a
         grid the ids plausibly came from, not always the original.
         """
-        from pipeline.tokenize.geometry import expand, place_ids
+        from pipeline.bpe.geometry import expand, place_ids
 
         t = self._tree
         if isinstance(tokens, VisualEncoding):

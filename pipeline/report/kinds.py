@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 
 KINDS = ("flat", "repeat", "mixed")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.quantize.decode import prepare_decoder
 from pipeline.quantize.kmeans import KMeansCodebook
 from schemas.layout import IdLayout

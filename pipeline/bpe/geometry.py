@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.constants import NEIGHBOURS
+from pipeline.bpe.vocab import Vocabulary
 
 
 @dataclass
@@ -195,12 +196,17 @@ class Shapes:
         return found[: self.keep]
 
 
+_STEPS = np.array(NEIGHBOURS, np.int64)
+
+
 def _valid(a: np.ndarray, b: np.ndarray) -> bool:
-    """Disjoint, nothing before the anchor (0, 0), and 4-adjacent somewhere."""
+    """Disjoint, nothing before the anchor (0, 0), and adjacent somewhere (the contract's neighbour table)."""
     if (b[:, 0] < 0).any() or ((b[:, 0] == 0) & (b[:, 1] < 0)).any():
         return False
-    d = np.abs(a[:, None, :] - b[None, :, :]).sum(-1)
-    return bool((d > 0).all() and (d == 1).any())
+    d = b[None, :, :] - a[:, None, :]
+    if not (np.abs(d).sum(-1) > 0).all():
+        return False
+    return bool((d[:, :, None, :] == _STEPS[None, None, :, :]).all(-1).any())
 
 
 def place_ids(ids: np.ndarray, height: int, width: int, tree: Tree, shapes: Shapes) -> tuple[np.ndarray, int]:
