@@ -5,7 +5,8 @@
   alternated three times, best of each; one thread. The target is the encoder's: >= 5,000 grids/s.
 - images: `encode_batch` on JPEG bytes of real photo crops, with a k-means quantizer like the demo's
   (256 px, 8 px patches, 512 codes, 1,000 merges), torch on one thread: images/s, and where the time goes
-  (decode + resize, quantizer, BPE + ids).
+  (decode + resize, quantizer, BPE + ids); and how many of those grids `decode_grid` gives back exactly,
+  with the token layout and from the ids alone (cells in place).
 """
 from __future__ import annotations
 
@@ -105,11 +106,17 @@ def images(quick: bool) -> dict:
     quant = _best(lambda: tok._quantizer().encode(arrays), 1)
     grid_codes = tok._quantizer().encode(arrays)
     bpe = _best(lambda: tok.encode_grids(grid_codes), 1)
+    encs = tok.encode_grids(grid_codes, return_encoding=True)
+    exact = np.mean([np.array_equal(tok.decode_grid(e), g) for e, g in zip(encs, grid_codes)])
+    inferred = [tok.decode_grid(e.tokens) == g for e, g in zip(encs, grid_codes)]
     return {
         "images": n, "image_size": 256, "grid": [32, 32], "codebook": 512, "merges": len(vocab.merges),
         "torch_threads": 1, "images_per_s": round(n / total, 1),
         "seconds": {"total": round(total, 3), "decode_resize": round(pre, 3), "quantizer": round(quant, 3),
                     "bpe_and_ids": round(bpe, 3)},
+        "decode_with_layout_exact_grids": float(exact),
+        "decode_from_ids_exact_grids": float(np.mean([x.all() for x in inferred])),
+        "decode_from_ids_cells_in_place": round(float(np.mean([x.mean() for x in inferred])), 3),
     }
 
 

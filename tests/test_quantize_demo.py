@@ -47,6 +47,7 @@ def test_demo_end_to_end(ray_local, tmp_path, capsys):
     assert figures["quantize"]["rejects_by_reason"] == {"corrupt image": 1, "empty image member": 1}
     assert set(figures["seconds"]) == {"shards", "fit", "quantize", "learn", "tokenize", "export", "report"}
     _tokenizer_matches_the_corpus(out, figures)
+    _readme_python_runs(out, tmp_path)
     assert main(args) == 0  # re-run: resumes, nothing redone
     again = capsys.readouterr().out
     assert "0 done now, 3 already done" in again
@@ -86,3 +87,21 @@ def _tokenizer_matches_the_corpus(out, figures):
     enc = tok.encode(images[keys[0]], return_encoding=True)
     assert np.array_equal(tok.decode_grid(enc), tok.quantize(images[keys[0]]))
     assert tok.decode(enc).size == (64, 64)
+
+
+def _readme_python_runs(out, tmp_path):
+    """README's "Use it from Python" block, as a newcomer runs it after `make demo`."""
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme[readme.index("## Use it from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code.replace('"demo-out/tokenizer"', repr(os.path.join(out, "tokenizer"))), "README.md", "exec"), {})
+    finally:
+        os.chdir(here)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "roundtrip.png").size == Image.open(tmp_path / "from_ids.png").size == (64, 64)
