@@ -53,7 +53,9 @@ def _storage(storage: StorageOptions | dict | None, endpoint_url: str | None) ->
 class VisualTokenizer:
     """Load with `from_pretrained(dir)` (a directory `vbpe export` or `save_pretrained` wrote)."""
 
-    def __init__(self, parts: directory.Parts, device: str = "cpu"):
+    def __init__(self, parts: directory.Parts, device: str = "cpu", precision: str = "auto"):
+        """`device` and `precision` ("auto", "fp32", "bf16") as in the quantize stage's config: "auto" is
+        bf16 only on a GPU that supports it (VQ-GANs), so codes equal those of a stage run the same way."""
         from pipeline.bpe.encoder import BpeEncoder
         from pipeline.bpe.geometry import Shapes, Tree
 
@@ -62,6 +64,7 @@ class VisualTokenizer:
         self.layout = parts.layout
         self.quantizer = parts.spec
         self.device = device
+        self.precision = precision
         self._bpe = BpeEncoder(parts.vocab)
         self._tree = Tree.of(parts.vocab)
         self._shapes = Shapes(parts.vocab)
@@ -70,18 +73,20 @@ class VisualTokenizer:
 
     # ---- loading and saving -------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str, *, device: str = "cpu", storage: StorageOptions | dict | None = None,
-                        endpoint_url: str | None = None) -> "VisualTokenizer":
+    def from_pretrained(cls, path: str, *, device: str = "cpu", precision: str = "auto",
+                        storage: StorageOptions | dict | None = None, endpoint_url: str | None = None
+                        ) -> "VisualTokenizer":
         """Load and check a tokenizer directory (local or s3://)."""
-        return cls(directory.load(str(path), _storage(storage, endpoint_url)), device)
+        return cls(directory.load(str(path), _storage(storage, endpoint_url)), device, precision)
 
     @classmethod
     def from_files(cls, vocab: str, quantizer: Any, layout: Any = None, *, device: str = "cpu",
-                   storage: StorageOptions | dict | None = None) -> "VisualTokenizer":
+                   precision: str = "auto", storage: StorageOptions | dict | None = None) -> "VisualTokenizer":
         """From a vocabulary file, a quantizer config (mapping, pydantic config or YAML path) and a layout."""
         from vbpe.export import quantizer_config
 
-        return cls(directory.from_sources(vocab, quantizer_config(quantizer), layout, _storage(storage, None)), device)
+        parts = directory.from_sources(vocab, quantizer_config(quantizer), layout, _storage(storage, None))
+        return cls(parts, device, precision)
 
     def save_pretrained(self, path: str, *, storage: StorageOptions | dict | None = None,
                         endpoint_url: str | None = None) -> str:
@@ -133,7 +138,7 @@ class VisualTokenizer:
         if self._encoder is None:
             from pipeline.quantize.registry import build_encoder
 
-            self._encoder = build_encoder(self.quantizer, self._parts.tensors, self.device, "fp32")
+            self._encoder = build_encoder(self.quantizer, self._parts.tensors, self.device, self.precision)
         return self._encoder
 
     def preprocess(self, images: Sequence[Any]) -> np.ndarray:
