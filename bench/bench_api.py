@@ -101,11 +101,12 @@ def images(quick: bool) -> dict:
     tok = _tokenizer(vocab, cb.spec(), {"centroids": cb.centroids})
     tok.encode_batch(data[:8])  # warm up
     total = _best(lambda: tok.encode_batch(data), 2)
-    pre = _best(lambda: tok.preprocess(data), 1)
-    arrays = tok.preprocess(data)
-    quant = _best(lambda: tok._quantizer().encode(arrays), 1)
-    grid_codes = tok._quantizer().encode(arrays)
-    bpe = _best(lambda: tok.encode_grids(grid_codes), 1)
+    batches = [data[i:i + 32] for i in range(0, n, 32)]  # the parts, batched as encode_batch does
+    pre = _best(lambda: [tok.preprocess(b) for b in batches], 2)
+    arrays = [tok.preprocess(b) for b in batches]
+    quant = _best(lambda: [tok._quantizer().encode(a) for a in arrays], 2)
+    grid_codes = np.concatenate([tok._quantizer().encode(a) for a in arrays])
+    bpe = _best(lambda: tok.encode_grids(grid_codes), 2)
     encs = tok.encode_grids(grid_codes, return_encoding=True)
     exact = np.mean([np.array_equal(tok.decode_grid(e), g) for e, g in zip(encs, grid_codes)])
     inferred = [tok.decode_grid(e.tokens) == g for e, g in zip(encs, grid_codes)]

@@ -231,14 +231,11 @@ class VisualTokenizer:
         return out
 
     def _split_ids(self, tokens: np.ndarray, offsets: np.ndarray, return_tensors: str | None = None) -> list:
-        values, new_offsets = wrap_images(tokens, offsets, self.layout)
-        if return_tensors == "np":
-            return np.split(values, new_offsets[1:-1])
-        if return_tensors is not None:
+        if return_tensors not in (None, "np"):
             raise ValueError(f"return_tensors={return_tensors!r}: use None (lists) or 'np'")
-        flat = values.tolist()
-        o = new_offsets.tolist()
-        return [flat[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+        values, new_offsets = wrap_images(tokens, offsets, self.layout)
+        arrays = np.split(values, new_offsets[1:-1])
+        return arrays if return_tensors == "np" else [a.tolist() for a in arrays]
 
     def decode_grid(self, tokens: VisualEncoding | Sequence[int], shape: tuple[int, int] | None = None) -> np.ndarray:
         """Tokens -> the (h, w) code grid.
