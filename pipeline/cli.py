@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pipeline.quantize.cli",
     "pipeline.train.cli",
     "pipeline.report.cli",
+    "vbpe.export",
     "pipeline.submit.cli",
     "pipeline.demo.cli",
 ]

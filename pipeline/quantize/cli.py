@@ -5,7 +5,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    c = subparsers.add_parser("convert-checkpoint", help="Lightning/torch checkpoint -> encoder-only safetensors")
+    c = subparsers.add_parser("convert-checkpoint", help="Lightning/torch checkpoint -> safetensors (encoder, codebook, decoder)")
     c.add_argument("checkpoint")
     c.add_argument("output")
     c.set_defaults(handler=handle_convert)
@@ -15,5 +15,5 @@ def handle_convert(args: argparse.Namespace) -> int:
     from pipeline.quantize.checkpoints import convert_to_safetensors
 
     n = convert_to_safetensors(args.checkpoint, args.output)
-    print(f"wrote {n} encoder tensors to {args.output}")
+    print(f"wrote {n} tensors (encoder, codebook, decoder) to {args.output}")
     return 0
