@@ -30,11 +30,9 @@ def quantizer_config(q: Any):
 
 def export(cfg) -> "VisualTokenizer":  # noqa: F821
     """Build the tokenizer from its sources, check it, write it to `cfg.out`."""
-    from pipeline import storage
     from vbpe import directory
     from vbpe.tokenizer import VisualTokenizer
 
-    storage.set_default_storage(cfg.storage)
     parts = directory.from_sources(cfg.vocab, cfg.quantizer, cfg.layout, cfg.storage)
     directory.save(parts, cfg.out, cfg.storage)
     return VisualTokenizer(parts)
