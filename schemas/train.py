@@ -76,6 +76,9 @@ class StageConfig(Config):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    mixture_shift: bool = Field(
+        False, description="shift the mixture linearly over the stage, from this stage's at its start to the next stage's at its end"
+    )
     checkpoint_every: int = Field(500, gt=0, description="optimizer steps between checkpoints (one more at the end)")
     log_every: int = Field(1, gt=0)
 
@@ -142,7 +145,7 @@ class InitConfig(Config):
     source_model: str
     tokenizer: str | None = Field(None, description="defaults to source_model")
     layout: str = Field(description="layout.yaml (schemas.layout.IdLayout), e.g. next to the tokenized corpus")
-    rule: Literal["mean", "he", "normal"] = "mean"
+    rule: Literal["he", "mean", "normal"] = Field("he", description="how new rows start: he (the authors'), mean, normal")
     noise: float = Field(0.1, ge=0, description="rule 'mean': scale of the per-dimension noise")
     seed: int = 0
     chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none (or to replace it)")
@@ -172,6 +175,9 @@ class TrainConfig(Config):
     tf32: bool = True
     gradient_checkpointing: bool = True
     seed: int = 0
+    shuffle_window: int = Field(
+        16384, gt=0, description="sequences per shuffle window of a category's pool (a pool this small is fully shuffled)"
+    )
     storage: StorageOptions | None = None
 
     @field_validator("output", "model")
@@ -183,3 +189,10 @@ class TrainConfig(Config):
         if name not in STAGES:
             raise KeyError(f"unknown stage {name!r}; expected one of {STAGES}")
         return getattr(self, name)
+
+    def shift_target(self, name: str) -> dict[str, float] | None:
+        """The mixture a stage shifts toward (the next stage's), when it shifts."""
+        i = STAGES.index(name)
+        if not self.stage(name).mixture_shift or i + 1 == len(STAGES):
+            return None
+        return self.stage(STAGES[i + 1]).mixture.weights()

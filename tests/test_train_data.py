@@ -170,36 +170,63 @@ def test_json_and_parquet_sources_with_default_category(tmp_path):
     assert not rejects and {(r.id, r.category) for r in records} == {("j", "foundation"), ("p", "reasoning")}
 
 
-def test_curriculum_proportions_order_and_determinism():
+def _window_shares(p, n_windows=10):
+    """(actual, scheduled) share of every category in each of n equal windows of the plan."""
+    out = []
+    for w in np.array_split(np.arange(len(p)), n_windows):
+        actual = np.bincount(p.categories[w], minlength=4) / len(w)
+        out.append((actual, p.shares[w].mean(axis=0)))
+    return out
+
+
+@pytest.mark.parametrize("stage,mixture", [(1, (80, 20, 0, 0)), (2, (40, 30, 20, 10)), (3, (15, 15, 30, 40))])
+def test_mixture_holds_in_every_stretch(stage, mixture):
+    """The authors' mixtures as proportions, not blocks: every 10% window (and every global batch of 32)
+    follows the stage's mix, whatever the data's own proportions."""
     rng = np.random.default_rng(0)
     cats = rng.choice(CATEGORIES, size=5000, p=[0.4, 0.3, 0.2, 0.1])
-    for mixture, n in [({"foundation": 80, "perception": 20}, 1000), ({"foundation": 15, "perception": 15, "reasoning": 30, "instruction": 40}, 2000)]:
-        weights = Mixture(**mixture).weights()
-        order = curriculum.plan(cats, weights, seed=7, stage=1, samples=n)
-        assert len(order) == n
-        got = [c for c in cats[order]]
-        total = sum(weights.values())
-        for c in CATEGORIES:
-            assert abs(got.count(c) / n - weights[c] / total) <= 1 / n + 1e-9
-        ranks = [CATEGORIES.index(c) for c in got]
-        assert ranks == sorted(ranks)  # foundation -> instruction
-        assert np.array_equal(order, curriculum.plan(cats, weights, seed=7, stage=1, samples=n))
-        assert not np.array_equal(order, curriculum.plan(cats, weights, seed=8, stage=1, samples=n))
-    # default size uses no record twice; two epochs repeat the category order
+    weights = dict(zip(CATEGORIES, mixture))
+    p = curriculum.plan(cats, weights, seed=7, stage=stage, samples=2000)
+    assert len(p) == 2000 and all(cats[r] == CATEGORIES[c] for r, c in zip(p.rows, p.categories))
+    share = np.array(mixture) / 100
+    for actual, scheduled in _window_shares(p):
+        assert np.allclose(scheduled, share) and np.abs(actual - share).max() <= 0.01
+    for start in range(0, 2000 - 32, 32):  # every global batch of 32 is mixed
+        counts = np.bincount(p.categories[start : start + 32], minlength=4)
+        assert np.abs(counts - 32 * share).max() < 1.5
+    assert np.array_equal(p.rows, curriculum.plan(cats, weights, seed=7, stage=stage, samples=2000).rows)
+    assert not np.array_equal(p.rows, curriculum.plan(cats, weights, seed=8, stage=stage, samples=2000).rows)
+
+
+def test_mixture_shifts_smoothly_toward_the_next_stage():
+    cats = np.array(CATEGORIES * 1000)
+    start, end = dict(zip(CATEGORIES, (40, 30, 20, 10))), dict(zip(CATEGORIES, (15, 15, 30, 40)))
+    p = curriculum.plan(cats, start, seed=1, stage=2, samples=3000, shift_to=end)
+    windows = _window_shares(p)
+    for actual, scheduled in windows:
+        assert np.abs(actual - scheduled).max() <= 0.01
+    first, last = windows[0][1], windows[-1][1]
+    assert np.allclose(first, [0.3875, 0.2925, 0.205, 0.115]) and np.allclose(last, [0.1625, 0.1575, 0.295, 0.385])
+    assert [a[0][3] for a in windows] == sorted(a[0][3] for a in windows)  # instruction grows all the way
+
+
+def test_pool_passes_default_size_and_shuffle_windows():
     small = np.array(["foundation"] * 30 + ["perception"] * 30)
-    order = curriculum.plan(small, {"foundation": 0.8, "perception": 0.2}, seed=1, stage=1, epochs=2)
-    first = order[: len(order) // 2]
-    assert len(first) == 37 and len(set(first.tolist())) == len(first)
-    assert [small[i] for i in order].count("perception") == 2 * curriculum.quotas(37, {"foundation": 0.8, "perception": 0.2})["perception"]
+    mix = {"foundation": 0.8, "perception": 0.2}
+    p = curriculum.plan(small, mix, seed=1, stage=1, epochs=2)
+    assert len(p) == 74  # 37 per epoch: the most that needs no foundation sequence twice
+    fd = p.rows[p.categories == 0]
+    assert len(set(fd[:30].tolist())) == 30 and sorted(fd[:30].tolist()) == list(range(30))  # a whole pass first
     with pytest.raises(InputError, match="reasoning"):
         curriculum.plan(small, {"reasoning": 1.0}, seed=1, stage=2)
-
-
-def test_curriculum_sampler_statistics_with_oversampling():
-    cats = np.array(["foundation"] * 3 + ["perception"] * 50)
-    order = curriculum.plan(cats, {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
-    picked = order[:20]
-    assert sorted(np.bincount(picked, minlength=3).tolist()) == [6, 7, 7]  # whole permutations, then part of one
+    over = curriculum.plan(np.array(["foundation"] * 3 + ["perception"] * 50), {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
+    fd = over.rows[over.categories == 0]
+    assert len(fd) == 20 and sorted(np.bincount(fd, minlength=3).tolist()) == [6, 7, 7]  # whole passes, then part of one
+    # windows: 100 draws in a row come from one window of 100 consecutive pool entries
+    pool = np.array(["foundation"] * 1000)
+    w = curriculum.plan(pool, {"foundation": 1}, seed=2, stage=1, window=100)
+    assert all(len({r // 100 for r in w.rows[i : i + 100]}) == 1 for i in range(0, 1000, 100))
+    assert sorted(w.rows.tolist()) == list(range(1000)) and not np.array_equal(w.rows, np.arange(1000))
 
 
 def test_micro_batches_partition_the_global_batch(world, tmp_path):

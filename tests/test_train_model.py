@@ -36,7 +36,7 @@ def load(path, tokenizer=True):
 @pytest.mark.parametrize("tied", [False, True])
 def test_init_extends_vocab_by_layout(sources, tmp_path, tied):
     root, tok, layout = sources
-    info = init_base_model(InitConfig(source_model=str(root / f"src-{tied}"), tokenizer=str(root / "tok"), layout=str(root / "layout.yaml")), str(tmp_path / "base"))
+    info = init_base_model(InitConfig(source_model=str(root / f"src-{tied}"), tokenizer=str(root / "tok"), layout=str(root / "layout.yaml"), rule="mean"), str(tmp_path / "base"))
     model, tok2 = load(tmp_path / "base")
     src, _ = load(root / f"src-{tied}", tokenizer=False)
     n = layout.text_vocab_size
@@ -58,20 +58,24 @@ def test_init_extends_vocab_by_layout(sources, tmp_path, tied):
     assert json.loads((tmp_path / "base" / "vbpe_init.json").read_text())["layout_fingerprint"] == layout.fingerprint()
 
 
-def test_init_he_rule_and_placeholders(sources, tmp_path):
+def test_init_he_rule_by_default_and_placeholders(sources, tmp_path):
+    """The authors' rule (He: N(0, 2 / hidden)) is the default; new rows are not near-copies of each other."""
     root, tok, _ = sources
     tiny.build_model(str(tmp_path / "src"), len(tok) + 3, hidden=128)  # an embedding padded beyond the tokenizer
     layout = IdLayout(text_vocab_size=len(tok) + 3, codebook_size=64, num_merges=64)
     (tmp_path / "layout.yaml").write_text(layout.to_yaml())
-    info = init_base_model(
-        InitConfig(source_model=str(tmp_path / "src"), tokenizer=str(root / "tok"), layout=str(tmp_path / "layout.yaml"), rule="he", seed=3),
-        str(tmp_path / "base"),
-    )
+    cfg = InitConfig(source_model=str(tmp_path / "src"), tokenizer=str(root / "tok"), layout=str(tmp_path / "layout.yaml"), seed=3)
+    assert cfg.rule == "he"
+    info = init_base_model(cfg, str(tmp_path / "base"))
+    assert info["rule"] == "he"
     model, tok2 = load(tmp_path / "base")
     assert info["placeholder_tokens"] == 3 and tok2.convert_ids_to_tokens(len(tok)) == "<|vbpe_reserved_0|>"
     assert tok2.convert_tokens_to_ids("<pad>") == layout.pad_id
     new = model.get_input_embeddings().weight[layout.text_vocab_size :]
     assert new.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.1) and abs(new.mean().item()) < 0.02
+    unit = torch.nn.functional.normalize(new, dim=1)
+    cosine = (unit @ unit.T)[~torch.eye(len(new), dtype=torch.bool)]
+    assert abs(cosine.mean().item()) < 0.05  # independent directions (the `mean` rule gives ~0.8)
 
 
 def test_init_refuses_a_layout_that_disagrees_with_the_model(sources, tmp_path):

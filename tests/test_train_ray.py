@@ -128,6 +128,7 @@ def test_three_stages_one_worker(one_worker_run, inputs):
     assert stages[0]["samples_per_category"] == {"foundation": 24, "perception": 6}  # 80/20 of 15 per epoch, 2 epochs
     assert stages[1]["samples_per_category"] == {"foundation": 24, "instruction": 6, "perception": 18, "reasoning": 12}
     assert [s["steps"] for s in stages] == [8, 15, 15]
+    assert stages[0]["consumed_per_category"] == {"foundation": 26, "perception": 6}  # 8 steps x 4, the last batch wraps
 
     seqs = os.path.join(cfg.output, "data", "sequences.parquet")
     losses = [mean_loss(m, seqs, layout.pad_id) for m in models]
@@ -199,6 +200,8 @@ def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
     _, *stages = run_all(cfg)
     assert [s["geometry"]["world_size"] for s in stages] == [2, 2, 2]
     assert [s["geometry"]["global_batch"] for s in stages] == [8, 8, 8] and [s["steps"] for s in stages] == [4, 4, 4]
+    # cut short, a stage still saw its mix (15/15/30/40 of 32): no type is left out
+    assert stages[2]["consumed_per_category"] == {"foundation": 5, "perception": 5, "reasoning": 10, "instruction": 12}
     sd = [weights(m) for m in stage_models(cfg)]
     for i, stage in enumerate(STAGES):
         check_freezing(sd[i], sd[i + 1], stage, layout.text_vocab_size, layers=1)

@@ -10,7 +10,6 @@ fingerprint (a changed config starts a new Ray run instead of resuming an incomp
 """
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import json
@@ -111,7 +110,8 @@ def _base_identity(cfg: TrainConfig, stage: str) -> str:
 
 def stage_fingerprint(cfg: TrainConfig, stage: str, data_fingerprint: str) -> str:
     scfg = cfg.stage(stage).model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT)
-    blob = json.dumps([stage, scfg, data_fingerprint, _base_identity(cfg, stage), cfg.precision, cfg.seed], sort_keys=True)
+    plan = [cfg.shift_target(stage), cfg.shuffle_window]
+    blob = json.dumps([stage, scfg, data_fingerprint, _base_identity(cfg, stage), cfg.precision, cfg.seed, plan], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -193,10 +193,10 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     scfg = cfg.stage(stage)
     with storage.open_file(paths.data.sequences) as f:
         categories = pq.read_table(f, columns=["category"]).column("category").to_numpy(zero_copy_only=False)
-    order = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs, scfg.samples)
-    counts = collections.Counter(categories[order].tolist())
-    log.info("%s: %d samples planned %s", stage, len(order), dict(counts))
-    job = _job(cfg, stage, fingerprint, order, hooks)
+    plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
+                           scfg.samples, shift_to=cfg.shift_target(stage), window=cfg.shuffle_window)
+    log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
+    job = _job(cfg, stage, fingerprint, plan.rows, hooks)
 
     w = cfg.workers
     resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
@@ -214,7 +214,7 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     t0 = time.time()
     result = trainer.fit()
     info = dict(result.return_value or {})
-    consumed = order[np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(order)]
+    consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
     summary = {
         **info,
         "stage": stage,
@@ -222,9 +222,10 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         "base_model": job.base_model,
         "model": job.output_model,
         "metrics": job.steps_path,
-        "samples_planned": len(order),
+        "samples_planned": len(plan),
         "samples_consumed": int(len(consumed)),
-        "samples_per_category": {c: int(n) for c, n in sorted(counts.items())},
+        "samples_per_category": plan.counts(),
+        "consumed_per_category": plan.counts(consumed),
         "fit_seconds": time.time() - t0,
     }
     storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
