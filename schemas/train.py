@@ -76,6 +76,9 @@ class StageConfig(Config):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the whole model; fsdp: parameters, gradients and optimizer state sharded"
+    )
     mixture_shift: bool = Field(
         False, description="shift the mixture linearly over the stage, from this stage's at its start to the next stage's at its end"
     )
@@ -130,6 +133,9 @@ class DataConfig(Config):
     max_length: int = Field(4096, gt=2)
     overflow: Literal["truncate", "drop"] = "truncate"
     image_loss: bool = Field(False, description="also train on the image tokens (the unified objective of VW-LMM)")
+    images: Literal["first", "inline"] = Field(
+        "first", description="where a record's images go: all before the text, or each at its <image> placeholder"
+    )
     heldout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="share of images whose conversations are set aside for evaluation (by a salted hash of the image key)",
@@ -151,10 +157,30 @@ class InitConfig(Config):
     chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none (or to replace it)")
 
 
+class PrepareConfig(Config):
+    """Where `prepare` tokenizes records: in this process or as a Ray Data map over actors."""
+
+    executor: Literal["auto", "local", "ray"] = Field(
+        "auto", description="auto: Ray when workers > 0 or a cluster is named (RAY_ADDRESS), else this process"
+    )
+    workers: int = Field(0, ge=0, description="Ray Data actors; 0: as many as the free CPUs hold at `cpus` each")
+    cpus: float = Field(1.0, gt=0, description="CPUs per actor")
+    batch_size: int = Field(256, gt=0, description="records per tokenization batch")
+
+
+class FsdpConfig(Config):
+    """Settings of the stages that use `strategy: fsdp`."""
+
+    cpu_offload: bool = Field(False, description="keep parameter, gradient and optimizer shards in host memory between uses")
+
+
 class WorkersConfig(Config):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    data_cpus: float = Field(
+        0.25, ge=0, description="CPUs per Ray Data task reading a worker's sequences (leave this much free beside the workers)"
+    )
     gpus_per_worker: float = Field(1.0, ge=0)
     max_failures: int = Field(2, ge=-1, description="automatic restarts from the last checkpoint; -1 = unlimited")
     keep_checkpoints: int = Field(2, gt=0)
@@ -169,6 +195,8 @@ class TrainConfig(Config):
     stage2: Stage2Config = Stage2Config()
     stage3: Stage3Config = Stage3Config()
     workers: WorkersConfig = WorkersConfig()
+    fsdp: FsdpConfig = FsdpConfig()
+    prepare: PrepareConfig = PrepareConfig()
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"] = Field(
         "auto", description="auto: bf16-mixed on GPU (the authors' bf16), fp32 on CPU"
     )
@@ -184,6 +212,13 @@ class TrainConfig(Config):
     @classmethod
     def _no_trailing_slash(cls, v: str) -> str:
         return v.rstrip("/") or v
+
+    @model_validator(mode="after")
+    def _fsdp_precision(self) -> "TrainConfig":
+        uses = [s for s in STAGES if self.stage(s).strategy == "fsdp"]
+        if uses and self.precision == "fp16-mixed":
+            raise ValueError(f"precision fp16-mixed needs a gradient scaler FSDP does not support here ({', '.join(uses)} use fsdp); use bf16-mixed")
+        return self
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:

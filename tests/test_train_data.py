@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.train import chat, curriculum, tiny
-from pipeline.train.batches import Geometry, Sequences, global_batch, worker_micro_batches
+from pipeline.train.batches import Geometry, Sequences
+from pipeline.train.stream import assign, collate, read_rows
 from pipeline.train.prepare import IGNORE, prepare
 from pipeline.train.records import Turn, read_records
 from pipeline.train.schedule import lr_at
@@ -50,7 +51,8 @@ def test_segments_mark_only_answers(world):
     assert "".join(s for s, _ in segs) == tok.apply_chat_template([{"role": t.role, "content": t.content} for t in turns], tokenize=False)
     answers = [s for s, a in segs if a]
     assert answers == ["red . <|end|> ", "a cat . <|end|> "]
-    ids, mask = chat.encode(tok, turns)
+    ids, mask, slots = chat.encode(tok, turns)
+    assert slots == []
     assert tok.convert_ids_to_tokens([i for i, m in zip(ids, mask) if m]) == ["red", ".", "<|end|>", "a", "cat", ".", "<|end|>"]
 
 
@@ -241,14 +243,25 @@ def test_micro_batches_partition_the_global_batch(world, tmp_path):
     plan = np.arange(22)
     geo = Geometry.of(len(plan), batch_size=2, grad_accum=3, world_size=2)
     assert geo.steps == 2 and geo.global_batch == 12
+    lengths, targets = seqs.lengths(np.arange(24)), seqs.targets
+    a = assign(plan, lengths, targets, batch_size=2, grad_accum=3, world=2, steps=geo.steps)
+    assert a.per_step == 6 and [len(r) for r in a.rows] == [12, 12]
     for step in range(geo.steps):
-        rows_ = global_batch(plan, step, geo)
-        parts = [mb for r in range(2) for mb in worker_micro_batches(rows_, seqs, geo, r)]
-        assert sorted(np.concatenate(parts).tolist()) == sorted(rows_.tolist())
-    assert global_batch(plan, 1, geo).tolist() == list(range(12, 22)) + [0, 1]  # wraps to the plan's start
-    ids, mask, labels = seqs.collate([0, 5], pad_id=world["layout"].pad_id)
+        batch = (np.arange(step * 12, (step + 1) * 12) % 22)
+        mine = [a.rows[r][step * 6 : (step + 1) * 6] for r in range(2)]
+        assert sorted(np.concatenate(mine).tolist()) == sorted(batch.tolist())  # the ranks split the global batch
+        assert a.targets[step] == targets[batch].sum()
+        for m in range(3):  # micro-batch m of both ranks: neighbours in length order
+            pair = np.concatenate([mine[0][2 * m : 2 * m + 2], mine[1][2 * m : 2 * m + 2]])
+            longest_before = max((lengths[mine[r][: 2 * m]].max() for r in range(2) if m), default=0)
+            assert lengths[pair].min() >= longest_before
+    assert sorted(np.concatenate([a.rows[0][6:], a.rows[1][6:]]).tolist()) == sorted(list(range(12, 22)) + [0, 1])  # wraps
+    got = read_rows(str(tmp_path / "o" / "sequences.parquet"), np.array([5, 0, 5]))
+    assert got.column("input_ids").to_pylist() == [table[5]["input_ids"], table[0]["input_ids"], table[5]["input_ids"]]
+    batch = {c: got.column(c).to_numpy(zero_copy_only=False) for c in ("input_ids", "labels")}
+    ids, mask, labels = collate(batch, world["layout"].pad_id, IGNORE)
     assert ids.shape == mask.shape == labels.shape and (labels[mask == 0] == IGNORE).all()
-    assert (ids[mask == 0] == world["layout"].pad_id).all()
+    assert (ids[mask == 0] == world["layout"].pad_id).all() and ids[1, : len(table[0]["input_ids"])].tolist() == table[0]["input_ids"]
 
 
 def test_lr_schedule():
@@ -325,3 +338,10 @@ def test_prepared_data_is_keyed_by_content(world, tmp_path):
     ids = pq.read_table(tmp_path / "o" / "sequences.parquet").column("input_ids")[0].as_py()
     assert world["tok"].convert_tokens_to_ids(other) in ids and world["tok"].convert_tokens_to_ids(animal) not in ids
     assert prepare(cfg, world["tok"], world["layout"], str(tmp_path / "o"))["reused"]
+
+
+def test_default_epoch_size_is_exact_for_round_mixtures():
+    cats = np.array([c for c in CATEGORIES for _ in range(12)])
+    for mixture, n in [((80, 20, 0, 0), 15), ((40, 30, 20, 10), 30), ((15, 15, 30, 40), 30)]:
+        p = curriculum.plan(cats, dict(zip(CATEGORIES, mixture)), seed=0, stage=1, epochs=2)
+        assert len(p) == 2 * n and sum(p.counts().values()) == 2 * n

@@ -200,7 +200,7 @@ def test_checkpoint_state_resumes_exactly(bases, tmp_path):
     m2, p2, params2, o2 = fresh()
     for s in range(2):
         step(m2, o2, params2, s)
-    ckpt.save(str(tmp_path), params2, o2, {"step": 2})
+    ckpt.save(str(tmp_path), params2, o2, {"step": 2}, rank=0)
     m3, p3, params3, o3 = fresh()
     assert ckpt.load(str(tmp_path), params3, o3) == {"step": 2}
     step(m3, o3, params3, 2)
@@ -226,3 +226,19 @@ def test_activation_checkpointing_gives_the_same_gradients(bases):
         grads.append({n: p.grad.clone() for n, p in params})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_merged_state_dict_equals_merge(bases, tied):
+    """The state-dict merge (used for sharded models) gives exactly what merging the modules gives."""
+    from pipeline.train.freeze import merged_state_dict
+
+    paths, layout = bases
+    model, _ = load(paths[tied])
+    plan = apply_stage(model, "stage2", layout.text_vocab_size)
+    train_steps(model, plan.trainable(), layout)
+    split = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith(".original.weight") for k in split)
+    merged = plan.merge().state_dict()
+    got = merged_state_dict(split, layout.text_vocab_size)
+    assert got.keys() == merged.keys() and all(torch.equal(got[k], merged[k]) for k in merged)

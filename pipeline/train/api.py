@@ -88,13 +88,13 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
     summary.results["prepare"] = driver.run_prepare(cfg)
     if step == "prepare":
         return summary
-    _ensure_ray()
+    ensure_ray()
     for stage in STAGES if step == "all" else (step,):
         summary.results[stage] = driver.run_stage(cfg, stage, hooks=hooks, stats=summary.results["prepare"])
     return summary
 
 
-def _ensure_ray() -> None:
+def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():

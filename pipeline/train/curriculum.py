@@ -99,7 +99,7 @@ class Plan:
 def default_epoch_size(pool_sizes: dict[str, int], weights: dict[str, float]) -> int:
     """The most samples per epoch that need no repeats in any category."""
     total = sum(weights.values())
-    return min(int(pool_sizes[c] * total / w) for c, w in weights.items() if w > 0)
+    return min(math.floor(pool_sizes[c] * total / w + 1e-9) for c, w in weights.items() if w > 0)  # 29.999... is 30
 
 
 def plan(

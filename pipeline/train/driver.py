@@ -87,7 +87,7 @@ def run_prepare(cfg: TrainConfig) -> dict:
     _refuse_stale_stages(cfg, fingerprint)
     files = RunPaths(cfg.output).data
     with StageMetrics("train.prepare", files.metrics) as m:
-        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint)
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model))
         m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
         m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
               reused=bool(stats.get("reused")))
@@ -166,39 +166,58 @@ def _absolute(path: str) -> str:
     return path if storage.is_remote(path) else os.path.abspath(path)
 
 
-def _job(cfg: TrainConfig, stage: str, fingerprint: str, plan, hooks: Hooks) -> StageJob:
+def _job(cfg: TrainConfig, stage: str, fingerprint: str, schedule: dict, hooks: Hooks) -> StageJob:
     from pipeline.train.init import read_layout
 
     paths = RunPaths(_absolute(cfg.output))
     layout = read_layout(cfg.model)
+    settings = cfg.stage(stage)
     return StageJob(
-        stage=stage, settings=cfg.stage(stage), fingerprint=fingerprint,
+        stage=stage, settings=settings, fingerprint=fingerprint,
         base_model=_absolute(base_model(cfg, stage)), output_model=paths.model(stage),
-        sequences=paths.data.sequences, heldout=paths.data.heldout, plan=plan,
+        sequences=paths.data.sequences, heldout=paths.data.heldout, **schedule,
+        strategy=settings.strategy, cpu_offload=cfg.fsdp.cpu_offload,
         n_old=layout.text_vocab_size, pad_id=layout.pad_id,
         precision=cfg.precision, tf32=cfg.tf32, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-        steps_path=paths.steps(stage), checkpoints=storage.join(paths.ray, f"{stage}-{fingerprint}"),
+        steps_path=paths.steps(stage), checkpoints=checkpoint_root(cfg, stage, fingerprint),
         keep_checkpoints=cfg.workers.keep_checkpoints, storage=cfg.storage, hooks=hooks,
     )
+
+
+def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
+    return storage.join(RunPaths(_absolute(cfg.output)).ray, f"{stage}-{fingerprint}")
 
 
 def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.train import curriculum
+    from pipeline.train import curriculum, stream
+    from pipeline.train.batches import Geometry
+    from pipeline.train.checkpoints import CheckpointStore
     from pipeline.train.loop import train_loop
 
     paths = RunPaths(cfg.output)
-    scfg = cfg.stage(stage)
+    scfg, w = cfg.stage(stage), cfg.workers
     with storage.open_file(paths.data.sequences) as f:
-        categories = pq.read_table(f, columns=["category"]).column("category").to_numpy(zero_copy_only=False)
+        columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
+    categories = columns.column("category").to_numpy(zero_copy_only=False)
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
                            scfg.samples, shift_to=cfg.shift_target(stage), window=cfg.shuffle_window)
     log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
-    job = _job(cfg, stage, fingerprint, plan.rows, hooks)
+    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
+    assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
+                               scfg.batch_size, scfg.grad_accum, w.num_workers, geo.steps)
+    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
+    first_step = latest[0] if latest else 0
+    if first_step:
+        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
+    geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
+                "global_batch": geo.global_batch, "steps": geo.steps, "plan": len(plan)}
+    job = _job(cfg, stage, fingerprint, {"steps": geo.steps, "targets": assignment.targets, "geometry": geometry,
+                                         "first_step": first_step}, hooks)
+    datasets = stream.rank_datasets(_absolute(paths.data.sequences), assignment, first_step, cfg.storage, w.data_cpus)
 
-    w = cfg.workers
     resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
     storage_path, storage_fs = _ray_storage(cfg)
     trainer = TorchTrainer(
@@ -210,6 +229,8 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=w.max_failures),
         ),
+        datasets=datasets,
+        dataset_config=stream.data_config(),
     )
     t0 = time.time()
     result = trainer.fit()
