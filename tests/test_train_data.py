@@ -345,3 +345,40 @@ def test_default_epoch_size_is_exact_for_round_mixtures():
     for mixture, n in [((80, 20, 0, 0), 15), ((40, 30, 20, 10), 30), ((15, 15, 30, 40), 30)]:
         p = curriculum.plan(cats, dict(zip(CATEGORIES, mixture)), seed=0, stage=1, epochs=2)
         assert len(p) == 2 * n and sum(p.counts().values()) == 2 * n
+
+
+def test_several_images_per_record(world, tmp_path):
+    """Images first (default) or each at its <image> placeholder; the count must match; a cut never falls inside an image."""
+    tok, layout, keys = world["tok"], world["layout"], world["keys"]
+    corpus = {r["key"]: r["input_ids"] for r in pq.read_table(world["root"] / "corpus" / "part-0.parquet").to_pylist()}
+    conv = [{"from": "human", "value": "<image>\nwhat color is it ?"}, {"from": "gpt", "value": "red ."},
+            {"from": "human", "value": "and this <image> ?"}, {"from": "gpt", "value": "blue ."}]
+    two = {"id": "two", "image": [f"{keys[0]}.jpg", f"{keys[1]}.jpg"], "category": "PD", "conversations": conv}
+    three = {**two, "id": "three", "image": [keys[0], keys[1], keys[2]]}
+    path = write_jsonl(tmp_path / "c.jsonl", [two, three])
+
+    st = prepare(data_cfg(path, world["root"] / "corpus"), tok, layout, str(tmp_path / "first"))
+    rows = {r["record"]: r for r in pq.read_table(tmp_path / "first" / "sequences.parquet").to_pylist()}
+    assert st["sequences"] == 2 and rows["two"]["images"] == keys[:2] and rows["two"]["image"] == keys[0]
+    head = [tok.bos_token_id, *corpus[keys[0]], *corpus[keys[1]]]
+    assert rows["two"]["input_ids"][: len(head)] == head and "<image>" not in tok.decode(rows["two"]["input_ids"])
+
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline"), tok, layout, str(tmp_path / "inline"))
+    assert st["reject_reasons"] == {"image placeholders": 1}
+    assert pq.read_table(tmp_path / "inline" / "sequences.rejects.parquet").column("reason").to_pylist() == [
+        "image placeholders: 2 in the text for 3 images"]
+    s = pq.read_table(tmp_path / "inline" / "sequences.parquet").to_pylist()[0]
+    ids = s["input_ids"]
+    first, second = ids.index(layout.begin_image_id), len(ids) - 1 - ids[::-1].index(layout.begin_image_id)
+    assert ids[first : first + len(corpus[keys[0]])] == corpus[keys[0]] and ids[second : second + len(corpus[keys[1]])] == corpus[keys[1]]
+    answers = tok.convert_ids_to_tokens([i for i, lab in zip(ids, s["labels"]) if lab != IGNORE])
+    assert answers == ["red", ".", "<|end|>", "blue", ".", "<|end|>", "</s>"]
+    assert tok.convert_ids_to_tokens(ids[1:first]) == ["<|user|>"]  # the first image sits inside the user turn
+    assert ids.index(tok.convert_tokens_to_ids("red")) < second  # the first answer comes before the second image
+
+    cut = second + 3  # a limit inside the second image: the sequence stops before it, the first answer stays
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline", max_length=cut), tok, layout, str(tmp_path / "cut"))
+    s = pq.read_table(tmp_path / "cut" / "sequences.parquet").to_pylist()[0]
+    assert st["truncated"] == 1 and s["input_ids"] == ids[:second] and layout.end_image_id not in s["input_ids"][first + len(corpus[keys[0]]) :]
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline", max_length=first + 3), tok, layout, str(tmp_path / "none"))
+    assert st["reject_reasons"] == {"image does not fit": 1, "image placeholders": 1}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -242,3 +243,38 @@ def test_merged_state_dict_equals_merge(bases, tied):
     merged = plan.merge().state_dict()
     got = merged_state_dict(split, layout.text_vocab_size)
     assert got.keys() == merged.keys() and all(torch.equal(got[k], merged[k]) for k in merged)
+
+
+@pytest.mark.parametrize("stage,checkpointing", [("stage1", False), ("stage1", True), ("stage3", False), ("stage3", True)])
+def test_memory_plan_matches_measured_peak_on_cpu(stage, checkpointing):
+    """`vbpe train plan`'s model against the peak resident memory of real steps (fp32, CPU), measured in a
+    fresh process whose large allocations go straight to the kernel (so freed memory is not kept)."""
+    import subprocess
+    import sys
+
+    from pipeline.train.memory import ModelShape, estimate
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-m", "tests.helpers.memory_probe", stage, "1" if checkpointing else "0"],
+                         capture_output=True, text=True, env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    shape = ModelShape.from_config(probe["config"], old_vocab=probe["old_vocab"])
+    plan = estimate(shape, stage, "ddp", 1, probe["batch"], probe["seq"], precision="fp32", checkpointing=checkpointing, on_gpu=False)
+    assert abs(plan.peak - probe["peak_bytes"]) <= 0.12 * probe["peak_bytes"], (plan.gib(), probe["peak_bytes"] / 2**30)
+
+
+def test_memory_plan_of_an_8b_model():
+    """Llama-3.1-8B extended to 144,645 ids (numbers from its config.json, no weights): the parameter count,
+    and what fits on 80 GB GPUs."""
+    from pipeline.train.memory import GIB, ModelShape, estimate, smallest_fit
+
+    cfg = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False}
+    shape = ModelShape.from_config(cfg, vocab=144645, old_vocab=128256)
+    assert ModelShape.from_config(cfg).params() == 8_030_261_248  # Llama-3.1-8B's published size
+    assert shape.trainable("stage1") == 2 * 16389 * 4096 and shape.trainable("stage3") == shape.params()
+    kw = dict(micro_batch=1, seq_len=4096, precision="bf16-mixed")
+    assert smallest_fit(shape, "stage3", "ddp", 80 * GIB, **kw) is None  # full fine-tuning does not fit unsharded
+    assert smallest_fit(shape, "stage3", "fsdp", 80 * GIB, **kw) == 2
+    eight = estimate(shape, "stage3", "fsdp", 8, **kw)
+    assert eight.optimizer == pytest.approx(8 * shape.params() / 8, rel=1e-6) and eight.peak < 40 * GIB

@@ -137,3 +137,21 @@ def test_edited_conversation_invalidates_the_stages_trained_on_it(fast_ray, inpu
     assert (tmp_path / "run" / "data" / "stats.json").read_text() == stats  # the data stage1 used is kept
     path.write_text(text)
     assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]
+
+
+def test_prepare_on_ray_data_equals_prepare_here(fast_ray, inputs, tmp_path):
+    """Records tokenized by a pool of Ray Data actors give the same files, in the same order, as in process."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for executor in ("local", "ray"):
+        cfg = config(inputs, str(tmp_path / executor), prepare={"executor": executor, "workers": 2, "cpus": 0.5, "batch_size": 7})
+        run_init(cfg)
+        stats = api.run(cfg, "prepare").results["prepare"]
+        assert stats["executor"] == executor
+        files = {name: pq.read_table(tmp_path / executor / "data" / name)
+                 for name in ("sequences.parquet", "heldout.parquet", "sequences.rejects.parquet")}
+        out[executor] = ({k: v for k, v in stats.items() if k != "executor"}, files)
+    assert out["ray"][0] == out["local"][0] and out["local"][0]["records"] == 66
+    for name, table in out["local"][1].items():
+        assert out["ray"][1][name].equals(table), name

@@ -161,9 +161,9 @@ def _step(run: Run, step: int, micro: list[dict]) -> dict:
     """One optimizer step over this rank's micro-batches of the step's global batch; returns its metrics row (same on every rank)."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from pipeline.train import parallel
+    from pipeline.train.loss import token_loss_sum
     from pipeline.train.schedule import lr_at
     from pipeline.train.stream import collate
 
@@ -180,7 +180,7 @@ def _step(run: Run, step: int, micro: list[dict]) -> dict:
         with parallel.no_sync(run.net, job.strategy, run.world, m == len(micro) - 1):
             with run.autocast:
                 logits = run.net(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+            loss = token_loss_sum(logits, labels)
             run.scaler.scale(loss * run.world / max(n_targets, 1)).backward()
         totals[0] += loss.detach().double()
         totals[1] += mask.sum()
@@ -233,9 +233,9 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     import pyarrow.parquet as pq
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from pipeline import storage
+    from pipeline.train.loss import token_loss_sum
     from pipeline.train.stream import collate, read_rows
 
     if not storage.exists(path):
@@ -259,7 +259,7 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
                 logits = run.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             if len(rows) == 0:
                 continue
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+            loss = token_loss_sum(logits, labels)
             totals[0] += loss.double()
             totals[1] += (labels[:, 1:] != IGNORE).sum()
     run.model.train(was_training)

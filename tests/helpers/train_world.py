@@ -62,7 +62,7 @@ def config(inputs, out: str, tied: bool = False, num_workers: int = 1, **extra) 
         "gradient_checkpointing": False,
     }
     for key, value in extra.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return TrainConfig.from_dict(data)
 
 
