@@ -137,15 +137,13 @@ def _barrier(run: Run) -> None:
 def _resume(run: Run) -> dict:
     """The loop's progress: fresh, or restored from the newest checkpoint complete on storage."""
     from pipeline.train import state as ckpt
-    from pipeline.train.files import local_dir
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": run.job.geometry}
     latest = CheckpointStore(run.job.checkpoints).latest()
     if latest is None:
         return progress
-    with local_dir(latest[1]) as d:
-        progress = ckpt.load(d, run.params, run.optimizer)
+    progress = ckpt.load(latest[1], run.params, run.optimizer)
     if progress["fingerprint"] != fingerprint:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
     if progress["geometry"] != run.job.geometry:

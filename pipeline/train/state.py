@@ -4,7 +4,8 @@ plus the loop's position as JSON. The frozen rest comes from the stage's base mo
 Tensors are written with `torch.distributed.checkpoint` in safetensors files (its HuggingFace
 storage format): every rank writes its own shards in parallel (sharded FSDP tensors as they are,
 replicated DDP tensors once), nothing is gathered on one rank, and the shard layout travels in the
-files' JSON metadata, so loading needs no pickle. Keys: `param/<name>` and `optim/<name>/<state>`.
+files' JSON metadata, so loading needs no pickle (dcp_reader.py reads them in place, local or S3).
+Keys: `param/<name>` and `optim/<name>/<state>`.
 """
 from __future__ import annotations
 
@@ -52,16 +53,19 @@ def save(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer
 
 
 def saved_keys(directory: str) -> set[str]:
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from pipeline.train.dcp_reader import StoreReader
 
-    return set(HuggingFaceStorageReader(path=directory).read_metadata().state_dict_metadata)
+    return set(StoreReader(directory).read_metadata().state_dict_metadata)
 
 
 def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> dict:
-    """Restore in place (every rank its own shards); the checkpoint must hold exactly the stage's trainable tensors."""
+    """Restore in place, every rank reading only the chunks of its own shards, from a local path or an
+    s3:// URL; the checkpoint must hold exactly the stage's trainable tensors."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    from pipeline import storage
+    from pipeline.train.dcp_reader import StoreReader
 
     _optimizer_state(params, optimizer)
     want = tensors(params, optimizer)
@@ -72,6 +76,5 @@ def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer
         extra = sorted(k for k in have if k.startswith("param/") and k not in wanted_params)[:3]
         raise ValueError(f"checkpoint does not match this stage's trainable parameters (missing {missing}, unexpected {extra})")
     with torch.no_grad():
-        dcp.load(want, storage_reader=HuggingFaceStorageReader(path=directory), no_dist=not dist.is_initialized())
-    with open(os.path.join(directory, STATE)) as f:
-        return json.load(f)
+        dcp.load(want, storage_reader=StoreReader(directory), no_dist=not dist.is_initialized())
+    return json.loads(storage.read_text(storage.join(directory, STATE)))
