@@ -203,8 +203,8 @@ class TrainConfig(Config):
     tf32: bool = True
     gradient_checkpointing: bool = True
     seed: int = 0
-    shuffle_window: int = Field(
-        16384, gt=0, description="sequences per shuffle window of a category's pool (a pool this small is fully shuffled)"
+    shuffle_block: int = Field(
+        1024, gt=0, description="sequences per shuffle block of a category's pool (blocks in random order, each shuffled)"
     )
     storage: StorageOptions | None = None
 

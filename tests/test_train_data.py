@@ -212,7 +212,7 @@ def test_mixture_shifts_smoothly_toward_the_next_stage():
     assert [a[0][3] for a in windows] == sorted(a[0][3] for a in windows)  # instruction grows all the way
 
 
-def test_pool_passes_default_size_and_shuffle_windows():
+def test_pool_passes_default_size_and_shuffle_blocks():
     small = np.array(["foundation"] * 30 + ["perception"] * 30)
     mix = {"foundation": 0.8, "perception": 0.2}
     p = curriculum.plan(small, mix, seed=1, stage=1, epochs=2)
@@ -224,9 +224,9 @@ def test_pool_passes_default_size_and_shuffle_windows():
     over = curriculum.plan(np.array(["foundation"] * 3 + ["perception"] * 50), {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
     fd = over.rows[over.categories == 0]
     assert len(fd) == 20 and sorted(np.bincount(fd, minlength=3).tolist()) == [6, 7, 7]  # whole passes, then part of one
-    # windows: 100 draws in a row come from one window of 100 consecutive pool entries
+    # blocks: 100 draws in a row come from one block of 100 consecutive pool entries
     pool = np.array(["foundation"] * 1000)
-    w = curriculum.plan(pool, {"foundation": 1}, seed=2, stage=1, window=100)
+    w = curriculum.plan(pool, {"foundation": 1}, seed=2, stage=1, block=100)
     assert all(len({r // 100 for r in w.rows[i : i + 100]}) == 1 for i in range(0, 1000, 100))
     assert sorted(w.rows.tolist()) == list(range(1000)) and not np.array_equal(w.rows, np.arange(1000))
 
@@ -382,3 +382,17 @@ def test_several_images_per_record(world, tmp_path):
     assert st["truncated"] == 1 and s["input_ids"] == ids[:second] and layout.end_image_id not in s["input_ids"][first + len(corpus[keys[0]]) :]
     st = prepare(data_cfg(path, world["root"] / "corpus", images="inline", max_length=first + 3), tok, layout, str(tmp_path / "none"))
     assert st["reject_reasons"] == {"image does not fit": 1, "image placeholders": 1}
+
+
+def test_training_sequences_are_stored_by_category_in_whole_row_groups(world, tmp_path):
+    """Each category is a run of 1024-row row groups (input order within it): a shuffle block is a row group."""
+    keys = world["keys"]
+    rows = [{"id": f"{i}", "image": f"{keys[i % len(keys)]}.jpg", "category": c, "conversations": tiny.conversation(keys[i % len(keys)], c)}
+            for i in range(1300) for c in ("perception", "foundation")]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    prepare(data_cfg(path, world["root"] / "corpus"), world["tok"], world["layout"], str(tmp_path / "o"))
+    f = pq.ParquetFile(tmp_path / "o" / "sequences.parquet")
+    groups = [f.read_row_group(g, columns=["category", "record"]) for g in range(f.num_row_groups)]
+    assert [(set(g.column("category").to_pylist()), g.num_rows) for g in groups] == [
+        ({"foundation"}, 1024), ({"foundation"}, 276), ({"perception"}, 1024), ({"perception"}, 276)]
+    assert pq.read_table(tmp_path / "o" / "sequences.parquet").column("record").to_pylist()[:3] == ["0", "1", "2"]

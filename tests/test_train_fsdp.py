@@ -78,7 +78,7 @@ def test_every_sequence_is_seen_as_scheduled(runs):
         for i, (stage, s) in enumerate(zip(STAGES, summaries[1:])):
             scfg = cfg.stage(stage)
             plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, i + 1, scfg.epochs, scfg.samples,
-                                   shift_to=cfg.shift_target(stage), window=cfg.shuffle_window).rows
+                                   shift_to=cfg.shift_target(stage), block=cfg.shuffle_block).rows
             g = s["geometry"]["global_batch"]
             ranks = [[json.loads(line) for line in open(batches / f"{stage}-{r}.jsonl")] for r in range(2)]
             assert [[row["step"] for row in rank] for rank in ranks] == [list(range(1, STEPS + 1))] * 2

@@ -7,9 +7,11 @@ out by stratification, not sampling: the k-th sample of category c goes where th
 c reaches k + 1/2, so every stretch of the plan, however short, holds each category within about one
 sample of its share (every global batch is mixed). Which sequence of a category comes next is drawn
 from its pool in a seeded order that cycles through fresh passes when the pool runs out: per pass,
-the pool (in file order) is cut into windows of `window` sequences, the windows are visited in a
-seeded random order and each window is shuffled (a full shuffle when the pool fits one window; a
-window keeps reads local when the data is streamed).
+the pool (in file order) is cut into blocks of `block` sequences, the blocks are visited in a
+seeded random order and each block is shuffled (a full shuffle when the pool fits one block). Prepared
+data stores each category as a run of row groups of the same size, so a stretch of the plan reads
+whole row groups when the data is streamed; the price is that neighbours in the plan come from a
+few blocks of neighbouring records (like other streaming loaders' shuffle blocks).
 
 The plan depends on the categories, the mixtures, the seed, the stage and the sizes only: not on
 the number of workers, and it is recomputed identically on resume.
@@ -24,7 +26,7 @@ import numpy as np
 from schemas.base import InputError
 from schemas.train import CATEGORIES
 
-DEFAULT_WINDOW = 1 << 14
+DEFAULT_BLOCK = 1024  # = prepare.ROW_GROUP
 
 
 def quotas(n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -69,13 +71,13 @@ def category_layout(shares: np.ndarray) -> np.ndarray:
     return which[order]
 
 
-def windowed_passes(pool: np.ndarray, k: int, rng: np.random.Generator, window: int) -> np.ndarray:
-    """k draws from the pool: fresh windowed-shuffled passes, as many as needed."""
+def block_passes(pool: np.ndarray, k: int, rng: np.random.Generator, block: int) -> np.ndarray:
+    """k draws from the pool: fresh block-shuffled passes, as many as needed."""
     parts, left = [], k
-    n_windows = max(1, math.ceil(len(pool) / window))
+    n_blocks = max(1, math.ceil(len(pool) / block))
     while left > 0:
-        starts = rng.permutation(n_windows) * window
-        one_pass = np.concatenate([rng.permutation(pool[s : s + window]) for s in starts])
+        starts = rng.permutation(n_blocks) * block
+        one_pass = np.concatenate([rng.permutation(pool[s : s + block]) for s in starts])
         parts.append(one_pass[:left])
         left -= len(parts[-1])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -110,7 +112,7 @@ def plan(
     epochs: float = 1.0,
     samples: int | None = None,
     shift_to: dict[str, float] | None = None,
-    window: int = DEFAULT_WINDOW,
+    block: int = DEFAULT_BLOCK,
 ) -> Plan:
     """The stage's plan over prepared sequences whose categories are `categories` (in row order)."""
     cats = np.asarray(categories)
@@ -132,5 +134,5 @@ def plan(
     for ci, c in enumerate(CATEGORIES):
         where = np.flatnonzero(layout == ci)
         if len(where):
-            rows[where] = windowed_passes(pools[c], len(where), rng, window)
+            rows[where] = block_passes(pools[c], len(where), rng, block)
     return Plan(rows, layout, shares)

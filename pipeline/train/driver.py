@@ -110,7 +110,7 @@ def _base_identity(cfg: TrainConfig, stage: str) -> str:
 
 def stage_fingerprint(cfg: TrainConfig, stage: str, data_fingerprint: str) -> str:
     scfg = cfg.stage(stage).model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT)
-    plan = [cfg.shift_target(stage), cfg.shuffle_window]
+    plan = [cfg.shift_target(stage), cfg.shuffle_block]
     blob = json.dumps([stage, scfg, data_fingerprint, _base_identity(cfg, stage), cfg.precision, cfg.seed, plan], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -203,7 +203,7 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
     categories = columns.column("category").to_numpy(zero_copy_only=False)
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
-                           scfg.samples, shift_to=cfg.shift_target(stage), window=cfg.shuffle_window)
+                           scfg.samples, shift_to=cfg.shift_target(stage), block=cfg.shuffle_block)
     log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
     geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
     assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),

@@ -123,14 +123,25 @@ def _results_on_ray(sources, data, tokenizer_dir, layout, execution) -> tuple[It
 
 
 class _Writers:
-    """The three output files, written as results stream in, and the counts for stats.json."""
+    """The output files, written as results stream in, and the counts for stats.json.
+
+    Training sequences are grouped by category (foundation, perception, reasoning, instruction; input
+    order within each), every category starting a new row group: a category's pool is then a run of
+    whole row groups, which is what lets streamed reads fetch just the groups a batch needs. They are
+    staged in one local file per category and copied into place at the end; held-out sequences and
+    rejects keep the input order.
+    """
 
     def __init__(self, files: PreparedFiles):
+        import tempfile
+
+        self.files = files
         self._handles = []
-        self.sequences = self._open(files.sequences, SEQUENCES_SCHEMA)
+        self._staging = tempfile.TemporaryDirectory(prefix="vbpe-prepare-")
+        self.per_cat_writers: dict[str, pq.ParquetWriter] = {}
         self.heldout = self._open(files.heldout, SEQUENCES_SCHEMA)
         self.rejects = self._open(files.rejects, REJECTS_SCHEMA)
-        self.buffers: dict[str, list[pa.Table]] = {"sequences": [], "heldout": []}
+        self.buffers: dict[str, list[pa.Table]] = {c: [] for c in CATEGORIES} | {"heldout": []}
         self.c = collections.Counter()
         self.reasons = collections.Counter()
         self.per_category = {"sequences": collections.Counter(), "heldout": collections.Counter()}
@@ -141,11 +152,20 @@ class _Writers:
         self._handles.append(handle)
         return pq.ParquetWriter(handle, schema)
 
+    def _writer(self, name: str) -> pq.ParquetWriter:
+        if name == "heldout":
+            return self.heldout
+        if name not in self.per_cat_writers:
+            self.per_cat_writers[name] = pq.ParquetWriter(os.path.join(self._staging.name, f"{name}.parquet"), SEQUENCES_SCHEMA)
+        return self.per_cat_writers[name]
+
     def _flush(self, name: str, force: bool = False) -> None:
         rows = sum(t.num_rows for t in self.buffers[name])
         if rows and (force or rows >= ROW_GROUP):
-            getattr(self, name).write_table(pa.concat_tables(self.buffers[name]), row_group_size=ROW_GROUP)
-            self.buffers[name] = []
+            table = pa.concat_tables(self.buffers[name])
+            cut = rows if force else rows - rows % ROW_GROUP
+            self._writer(name).write_table(table.slice(0, cut), row_group_size=ROW_GROUP)
+            self.buffers[name] = [table.slice(cut)] if cut < rows else []
 
     def add(self, results: pa.Table) -> None:
         reason = results.column("reason")
@@ -161,29 +181,44 @@ class _Writers:
         self.c["rejected"] += bad.num_rows
         self.c["trailing_prompts_dropped"] += int(np.asarray(good.column("trailing")).sum()) if good.num_rows else 0
         held = np.asarray(good.column("heldout"), bool) if good.num_rows else np.zeros(0, bool)
-        for name, part in (("sequences", good.filter(pa.array(~held))), ("heldout", good.filter(pa.array(held)))):
-            if not part.num_rows:
-                continue
-            self.c[name] += part.num_rows
-            self.per_category[name].update(part.column("category").to_pylist())
-            if name == "sequences":
-                self.c["truncated"] += int(np.asarray(part.column("truncated")).sum())
-                self.c["text_only"] += sum(1 for k in part.column("images").to_pylist() if not k)
-                self.c["tokens"] += int(np.asarray(part.column("n_tokens")).sum())
-                self.c["label_tokens"] += int(np.asarray(part.column("n_labels")).sum())
-            else:
-                for keys in part.column("images").to_pylist():
-                    self.held_images.update(keys)
-            self.buffers[name].append(part.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
-            self._flush(name)
+        train, heldout = good.filter(pa.array(~held)), good.filter(pa.array(held))
+        if heldout.num_rows:
+            self.c["heldout"] += heldout.num_rows
+            self.per_category["heldout"].update(heldout.column("category").to_pylist())
+            for keys in heldout.column("images").to_pylist():
+                self.held_images.update(keys)
+            self.buffers["heldout"].append(heldout.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
+            self._flush("heldout")
+        if train.num_rows:
+            self.c["sequences"] += train.num_rows
+            self.per_category["sequences"].update(train.column("category").to_pylist())
+            self.c["truncated"] += int(np.asarray(train.column("truncated")).sum())
+            self.c["text_only"] += sum(1 for k in train.column("images").to_pylist() if not k)
+            self.c["tokens"] += int(np.asarray(train.column("n_tokens")).sum())
+            self.c["label_tokens"] += int(np.asarray(train.column("n_labels")).sum())
+            cats = np.asarray(train.column("category").to_pylist())
+            for c in CATEGORIES:
+                part = train.filter(pa.array(cats == c))
+                if part.num_rows:
+                    self.buffers[c].append(part.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
+                    self._flush(c)
 
     def close(self) -> None:
         for name in self.buffers:
             self._flush(name, force=True)
-        for writer in (self.sequences, self.heldout, self.rejects):
+        for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
             writer.close()
+        with storage.open_file(self.files.sequences, "wb") as handle:
+            out = pq.ParquetWriter(handle, SEQUENCES_SCHEMA)
+            for c in CATEGORIES:
+                if c in self.per_cat_writers:
+                    staged = pq.ParquetFile(os.path.join(self._staging.name, f"{c}.parquet"))
+                    for g in range(staged.num_row_groups):
+                        out.write_table(staged.read_row_group(g), row_group_size=ROW_GROUP)
+            out.close()
         for handle in self._handles:
             handle.close()
+        self._staging.cleanup()
 
 
 def _held_out_images(keys: set[str], data: DataConfig) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import storage
 from schemas.base import StorageOptions
 
-ROWS_PER_ITEM = 1024
+ROWS_PER_ITEM = 2048  # per rank: a task reads about (workers + 4) x this many rows, whole row groups
 
 
 @dataclass(frozen=True)
