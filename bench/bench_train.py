@@ -69,19 +69,29 @@ def strategies(out: str, steps: int) -> dict:
 
 
 def preparation(out: str, records: int) -> dict:
+    """records/s of `prepare`: in process vs Ray Data with 1 and 2 actors. Ray's fixed start-up (pipeline,
+    actors loading the tokenizer) is measured on a small corpus in the same run and reported apart."""
     from pipeline.train import api
     from schemas.train import TrainConfig
 
-    world = _world(os.path.join(out, "world-p"), records // 4, min_len=200, max_len=400)
+    big = _world(os.path.join(out, "world-p"), records // 4, min_len=200, max_len=400)
+    small = _world(os.path.join(out, "world-p-small"), 50, min_len=200, max_len=400)
     result = {}
-    for executor, extra in (("local", {}), ("ray", {"workers": 2, "cpus": 0.9})):
-        cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"prep-{executor}"), "prepare": {"executor": executor, **extra}})
-        api.run(cfg, "init")
-        t0 = time.perf_counter()
-        stats = api.run(cfg, "prepare").results["prepare"]
-        seconds = time.perf_counter() - t0
-        result[executor] = {"records": stats["records"], "seconds": round(seconds, 2), "records_per_s": round(stats["records"] / seconds)}
-    result["ray_over_local"] = round(result["ray"]["records_per_s"] / result["local"]["records_per_s"], 2)
+    for name, prep in (("local", {"executor": "local"}), ("ray_1_actor", {"executor": "ray", "workers": 1, "cpus": 0.9}),
+                       ("ray_2_actors", {"executor": "ray", "workers": 2, "cpus": 0.9})):
+        seconds = {}
+        for size, world in (("small", small), ("big", big)):
+            cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"prep-{name}-{size}"), "prepare": prep})
+            api.run(cfg, "init")
+            t0 = time.perf_counter()
+            stats = api.run(cfg, "prepare").results["prepare"]
+            seconds[size] = (time.perf_counter() - t0, stats["records"])
+        (t_big, n_big), (t_small, n_small) = seconds["big"], seconds["small"]
+        result[name] = {"records": n_big, "seconds": round(t_big, 2), "records_per_s": round(n_big / t_big),
+                        "startup_s": round(t_small, 2), "steady_records_per_s": round((n_big - n_small) / max(t_big - t_small, 1e-9))}
+    local = result["local"]["records_per_s"]
+    result["ray_2_actors_over_local"] = round(result["ray_2_actors"]["records_per_s"] / local, 2)
+    result["ray_2_over_1_actor_steady"] = round(result["ray_2_actors"]["steady_records_per_s"] / result["ray_1_actor"]["steady_records_per_s"], 2)
     return result
 
 
