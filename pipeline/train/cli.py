@@ -17,10 +17,11 @@ STEPS = {
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
     from pipeline.train.plan import memory_plan
     from schemas.train import TrainConfig
 
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = load_config(TrainConfig, args.config)
     result = memory_plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, model_config=args.model_config)
     if args.json:
         json.dump(result["json"], sys.stdout, indent=1)
@@ -31,12 +32,13 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
     from pipeline.train import api
     from schemas.train import TrainConfig
 
     if step == "plan":
         return _plan(args)
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = load_config(TrainConfig, args.config)
     summary = api.run(cfg, step, force_init=getattr(args, "force", False))
     for line in summary.lines():
         print(line, file=sys.stderr)

@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from pipeline.train.files import local_dir, publish_dir
+from pipeline.storage import local_dir, put_dir as publish_dir
 from pipeline.train.freeze import merged_state_dict
 
 EXTRAS = ("layout.yaml", "vbpe_init.json")

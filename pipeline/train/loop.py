@@ -56,7 +56,7 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     hf_logging.disable_progress_bar()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from pipeline import storage
+from pipeline.configargs import load_config
 from pipeline.train import memory
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
@@ -20,7 +21,7 @@ def _read_json(path: str) -> dict:
 def model_shape(cfg: TrainConfig, model_config: str | None = None) -> memory.ModelShape:
     """The model's shape after the vocabulary extension: the source model's config plus the layout's rows."""
     layout_path = cfg.init.layout if cfg.init else storage.join(cfg.model, "layout.yaml")
-    layout = IdLayout.from_yaml(layout_path) if storage.exists(layout_path) else None
+    layout = load_config(IdLayout, layout_path) if storage.exists(layout_path) else None
     if model_config:
         config = _read_json(model_config)
     elif cfg.init:

@@ -16,6 +16,7 @@ Every record is accounted for: records = sequences + held out + rejects, with th
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -136,7 +137,7 @@ class _Writers:
         import tempfile
 
         self.files = files
-        self._handles = []
+        self._outputs = contextlib.ExitStack()  # whole files or none: aborted when preparation fails
         self._staging = tempfile.TemporaryDirectory(prefix="vbpe-prepare-")
         self.per_cat_writers: dict[str, pq.ParquetWriter] = {}
         self.heldout = self._open(files.heldout, SEQUENCES_SCHEMA)
@@ -148,9 +149,7 @@ class _Writers:
         self.held_images: set[str] = set()
 
     def _open(self, path: str, schema: pa.Schema) -> pq.ParquetWriter:
-        handle = storage.open_file(path, "wb")
-        self._handles.append(handle)
-        return pq.ParquetWriter(handle, schema)
+        return pq.ParquetWriter(self._outputs.enter_context(storage.atomic_write(path)), schema)
 
     def _writer(self, name: str) -> pq.ParquetWriter:
         if name == "heldout":
@@ -203,12 +202,30 @@ class _Writers:
                     self.buffers[c].append(part.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
                     self._flush(c)
 
-    def close(self) -> None:
+    def __enter__(self) -> "_Writers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+            else:
+                for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
+                    with contextlib.suppress(Exception):
+                        writer.close()
+        except BaseException as err:
+            self._outputs.__exit__(type(err), err, err.__traceback__)
+            raise
+        finally:
+            self._staging.cleanup()
+        self._outputs.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
         for name in self.buffers:
             self._flush(name, force=True)
         for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
             writer.close()
-        with storage.open_file(self.files.sequences, "wb") as handle:
+        with storage.atomic_write(self.files.sequences) as handle:
             out = pq.ParquetWriter(handle, SEQUENCES_SCHEMA)
             for c in CATEGORIES:
                 if c in self.per_cat_writers:
@@ -216,9 +233,6 @@ class _Writers:
                     for g in range(staged.num_row_groups):
                         out.write_table(staged.read_row_group(g), row_group_size=ROW_GROUP)
             out.close()
-        for handle in self._handles:
-            handle.close()
-        self._staging.cleanup()
 
 
 def _held_out_images(keys: set[str], data: DataConfig) -> int:
@@ -252,12 +266,9 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fi
         raise ConfigError("preparing on Ray needs the tokenizer's directory")
     results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution) if on_ray
                        else _results_here(sources, data, tokenizer, layout, execution))
-    out = _Writers(files)
-    try:
+    with _Writers(files) as out:
         for table in results:
             out.add(table)
-    finally:
-        out.close()
     c = out.c
     if c["sequences"] + c["heldout"] + c["rejected"] != c["records"]:
         raise RuntimeError(f"lost records: {c['records']} in, {c['sequences']} + {c['heldout']} held out + {c['rejected']} rejects")

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from schemas.base import InputError
 from schemas.train import CATEGORIES, CATEGORY_ALIASES, ConversationSource
 from pipeline import storage
+from pipeline.rejects import Reject
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
 PLACEHOLDER = "<image>"
@@ -42,14 +43,6 @@ class Record:
     @property
     def image(self) -> str | None:
         return self.images[0] if self.images else None
-
-
-@dataclass(frozen=True)
-class Reject:
-    key: str | None
-    source: str
-    row: int
-    reason: str
 
 
 def _rows(path: str) -> Iterator[tuple[int, Any]]:

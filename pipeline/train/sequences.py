@@ -128,7 +128,7 @@ class SequenceBuilder:
         if isinstance(tokenizer, str):
             from transformers import AutoTokenizer
 
-            from pipeline.train.files import local_dir
+            from pipeline.storage import local_dir
 
             with local_dir(tokenizer) as d:
                 tokenizer = AutoTokenizer.from_pretrained(d)
