@@ -39,7 +39,7 @@ def grids_dir(tmp_path):
 def test_vocabulary_file_is_complete_and_reproduces_the_segmentation(tmp_path, grids_dir):
     vocab = run(_cfg(tmp_path, alpha_rel=0.05, sigma=0.8))
     data = json.loads((tmp_path / "vocab.json").read_text())
-    assert data["format"] == "vbpe-vocab" and data["version"] == 1
+    assert data["format"] == "vbpe-vocab" and data["version"] == 2
     assert data["codebook_size"] == 128 and data["sigma"] == 0.8 and data["alpha_rel"] == 0.05
     assert data["quantizer_fingerprint"] == "test-quantizer"
     assert data["corpus"]["grids"] == 80 and data["corpus"]["cells"] == 80 * 144
@@ -89,6 +89,65 @@ def test_vocabulary_refuses_other_codebooks_and_tampering(tmp_path, grids_dir):
     (tmp_path / "edited.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="fingerprint"):
         Vocabulary.load(str(tmp_path / "edited.json"))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d.pop("fingerprint"),
+    lambda d: d.update(fingerprint=""),
+    lambda d: d.update(fingerprint=None),
+    lambda d: d.update(quantizer_fingerprint="another-quantizer"),
+    lambda d: d.update(quantizer_fingerprint=None),
+    lambda d: d["merges"][2].update(offset=[5000, -5000]),
+    lambda d: d["merges"][0].update(frequency=d["merges"][0]["frequency"] + 1),
+    lambda d: d.update(alpha=d["alpha"] * 2),
+    lambda d: d.update(sigma=3.0),
+    lambda d: d["corpus"].update(grids=1),
+    lambda d: d.update(holdout={"fraction": 0.5, "salt": "x"}),
+])
+def test_any_edit_or_a_missing_fingerprint_is_refused(tmp_path, grids_dir, edit):
+    run(_cfg(tmp_path, merges=10))
+    data = json.loads((tmp_path / "vocab.json").read_text())
+    edit(data)
+    (tmp_path / "edited.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="fingerprint"):
+        Vocabulary.load(str(tmp_path / "edited.json"))
+
+
+def test_software_versions_are_not_part_of_the_identity(tmp_path, grids_dir):
+    vocab = run(_cfg(tmp_path, merges=10))
+    data = json.loads((tmp_path / "vocab.json").read_text())
+    data["software"]["numpy"] = "0.0.1"
+    (tmp_path / "other-env.json").write_text(json.dumps(data))
+    assert Vocabulary.load(str(tmp_path / "other-env.json")).fingerprint() == vocab.fingerprint()
+
+
+def test_version_1_files_are_still_read_with_their_own_fingerprint(tmp_path, grids_dir):
+    from pipeline.bpe.vocab import _merge_table_fingerprint_v1
+
+    vocab = run(_cfg(tmp_path, merges=10))
+    data = json.loads((tmp_path / "vocab.json").read_text())
+    data["version"] = 1
+    data["fingerprint"] = _merge_table_fingerprint_v1(vocab.codebook_size, vocab.merge_table())
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    assert Vocabulary.load(str(tmp_path / "v1.json")).merges == vocab.merges
+    data["merges"][1]["pair"] = [0, 0]
+    (tmp_path / "v1-edited.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="fingerprint"):
+        Vocabulary.load(str(tmp_path / "v1-edited.json"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2, 3]", "JSON list, not an object"),
+    ('"vbpe-vocab"', "JSON str, not an object"),
+    ('{"format": "vbpe-vocab", "version": 2, "fingerprint": "x"', "not valid JSON"),
+])
+def test_a_file_that_is_not_a_vocabulary_object_is_one_line(tmp_path, capsys, grids_dir, text, message):
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(InputError, match=message):
+        Vocabulary.load(str(tmp_path / "bad.json"))
+    code = main(["report", "--vocab", str(tmp_path / "bad.json"), "--grids", str(grids_dir), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_extending_a_finished_run_equals_learning_at_once(tmp_path, grids_dir):
@@ -145,6 +204,17 @@ def test_cli_reports_bad_config_fields(tmp_path, capsys):
     assert "sigma" in err and "merges_typo" in err and "Traceback" not in err
     assert main(["learn", str(tmp_path / "missing"), "--out", str(tmp_path / "v.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("alpha", ".inf"), ("alpha", ".nan"), ("alpha_rel", ".inf"),
+                                          ("alpha_rel", ".nan"), ("sigma", ".inf"), ("sigma", ".nan")])
+def test_non_finite_settings_are_refused_up_front(tmp_path, grids_dir, capsys, field, value):
+    (tmp_path / "learn.yaml").write_text(f"inputs: [{grids_dir}]\nout: {tmp_path}/v.json\n{field}: {value}\n")
+    assert main(["learn", "--config", str(tmp_path / "learn.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "finite" in err and "Traceback" not in err
+    assert not (tmp_path / "v.json").exists() and not (tmp_path / "v.metrics.json").exists()
+    assert main(["learn", str(grids_dir), "--out", str(tmp_path / "v.json"), f"--{field.replace('_', '-')}", "inf"]) == 2
 
 
 def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):

@@ -12,7 +12,8 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.bpe.constants import MAX_ID
-from pipeline.bpe.learner import merge_loop, start_stats
+from pipeline.bpe.learner import LocalWorkers, merge_loop
+from pipeline.bpe.worker import LearnerWorker
 from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
@@ -49,11 +50,23 @@ def _software() -> dict[str, str]:
 def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
     holdout = (cfg.holdout_fraction, cfg.holdout_salt) if cfg.holdout_fraction else None
     if cfg.workers == 0:
-        return ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir, holdout)
-    from pipeline.learn.distributed import RayShards
+        group = ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir, holdout)
+        return LocalGroup(group, cfg.sigma, cfg.min_frequency)
+    from pipeline.learn.distributed import RayWorkers
 
-    return RayShards(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address,
-                     holdout)
+    return RayWorkers(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address,
+                      holdout, cfg.sigma, cfg.min_frequency, cfg.transport)
+
+
+class LocalGroup(LocalWorkers):
+    """One worker in this process holding every grid and the only partition (no Ray)."""
+
+    def __init__(self, group: ShardGroup, sigma: float, min_frequency: int):
+        super().__init__([LearnerWorker(group, 0, 1, sigma, min_frequency)])
+        self.group, self.report = group, group.report
+
+    def save_state(self, directory: str) -> None:
+        self.group.save_state(directory)
 
 
 def run(cfg: LearnConfig) -> Vocabulary:
@@ -75,20 +88,43 @@ def run(cfg: LearnConfig) -> Vocabulary:
             log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
 
     log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
+    first_merges = len(saved.merges) if saved else 0
     with StageMetrics("learn", cfg.metrics_path) as metrics:
+        vocab = _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start)
+        metrics.add(rows_in=corpus.rows, rows_out=vocab.corpus.grids + vocab.corpus.held_out,
+                    rows_rejected=vocab.corpus.rejected)
+        metrics.set(merges=len(vocab.merges) - first_merges, grids=vocab.corpus.grids,
+                    held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
+                    vocabulary=cfg.out, workers=cfg.workers)
+    return vocab
+
+
+def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start) -> Vocabulary:
+    """Learn; when a Ray worker is lost, start new workers from the last checkpoint (up to cfg.restarts times)."""
+    from pipeline.learn.distributed import WorkerLost
+
+    restarts = 0
+    while True:
         group = _build_group(cfg, corpus, saved.state_dir if saved else None)
         try:
-            vocab = _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+            return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+        except WorkerLost as err:
+            if restarts >= cfg.restarts:
+                raise WorkerLost(f"{err}; gave up after {restarts} restart(s): run again with --resume to continue "
+                                 f"from the last checkpoint") from None
+            restarts += 1
+            saved = checkpoint.load() if (cfg.checkpoint_every or saved) else None
+            try:
+                if saved is not None:
+                    check_compatible(saved, settings, cfg.checkpoint_path)
+            except InputError:  # an older run's checkpoint, not this one's
+                saved = None
+            log.warning("%s; restarting the workers (%d of %d) from %s", err, restarts, cfg.restarts,
+                        f"the checkpoint after {len(saved.merges)} merges" if saved else "the beginning (no checkpoint)")
         finally:
             close = getattr(group, "close", None)
             if close:
                 close()
-        metrics.add(rows_in=corpus.rows, rows_out=vocab.corpus.grids + vocab.corpus.held_out,
-                    rows_rejected=vocab.corpus.rejected)
-        metrics.set(merges=len(vocab.merges) - (len(saved.merges) if saved else 0), grids=vocab.corpus.grids,
-                    held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
-                    vocabulary=cfg.out, workers=cfg.workers)
-    return vocab
 
 
 def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabulary:
@@ -104,14 +140,12 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
     log.info("%d grids, %d cells loaded in %.1fs", report.grids, report.cells, time.time() - t_start)
 
     t_count = time.time()
-    alpha = saved.alpha if saved is not None else cfg.alpha
-    stats = start_stats(group, cfg.sigma, cfg.min_frequency, alpha, cfg.effective_alpha_rel)
-    alpha = stats.alpha
-    log.info("counted %d live (pair, offset) entries in %.1fs; alpha = %g", stats.live_entries, time.time() - t_count, alpha)
+    alpha, candidates = group.start(saved.alpha if saved is not None else cfg.alpha, cfg.effective_alpha_rel)
+    log.info("counted every occurrence in %.1fs; alpha = %g", time.time() - t_count, alpha)
 
     merges: list[Merge] = list(saved.merges) if saved else []
     tokens = report.cells - sum(m.merged for m in merges)
-    stopped = _run_loop(cfg, group, stats, V, merges, tokens, report.grids, checkpoint, settings, alpha)
+    stopped = _run_loop(cfg, group, candidates, V, merges, tokens, report.grids, checkpoint, settings, alpha)
     if cfg.checkpoint_every and merges and (not saved or len(merges) > len(saved.merges)):
         checkpoint.save(merges, alpha, settings, group.save_state)
 
@@ -131,7 +165,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
     return vocab
 
 
-def _run_loop(cfg, group, stats, V, merges, tokens, n_grids, checkpoint, settings, alpha) -> str:
+def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, settings, alpha) -> str:
     """merge_loop with a progress bar on stderr and periodic checkpoints."""
     from tqdm import tqdm
 
@@ -139,7 +173,7 @@ def _run_loop(cfg, group, stats, V, merges, tokens, n_grids, checkpoint, setting
                file=sys.stderr, disable=not cfg.progress, mininterval=1.0, dynamic_ncols=True)
     state = {"tokens": tokens}
 
-    def on_merge(done: list[Merge]) -> None:
+    def on_merge(done: list[Merge], _candidates) -> None:
         m = done[-1]
         state["tokens"] -= m.merged
         bar.update(1)
@@ -148,6 +182,6 @@ def _run_loop(cfg, group, stats, V, merges, tokens, n_grids, checkpoint, setting
             checkpoint.save(done, alpha, settings, group.save_state)
 
     try:
-        return merge_loop(group, stats, V, cfg.merges, merges, on_merge)
+        return merge_loop(group, candidates, V, cfg.merges, merges, on_merge)
     finally:
         bar.close()

@@ -10,7 +10,8 @@ FLAGS = {
     "sigma": "sigma", "min_frequency": "min_frequency", "codebook_size": "codebook_size", "workers": "workers",
     "actor_cpus": "actor_cpus", "ray_address": "ray_address", "checkpoint_dir": "checkpoint_dir",
     "checkpoint_every": "checkpoint_every", "resume": "resume", "rejects": "rejects", "progress": "progress",
-    "holdout_fraction": "holdout_fraction", "holdout_salt": "holdout_salt",
+    "holdout_fraction": "holdout_fraction", "holdout_salt": "holdout_salt", "transport": "transport",
+    "restarts": "restarts",
 }
 
 
@@ -30,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="Ray actors holding the grids (default 0: this process, no Ray)")
     p.add_argument("--actor-cpus", dest="actor_cpus", type=float, help="CPUs per actor (default 1)")
     p.add_argument("--ray-address", dest="ray_address", help="Ray cluster to join")
+    p.add_argument("--transport", choices=["graph", "calls", "relay"], help="how a merge reaches the actors (default graph)")
+    p.add_argument("--restarts", type=int, help="times lost workers are restarted from the last checkpoint (default 2)")
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="default: <out without .json>.checkpoint")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="merges between checkpoints (0: none)")
     p.add_argument("--resume", action="store_const", const=True, help="continue from the checkpoint")
