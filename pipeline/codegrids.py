@@ -140,10 +140,14 @@ def select(grids: Grids, keep: np.ndarray) -> Grids:
                  [grids.captions[i] for i in idx] if grids.captions else [], grids.rejects, grids.rows[keep])
 
 
-def _meta_int(meta: dict[bytes, bytes] | None, key: bytes) -> int | None:
-    if meta and key in meta:
-        return int(meta[key].decode())
-    return None
+def _meta_int(meta: dict[bytes, bytes] | None, key: bytes, path: str) -> int | None:
+    if not meta or key not in meta:
+        return None
+    raw = meta[key].decode("utf-8", errors="replace")
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"{path}: metadata {key.decode()} is {raw!r}, not an integer") from None
 
 
 def open_corpus(paths: list[str], codebook_size: int | None = None, options: StorageOptions | None = None) -> Corpus:
@@ -166,7 +170,7 @@ def open_corpus(paths: list[str], codebook_size: int | None = None, options: Sto
             raise InputError(f"{path}: not a code-grid file, missing column(s) {missing}")
         meta = schema.metadata or {}
         fp = meta.get(QUANTIZER_FINGERPRINT_KEY)
-        files.append(GridFile(path, rows, _meta_int(meta, CODEBOOK_SIZE_KEY), fp.decode() if fp else None,
+        files.append(GridFile(path, rows, _meta_int(meta, CODEBOOK_SIZE_KEY, path), fp.decode() if fp else None,
                               "source" in schema.names, "caption" in schema.names))
     if not files:
         raise InputError(f"no code-grid files in {paths}")

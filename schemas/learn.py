@@ -31,7 +31,9 @@ class LearnConfig(Config):
     ray_address: str | None = Field(None, description="Ray cluster to join; default: the job's cluster or a new local one")
     checkpoint_dir: str | None = Field(None, description="default: <out>.checkpoint")
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")
-    resume: bool = Field(False, description="continue from the checkpoint (same inputs and settings)")
+    resume: bool | Literal["auto"] = Field(
+        False, description="continue from the checkpoint: true refuses one of other inputs or settings; auto then learns "
+                           "afresh (a scheduled learn over a growing corpus)")
     rejects: str | None = Field(None, description="rejected rows Parquet; default: <out>.rejects.parquet")
     holdout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, allow_inf_nan=False,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -229,3 +230,130 @@ def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):
     metrics = json.loads((tmp_path / "vocab.metrics.json").read_text())
     assert metrics["rows_in"] == 80 and metrics["rows_out"] + metrics["rows_rejected"] == 80
     assert run(_cfg(tmp_path, "all", merges=20)).merges != vocab.merges
+
+
+def test_resume_with_fewer_merges_writes_exactly_that_prefix(tmp_path, grids_dir):
+    at_once = run(_cfg(tmp_path, "once", merges=12))
+    run(_cfg(tmp_path, "long", merges=40, checkpoint_every=10))
+    short = run(_cfg(tmp_path, "long", merges=12, checkpoint_every=10, resume=True))
+    assert short.merges == at_once.merges and short.corpus == at_once.corpus
+    data = json.loads((tmp_path / "long.json").read_text())
+    assert len(data["merges"]) == data["requested_merges"] == 12 and data["stopped"] == "requested merges reached"
+    assert Vocabulary.load(str(tmp_path / "long.json")).fingerprint() == at_once.fingerprint()
+    # the checkpoint still holds the longer run: growing again continues it
+    assert len(json.loads((tmp_path / "long.checkpoint" / "checkpoint.json").read_text())["merges"]) == 40
+    assert run(_cfg(tmp_path, "long", merges=40, checkpoint_every=10, resume=True)).merges[:12] == at_once.merges
+
+
+def test_resume_refuses_an_input_rewritten_with_other_grids_of_the_same_size(tmp_path, grids_dir, capsys):
+    run(_cfg(tmp_path, merges=10, checkpoint_every=5))
+    # same file name, same row count, other grids
+    write_synthetic(grids_dir, 80, parts=2, side=12, codebook_size=128, seed=9)
+    assert main(["learn", str(grids_dir), "--out", str(tmp_path / "vocab.json"), "--merges", "20",
+                 "--checkpoint-every", "5", "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "inputs changed" in err and "part-0.parquet" in err and len(err.splitlines()) == 1
+
+
+def test_resume_refuses_grids_changed_behind_an_unchanged_identity(tmp_path, grids_dir):
+    """A store whose size and stamp did not change (coarse mtime, say): the grids' fingerprint still tells."""
+    from pipeline.learn.api import _settings
+
+    run(_cfg(tmp_path, merges=10, checkpoint_every=5))
+    write_synthetic(grids_dir, 80, parts=2, side=12, codebook_size=128, seed=9)
+    pointer = tmp_path / "vocab.checkpoint" / "checkpoint.json"
+    body = json.loads(pointer.read_text())
+    body["settings"]["inputs"] = _settings(_cfg(tmp_path), open_corpus([str(grids_dir)]))["inputs"]
+    pointer.write_text(json.dumps(body))
+    with pytest.raises(InputError, match="contents changed"):
+        run(_cfg(tmp_path, merges=20, checkpoint_every=5, resume=True))
+
+
+def test_scheduled_learn_with_the_shipped_config_learns_afresh_when_grids_arrive(tmp_path):
+    """infra/k8s/configs.yaml's learn.yaml, pointed at local paths, run as a schedule would: again and again."""
+    import re
+
+    import yaml
+
+    with open(os.path.join(ROOT, "infra", "k8s", "configs.yaml")) as f:
+        shipped = next(d for d in yaml.safe_load_all(f) if d and "learn.yaml" in d.get("data", {}))
+    learn = yaml.safe_load(re.sub(r"\$\{[^}]*\}", "x", shipped["data"]["learn.yaml"]))
+    (tmp_path / "grids").mkdir()
+    write_synthetic(tmp_path / "grids", 40, parts=1, side=12, codebook_size=128)
+    learn.update(inputs=[str(tmp_path / "grids")], out=str(tmp_path / "vocab" / "vocab.json"), workers=0, merges=30,
+                 checkpoint_every=10, storage={})
+    (tmp_path / "learn.yaml").write_text(yaml.safe_dump(learn))
+    cmd = [sys.executable, "-m", "jobs.learn", "--config", str(tmp_path / "learn.yaml")]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # nothing new: the finished run is reused
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "vocab" / "vocab.metrics.json").read_text())["merges"] == 0
+    (tmp_path / "arriving").mkdir()
+    write_synthetic(tmp_path / "arriving", 20, parts=1, side=12, codebook_size=128, seed=5)
+    (tmp_path / "arriving" / "part-0.parquet").rename(tmp_path / "grids" / "new-0.parquet")  # new grids arrive
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert "learning afresh" in third.stderr
+    assert Vocabulary.load(str(tmp_path / "vocab" / "vocab.json")).corpus.grids == 60
+
+
+def test_every_row_rejected_is_counted_in_the_metrics(tmp_path, capsys):
+    (tmp_path / "grids").mkdir()
+    write_raw(tmp_path / "grids" / "bad.parquet", [{"key": f"k{i}", "height": 2, "width": 2, "codes": [1]}
+                                                    for i in range(5)], codebook_size=4)
+    assert main(["learn", str(tmp_path / "grids"), "--out", str(tmp_path / "v.json"), "--no-progress"]) == 2
+    assert "no valid grids" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "v.metrics.json").read_text())
+    assert metrics["rows_in"] == 5 and metrics["rows_rejected"] == 5 and metrics["rows_out"] == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "v.rejects.parquet").num_rows == 5
+
+
+def test_duplicate_keys_and_unstamped_grids_are_counted_and_warned(tmp_path, caplog):
+    import shutil
+
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "other").mkdir()
+    write_synthetic(tmp_path / "grids", 30, parts=1, side=8, codebook_size=16)
+    shutil.copy(tmp_path / "grids" / "part-0.parquet", tmp_path / "grids" / "copy.parquet")  # every key twice
+    write_synthetic(tmp_path / "other", 10, parts=1, side=8, codebook_size=16, seed=3, fingerprint=None)
+    (tmp_path / "other" / "part-0.parquet").rename(tmp_path / "grids" / "unstamped.parquet")
+    with caplog.at_level(logging.WARNING):
+        vocab = run(_cfg(tmp_path, merges=5))
+    assert vocab.corpus.grids == 70
+    assert json.loads((tmp_path / "vocab.metrics.json").read_text())["duplicate_keys"] == 30
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "30 grids have a key another grid already has" in messages
+    assert "1 of 3 input files carry no quantizer fingerprint" in messages
+
+
+@pytest.mark.parametrize("damage", ["truncate_pointer", "corrupt_state", "empty_state"])
+def test_a_damaged_checkpoint_is_one_line(tmp_path, grids_dir, capsys, damage):
+    run(_cfg(tmp_path, merges=10, checkpoint_every=5))
+    ckpt = tmp_path / "vocab.checkpoint"
+    if damage == "truncate_pointer":
+        text = (ckpt / "checkpoint.json").read_text()
+        (ckpt / "checkpoint.json").write_text(text[: len(text) // 2])
+    else:
+        state = next(ckpt.glob("state-*/state-*.npz"))
+        state.write_bytes(b"" if damage == "empty_state" else state.read_bytes()[:200] + b"garbage" * 20)
+    code = main(["learn", str(grids_dir), "--out", str(tmp_path / "vocab.json"), "--merges", "20",
+                 "--checkpoint-every", "5", "--resume", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "checkpoint" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_non_integer_codebook_size_metadata_is_one_line(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "grids").mkdir()
+    schema = pa.schema([("key", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+                        ("codes", pa.list_(pa.int32()))]).with_metadata({b"vbpe.codebook_size": b"lots"})
+    pq.write_table(pa.table({"key": ["a"], "height": [1], "width": [2], "codes": [[0, 1]]}, schema=schema),
+                   str(tmp_path / "grids" / "g.parquet"))
+    assert main(["learn", str(tmp_path / "grids"), "--out", str(tmp_path / "v.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "codebook_size" in err and "Traceback" not in err and len(err.splitlines()) == 1

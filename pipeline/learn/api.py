@@ -16,13 +16,21 @@ from pipeline.bpe.learner import LocalWorkers, merge_loop
 from pipeline.bpe.worker import LearnerWorker
 from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
-from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
+from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible, differences
 from pipeline.learn.shard_group import ShardGroup
 from pipeline.metrics import StageMetrics
 from schemas.base import InputError
 from schemas.learn import LearnConfig
 
 log = logging.getLogger(__name__)
+
+
+def _identity(path: str, options) -> list[Any]:
+    """Size and the store's stamp of a file (ETag on S3, mtime locally): both change when it is rewritten."""
+    fs, p = storage.get_fs(path, options)
+    info = fs.info(p)
+    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return [int(info.get("size") or 0), str(stamp)]
 
 
 def _settings(cfg: LearnConfig, corpus: Corpus) -> dict[str, Any]:
@@ -33,9 +41,37 @@ def _settings(cfg: LearnConfig, corpus: Corpus) -> dict[str, Any]:
         "min_frequency": cfg.min_frequency,
         "alpha": cfg.alpha,
         "alpha_rel": cfg.effective_alpha_rel,
-        "inputs": [[f.path, f.rows] for f in corpus.files],
+        "inputs": [[f.path, f.rows, *_identity(f.path, cfg.storage)] for f in corpus.files],
         "holdout": [cfg.holdout_fraction, cfg.holdout_salt] if cfg.holdout_fraction else None,
     }
+
+
+def _resume_point(cfg: LearnConfig, checkpoint: Checkpoint, settings: dict[str, Any]) -> Saved | None:
+    """The checkpoint to continue from: `resume: true` refuses a different run, `auto` starts afresh."""
+    if not cfg.resume:
+        return None
+    saved = checkpoint.load()
+    if saved is None:
+        log.warning("no checkpoint at %s: starting from the beginning", cfg.checkpoint_path)
+        return None
+    diffs = differences(saved, settings)
+    if diffs and cfg.resume == "auto":
+        log.warning("checkpoint %s is of another run (%s): learning afresh", cfg.checkpoint_path, "; ".join(diffs))
+        return None
+    check_compatible(saved, settings, cfg.checkpoint_path)
+    log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
+    return saved
+
+
+def _warn_about_inputs(corpus: Corpus) -> None:
+    unstamped = [f.path for f in corpus.files if not f.quantizer_fingerprint]
+    if unstamped and corpus.quantizer_fingerprint:
+        log.warning("%d of %d input files carry no quantizer fingerprint (e.g. %s): nothing shows they come from "
+                    "quantizer %s like the others", len(unstamped), len(corpus.files), unstamped[0],
+                    corpus.quantizer_fingerprint)
+    elif unstamped:
+        log.warning("the input grids carry no quantizer fingerprint: the vocabulary cannot be checked against the "
+                    "quantizer that makes the codes it will tokenize")
 
 
 def _software() -> dict[str, str]:
@@ -76,38 +112,32 @@ def run(cfg: LearnConfig) -> Vocabulary:
     V = corpus.codebook_size
     if V + cfg.merges > MAX_ID:
         raise InputError(f"V + merges = {V + cfg.merges} exceeds the supported {MAX_ID} token ids")
+    _warn_about_inputs(corpus)
     settings = _settings(cfg, corpus)
     checkpoint = Checkpoint(cfg.checkpoint_path, cfg.storage)
-    saved: Saved | None = None
-    if cfg.resume:
-        saved = checkpoint.load()
-        if saved is None:
-            log.warning("no checkpoint at %s: starting from the beginning", cfg.checkpoint_path)
-        else:
-            check_compatible(saved, settings, cfg.checkpoint_path)
-            log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
+    saved = _resume_point(cfg, checkpoint, settings)
 
     log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
     first_merges = len(saved.merges) if saved else 0
     with StageMetrics("learn", cfg.metrics_path) as metrics:
-        vocab = _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start)
-        metrics.add(rows_in=corpus.rows, rows_out=vocab.corpus.grids + vocab.corpus.held_out,
-                    rows_rejected=vocab.corpus.rejected)
-        metrics.set(merges=len(vocab.merges) - first_merges, grids=vocab.corpus.grids,
+        vocab = _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metrics)
+        metrics.set(merges=max(0, len(vocab.merges) - first_merges), grids=vocab.corpus.grids,
                     held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
                     vocabulary=cfg.out, workers=cfg.workers)
     return vocab
 
 
-def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start) -> Vocabulary:
+def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metrics) -> Vocabulary:
     """Learn; when a Ray worker is lost, start new workers from the last checkpoint (up to cfg.restarts times)."""
     from pipeline.learn.distributed import WorkerLost
 
     restarts = 0
     while True:
-        group = _build_group(cfg, corpus, saved.state_dir if saved else None)
+        # a shorter vocabulary than the checkpoint's is its prefix: no state (and no learning) needed
+        truncate = saved is not None and cfg.merges < len(saved.merges)
+        group = _build_group(cfg, corpus, saved.state_dir if saved and not truncate else None)
         try:
-            return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+            return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics)
         except WorkerLost as err:
             if restarts >= cfg.restarts:
                 raise WorkerLost(f"{err}; gave up after {restarts} restart(s): run again with --resume to continue "
@@ -127,34 +157,50 @@ def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start) -> V
                 close()
 
 
-def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabulary:
+def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) -> Vocabulary:
     V = corpus.codebook_size
     report = group.report
     write_rejects(cfg.rejects_path, report.rejects, "learn", cfg.storage)
+    # set, not added: a restarted attempt reads the same rows again; recorded before any refusal below
+    metrics.rows_in, metrics.rows_out, metrics.rows_rejected = report.rows, report.grids + report.held_out, len(report.rejects)
     if report.rejects:
         log.warning("%d of %d rows rejected (see %s)", len(report.rejects), report.rows, cfg.rejects_path)
     if report.held_out:
         log.info("%d grids held out (fraction %g, salt %r)", report.held_out, cfg.holdout_fraction, cfg.holdout_salt)
     if report.grids == 0:
         raise InputError(f"no valid grids among {report.rows} rows (rejects: {cfg.rejects_path})")
+    duplicates = report.duplicate_keys
+    metrics.set(duplicate_keys=duplicates)
+    if duplicates:
+        log.warning("%d grids have a key another grid already has: each copy is learned from (remove duplicates "
+                    "from the inputs if they are not meant to weigh more)", duplicates)
+    fingerprint = f"{report.fingerprint_sum:016x}"
+    if saved is not None and saved.corpus is not None and saved.corpus != fingerprint:
+        raise InputError(f"cannot resume from {cfg.checkpoint_path}: the grids' contents changed since it was written "
+                         f"(fingerprint {saved.corpus} -> {fingerprint}); start afresh without --resume")
     log.info("%d grids, %d cells loaded in %.1fs", report.grids, report.cells, time.time() - t_start)
 
-    t_count = time.time()
-    alpha, candidates = group.start(saved.alpha if saved is not None else cfg.alpha, cfg.effective_alpha_rel)
-    log.info("counted every occurrence in %.1fs; alpha = %g", time.time() - t_count, alpha)
-
     merges: list[Merge] = list(saved.merges) if saved else []
-    tokens = report.cells - sum(m.merged for m in merges)
-    stopped = _run_loop(cfg, group, candidates, V, merges, tokens, report.grids, checkpoint, settings, alpha)
-    if cfg.checkpoint_every and merges and (not saved or len(merges) > len(saved.merges)):
-        checkpoint.save(merges, alpha, settings, group.save_state)
+    if len(merges) > cfg.merges:
+        log.info("the checkpoint has %d merges: keeping its first %d (exactly the %d-merge vocabulary)", len(merges),
+                 cfg.merges, cfg.merges)
+        merges, alpha, stopped = merges[: cfg.merges], saved.alpha, "requested merges reached"
+    else:
+        t_count = time.time()
+        alpha, candidates = group.start(saved.alpha if saved is not None else cfg.alpha, cfg.effective_alpha_rel)
+        log.info("counted every occurrence in %.1fs; alpha = %g", time.time() - t_count, alpha)
+        tokens = report.cells - sum(m.merged for m in merges)
+        stopped = _run_loop(cfg, group, candidates, V, merges, tokens, report.grids, checkpoint, settings, alpha,
+                            fingerprint)
+        if cfg.checkpoint_every and merges and (not saved or len(merges) > len(saved.merges)):
+            checkpoint.save(merges, alpha, settings, group.save_state, fingerprint)
 
     vocab = Vocabulary(
         codebook_size=V, sigma=cfg.sigma, min_frequency=cfg.min_frequency, alpha=alpha,
         alpha_rel=cfg.effective_alpha_rel, requested_merges=cfg.merges, merges=merges,
         corpus=CorpusStats(report.grids, report.cells, sorted((h, w, n) for (h, w), n in report.shapes.items()),
                            len(report.rejects), report.held_out, report.cells - sum(m.merged for m in merges),
-                           f"{report.fingerprint_sum:016x}"),
+                           fingerprint),
         quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
         holdout={"fraction": cfg.holdout_fraction, "salt": cfg.holdout_salt} if cfg.holdout_fraction else None,
     )
@@ -165,7 +211,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
     return vocab
 
 
-def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, settings, alpha) -> str:
+def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, settings, alpha, fingerprint) -> str:
     """merge_loop with a progress bar on stderr and periodic checkpoints."""
     from tqdm import tqdm
 
@@ -179,7 +225,7 @@ def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, se
         bar.update(1)
         bar.set_postfix_str(f"F={m.frequency} S={m.consistency:.3f} tok/grid={state['tokens'] / n_grids:.1f}", refresh=False)
         if cfg.checkpoint_every and len(done) % cfg.checkpoint_every == 0 and len(done) < cfg.merges:
-            checkpoint.save(done, alpha, settings, group.save_state)
+            checkpoint.save(done, alpha, settings, group.save_state, fingerprint)
 
     try:
         return merge_loop(group, candidates, V, cfg.merges, merges, on_merge)

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="default: <out without .json>.checkpoint")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="merges between checkpoints (0: none)")
     p.add_argument("--resume", action="store_const", const=True, help="continue from the checkpoint")
+    p.add_argument("--resume-auto", dest="resume", action="store_const", const="auto",
+                   help="continue from the checkpoint if it is of these inputs and settings, else learn afresh")
     p.add_argument("--rejects", help="rejected rows Parquet (default: <out>.rejects.parquet)")
     p.add_argument("--holdout-fraction", dest="holdout_fraction", type=float,
                    help="leave out this share of grids (by a salted hash of the key) for held-out evaluation")

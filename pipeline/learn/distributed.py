@@ -23,13 +23,13 @@ import uuid
 
 import numpy as np
 
+from pipeline.bpe.learner import fix_alpha
 from pipeline.bpe.shard import Deltas
 from pipeline.bpe.stats import Choice
-from pipeline.bpe.learner import fix_alpha
 from pipeline.bpe.worker import LearnerWorker
 from pipeline.codegrids import Corpus
 from pipeline.learn.shard_group import LoadReport, ShardGroup
-from schemas.base import StorageOptions
+from schemas.base import ConfigError, InputError, StorageOptions
 
 log = logging.getLogger(__name__)
 SAVE = "save"
@@ -46,7 +46,14 @@ class _WorkerActor:
     def __init__(self, corpus: Corpus, start: int, stop: int, shard_cells: int, options: StorageOptions | None,
                  state_dir: str | None, holdout: tuple[float, str] | None, partition: int, partitions: int,
                  sigma: float, min_frequency: int):
-        self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
+        # A refusal (bad input, unreadable state) is kept and raised by `report`: raised here it would
+        # only say "the actor died in its creation task".
+        self.refusal: Exception | None = None
+        try:
+            self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
+        except (InputError, ConfigError, OSError) as err:
+            self.refusal = err
+            return
         self.worker = LearnerWorker(self.group, partition, partitions, sigma, min_frequency)
         self.best: Choice | None = None
 
@@ -54,6 +61,8 @@ class _WorkerActor:
         return parts[0] if len(parts) == 1 else tuple(parts)  # num_returns = partitions
 
     def report(self) -> tuple[LoadReport, int]:
+        if self.refusal is not None:
+            raise self.refusal
         return self.group.report, self.worker.count_rounds
 
     def count(self, r: int):
@@ -111,6 +120,8 @@ def ensure_ray(address: str | None) -> None:
 def _lost(err: Exception) -> bool:
     import ray.exceptions as rex
 
+    if isinstance(err, rex.RayActorError) and err.actor_init_failed:
+        return False  # a bug in the worker's setup: restarting cannot help
     return isinstance(err, (rex.RayActorError, rex.RayChannelError, rex.ObjectLostError, rex.OwnerDiedError))
 
 
@@ -149,6 +160,8 @@ class RayWorkers:
             if _lost(err) or isinstance(err, ray.exceptions.GetTimeoutError):
                 raise WorkerLost(f"a learner worker was lost: {type(err).__name__}: {str(err).splitlines()[0]}") from err
             if isinstance(err, ray.exceptions.RayTaskError):
+                if isinstance(err.cause, (InputError, ConfigError, OSError)):
+                    raise err.cause from None  # its own one-line message, not the remote traceback
                 raise err.as_instanceof_cause() from None
             raise
 
