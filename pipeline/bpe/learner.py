@@ -7,6 +7,8 @@ merge everywhere, return the new candidates). `learn_arrays` runs it on arrays i
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from pipeline.bpe.constants import MAX_SIDE
@@ -43,6 +45,7 @@ class LocalWorkers:
 
     def __init__(self, workers: list[LearnerWorker]):
         self.workers = workers
+        self.step_s, self.steps = 0.0, 0  # time the driver spends per merge, everything included
 
     def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
         ws = self.workers
@@ -55,9 +58,15 @@ class LocalWorkers:
         return alpha, [w.start(alpha) for w in ws]
 
     def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
+        t0 = time.perf_counter()
         parts = [w.merge(a, b, new_tok, uy, ux) for w in self.workers]
         out = [w.reduce(*[p[j] for p in parts]) for j, w in enumerate(self.workers)]
+        self.step_s += time.perf_counter() - t0
+        self.steps += 1
         return [c for c, _ in out], sum(n for _, n in out)
+
+    def resources(self) -> list[dict]:
+        return [w.resources() for w in self.workers]
 
     def segmentation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tokens, anchors, per-grid offsets) of every grid, workers in order."""

@@ -273,5 +273,9 @@ class GridShards:
         return (np.concatenate(owners) if owners else np.empty(0, np.int32),
                 np.concatenate(toks) if toks else np.empty(0, np.int32))
 
+    @property
+    def n_cells(self) -> int:
+        return sum(s.n_cells for s in self.shards)
+
     def memory_bytes(self) -> int:
         return sum(s.memory_bytes() for s in self.shards)

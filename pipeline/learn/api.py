@@ -194,6 +194,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
                             fingerprint)
         if cfg.checkpoint_every and merges and (not saved or len(merges) > len(saved.merges)):
             checkpoint.save(merges, alpha, settings, group.save_state, fingerprint)
+        _record_resources(metrics, group)
 
     vocab = Vocabulary(
         codebook_size=V, sigma=cfg.sigma, min_frequency=cfg.min_frequency, alpha=alpha,
@@ -209,6 +210,18 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
     log.info("%d merges (%s); tokens per grid %.1f -> %.1f; %.1fs; wrote %s", len(merges), stopped,
              report.cells / report.grids, vocab.corpus.tokens_after / report.grids, elapsed, cfg.out)
     return vocab
+
+
+def _record_resources(metrics, group) -> None:
+    """Every worker's memory and profile, and the peak RSS summed over this process and the actors."""
+    import os
+    import resource
+
+    workers = group.resources()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    others = sum(w["peak_rss_bytes"] for w in workers if w["pid"] != os.getpid())
+    metrics.set(workers_resources=workers, driver_step_s=round(group.step_s, 4), steps=group.steps,
+                peak_rss_all_processes_bytes=own + others, driver_peak_rss_bytes=own)
 
 
 def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, settings, alpha, fingerprint) -> str:

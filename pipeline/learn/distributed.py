@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
+import time
 import uuid
 
 import numpy as np
@@ -100,9 +100,8 @@ class _WorkerActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def memory(self) -> dict:
-        return {"bytes": self.worker.memory_bytes(), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "pid": os.getpid()}
+    def resources(self) -> dict:
+        return self.worker.resources()
 
 
 def ensure_ray(address: str | None) -> None:
@@ -136,6 +135,7 @@ class RayWorkers:
 
         ensure_ray(address)
         self.transport, self.step_timeout_s = transport, step_timeout_s
+        self.step_s, self.steps = 0.0, 0
         self.partitions = workers
         actor_cls = ray.remote(_WorkerActor)
         run = uuid.uuid4().hex[:8]  # names say which run an actor belongs to (`ray list actors`, tests)
@@ -207,7 +207,10 @@ class RayWorkers:
                          timeout=self.step_timeout_s)
 
     def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
+        t0 = time.perf_counter()
         out = self._run(("merge", a, b, new_tok, uy, ux))
+        self.step_s += time.perf_counter() - t0
+        self.steps += 1
         return [c for c, _ in out], sum(n for _, n in out)
 
     def save_state(self, directory: str) -> None:
@@ -236,9 +239,10 @@ class RayWorkers:
             base += int(p[2][-1])
         return toks, ancs, np.concatenate(offs)
 
-    def memory(self) -> list[dict]:
+    def resources(self) -> list[dict]:
+        """Each actor's memory and profile (at the end of a run: stops the compiled graph)."""
         self._stop_graph()
-        return self._get([a.memory.remote() for a in self.actors])
+        return self._get([a.resources.remote() for a in self.actors])
 
     def close(self) -> None:
         import ray
