@@ -5,12 +5,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import Config, StorageOptions
+from schemas.base import JobConfig
 
 DEFAULT_ALPHA_REL = 0.01
 
 
-class LearnConfig(Config):
+class LearnConfig(JobConfig):
+    """The stage's workers are Ray actors holding the grids (`workers`, `cpus` each; `actor_cpus` is the old name)."""
+
     inputs: list[str] = Field(min_length=1, description="code-grid Parquet files, directories, globs or s3:// URLs")
     out: str = Field(description="vocabulary JSON to write")
     merges: int = Field(8192, ge=0, description="merges to learn (Being-VL found 8K the best trade-off)")
@@ -22,13 +24,10 @@ class LearnConfig(Config):
     sigma: float = Field(1.0, gt=0, allow_inf_nan=False, description="width of the Gaussian kernel over offsets, in cells")
     min_frequency: int = Field(2, ge=1)
     codebook_size: int | None = Field(None, ge=1, description="V; overrides the files' vbpe.codebook_size")
-    workers: int = Field(0, ge=0, description="Ray actors holding the shards; 0 = in this process, no Ray")
-    actor_cpus: float = Field(1.0, gt=0, allow_inf_nan=False, description="CPUs reserved per actor")
     transport: Literal["graph", "calls", "relay"] = Field(
         "graph", description="how a merge step reaches the actors: a compiled Ray graph (default), actor calls passing "
                              "deltas actor to actor, or actor calls relaying deltas through the driver")
     restarts: int = Field(2, ge=0, description="times lost Ray workers are restarted from the last checkpoint")
-    ray_address: str | None = Field(None, description="Ray cluster to join; default: the job's cluster or a new local one")
     checkpoint_dir: str | None = Field(None, description="default: <out>.checkpoint")
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")
     resume: bool | Literal["auto"] = Field(
@@ -42,7 +41,6 @@ class LearnConfig(Config):
     holdout_salt: str = "vbpe-holdout"
     shard_cells: int = Field(1 << 24, ge=1024, description="cells per in-process shard (bounds temporary memory)")
     progress: bool = True
-    storage: StorageOptions = StorageOptions()
 
     @model_validator(mode="after")
     def _one_alpha(self) -> "LearnConfig":
@@ -64,12 +62,12 @@ class LearnConfig(Config):
         return DEFAULT_ALPHA_REL if self.alpha_rel is None else self.alpha_rel
 
     @property
-    def checkpoint_path(self) -> str:
-        return self.checkpoint_dir or self.out[: -len(".json")] + ".checkpoint"
+    def actor_cpus(self) -> float:
+        return self.cpus
 
     @property
-    def metrics_path(self) -> str:
-        return self.out[: -len(".json")] + ".metrics.json"
+    def checkpoint_path(self) -> str:
+        return self.checkpoint_dir or self.out[: -len(".json")] + ".checkpoint"
 
     @property
     def rejects_path(self) -> str:

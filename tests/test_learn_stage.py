@@ -15,10 +15,10 @@ from pipeline.bpe.encoder import BpeEncoder
 from pipeline.bpe.vocab import Vocabulary
 from pipeline.cli import main
 from pipeline.codegrids import open_corpus, read_rows
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.base import InputError
 from schemas.learn import LearnConfig
-from tests.helpers_grids import write_raw, write_synthetic
+from tests.helpers.grids import write_raw, write_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -221,7 +221,10 @@ def test_non_finite_settings_are_refused_up_front(tmp_path, grids_dir, capsys, f
 def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):
     from pipeline.codegrids import holdout_mask
 
-    vocab = run(_cfg(tmp_path, merges=20, holdout_fraction=0.25))
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    vocab = execute(get_stage("learn"), _cfg(tmp_path, merges=20, holdout_fraction=0.25)).vocab  # as the CLI and jobs run it
     corpus = open_corpus([str(grids_dir)])
     keys = read_rows(corpus, 0, corpus.rows).keys
     held = int(holdout_mask(keys, 0.25, "vbpe-holdout").sum())
@@ -320,8 +323,11 @@ def test_duplicate_keys_and_unstamped_grids_are_counted_and_warned(tmp_path, cap
     shutil.copy(tmp_path / "grids" / "part-0.parquet", tmp_path / "grids" / "copy.parquet")  # every key twice
     write_synthetic(tmp_path / "other", 10, parts=1, side=8, codebook_size=16, seed=3, fingerprint=None)
     (tmp_path / "other" / "part-0.parquet").rename(tmp_path / "grids" / "unstamped.parquet")
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
     with caplog.at_level(logging.WARNING):
-        vocab = run(_cfg(tmp_path, merges=5))
+        vocab = execute(get_stage("learn"), _cfg(tmp_path, merges=5)).vocab  # as the CLI and jobs run it
     assert vocab.corpus.grids == 70
     assert json.loads((tmp_path / "vocab.metrics.json").read_text())["duplicate_keys"] == 30
     messages = " ".join(r.getMessage() for r in caplog.records)
@@ -357,3 +363,29 @@ def test_non_integer_codebook_size_metadata_is_one_line(tmp_path, capsys):
     assert main(["learn", str(tmp_path / "grids"), "--out", str(tmp_path / "v.json"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "codebook_size" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_resume_flags_set_true_false_or_auto(tmp_path):
+    from pipeline.cli import build_parser
+    from pipeline.configargs import config_from_args
+
+    (tmp_path / "learn.yaml").write_text("inputs: [g]\nout: v.json\nresume: auto\n")
+
+    def resume(*flags):
+        return config_from_args(build_parser().parse_args(["learn", "--config", str(tmp_path / "learn.yaml"), *flags])).resume
+
+    assert resume() == "auto"  # the file's value stands unless a flag is given
+    assert resume("--resume") is True and resume("--no-resume") is False and resume("--resume-auto") == "auto"
+
+
+def test_lost_workers_after_the_restarts_are_one_line_and_exit_3(tmp_path, grids_dir, monkeypatch, capsys):
+    from pipeline.learn import api
+    from pipeline.learn.distributed import WorkerLost
+
+    def lose(*args, **kwargs):
+        raise WorkerLost("a learner worker was lost: ActorDiedError; gave up after 2 restart(s): run again with --resume")
+
+    monkeypatch.setattr(api, "_learn_with_restarts", lose)
+    assert main(["learn", str(grids_dir), "--out", str(tmp_path / "v.json"), "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run again with --resume" in err and "Traceback" not in err

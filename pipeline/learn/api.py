@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline import storage
+from pipeline import execution, storage
+from pipeline import metrics as run_metrics
 from pipeline.bpe.constants import MAX_ID
 from pipeline.bpe.learner import LocalWorkers, merge_loop
 from pipeline.bpe.worker import LearnerWorker
@@ -18,7 +20,6 @@ from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible, differences
 from pipeline.learn.shard_group import ShardGroup
-from pipeline.metrics import StageMetrics
 from schemas.base import InputError
 from schemas.learn import LearnConfig
 
@@ -85,12 +86,14 @@ def _software() -> dict[str, str]:
 
 def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
     holdout = (cfg.holdout_fraction, cfg.holdout_salt) if cfg.holdout_fraction else None
-    if cfg.workers == 0:
+    placement = execution.plan(cfg)
+    if not placement.on_ray:
         group = ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir, holdout)
         return LocalGroup(group, cfg.sigma, cfg.min_frequency)
     from pipeline.learn.distributed import RayWorkers
 
-    return RayWorkers(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address,
+    execution.ensure_ray(placement.address)
+    return RayWorkers(corpus, execution.worker_count(placement), cfg.shard_cells, cfg.cpus, cfg.storage, state_dir,
                       holdout, cfg.sigma, cfg.min_frequency, cfg.transport)
 
 
@@ -105,9 +108,35 @@ class LocalGroup(LocalWorkers):
         self.group.save_state(directory)
 
 
-def run(cfg: LearnConfig) -> Vocabulary:
+@dataclass
+class LearnSummary:
+    """What a learn run did (the stage contract's summary); the vocabulary itself is `vocab` (also on disk)."""
+
+    vocab: Vocabulary
+    out: str
+    rows_in: int
+    new_merges: int
+    workers: int
+
+    ok = True
+
+    def to_json(self) -> dict[str, Any]:
+        return self.vocab.to_json()
+
+    def metrics(self) -> dict[str, Any]:
+        c = self.vocab.corpus
+        return {"rows_in": self.rows_in, "rows_out": c.grids + c.held_out, "rows_rejected": c.rejected,
+                "merges": self.new_merges, "grids": c.grids, "held_out": c.held_out, "cells": c.cells,
+                "tokens_after": c.tokens_after, "vocabulary": self.out, "workers": self.workers}
+
+    def lines(self) -> list[str]:
+        c = self.vocab.corpus
+        return [f"wrote {self.out}: {len(self.vocab.merges)} merges over {c.grids} grids, tokens per grid "
+                f"{c.cells / max(c.grids, 1):.1f} -> {c.tokens_after / max(c.grids, 1):.1f}"]
+
+
+def run(cfg: LearnConfig) -> LearnSummary:
     t_start = time.time()
-    storage.set_default_storage(cfg.storage)
     corpus = open_corpus(cfg.inputs, cfg.codebook_size, cfg.storage)
     V = corpus.codebook_size
     if V + cfg.merges > MAX_ID:
@@ -119,16 +148,19 @@ def run(cfg: LearnConfig) -> Vocabulary:
 
     log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
     first_merges = len(saved.merges) if saved else 0
-    with StageMetrics("learn", cfg.metrics_path) as metrics:
-        vocab = _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metrics)
-        metrics.set(merges=max(0, len(vocab.merges) - first_merges), grids=vocab.corpus.grids,
-                    held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
-                    vocabulary=cfg.out, workers=cfg.workers)
-    return vocab
+    vocab, workers = _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, run_metrics.current())
+    return LearnSummary(vocab, cfg.out, corpus.rows, max(0, len(vocab.merges) - first_merges), workers)
 
 
-def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metrics) -> Vocabulary:
-    """Learn; when a Ray worker is lost, start new workers from the last checkpoint (up to cfg.restarts times)."""
+def learn_vocabulary(cfg: LearnConfig) -> Vocabulary:
+    """The vocabulary `run` learns, for callers that want only it (no metrics file: that is the runner's)."""
+    return run(cfg).vocab
+
+
+def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metrics) -> tuple[Vocabulary, int]:
+    """Learn; when a Ray worker is lost, start new workers from the last checkpoint (up to cfg.restarts times).
+
+    Returns the vocabulary and the number of Ray workers (0: in this process)."""
     from pipeline.learn.distributed import WorkerLost
 
     restarts = 0
@@ -137,7 +169,8 @@ def _learn_with_restarts(cfg, corpus, saved, checkpoint, settings, t_start, metr
         truncate = saved is not None and cfg.merges < len(saved.merges)
         group = _build_group(cfg, corpus, saved.state_dir if saved and not truncate else None)
         try:
-            return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics)
+            return _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics), (
+                0 if isinstance(group, LocalGroup) else group.partitions)
         except WorkerLost as err:
             if restarts >= cfg.restarts:
                 raise WorkerLost(f"{err}; gave up after {restarts} restart(s): run again with --resume to continue "
@@ -161,13 +194,12 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
     V = corpus.codebook_size
     report = group.report
     write_rejects(cfg.rejects_path, report.rejects, "learn", cfg.storage)
-    # set, not added: a restarted attempt reads the same rows again; recorded before any refusal below
-    metrics.rows_in, metrics.rows_out, metrics.rows_rejected = report.rows, report.grids + report.held_out, len(report.rejects)
     if report.rejects:
         log.warning("%d of %d rows rejected (see %s)", len(report.rejects), report.rows, cfg.rejects_path)
     if report.held_out:
         log.info("%d grids held out (fraction %g, salt %r)", report.held_out, cfg.holdout_fraction, cfg.holdout_salt)
     if report.grids == 0:
+        _count_rows(metrics, report)
         raise InputError(f"no valid grids among {report.rows} rows (rejects: {cfg.rejects_path})")
     duplicates = report.duplicate_keys
     metrics.set(duplicate_keys=duplicates)
@@ -176,6 +208,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
                     "from the inputs if they are not meant to weigh more)", duplicates)
     fingerprint = f"{report.fingerprint_sum:016x}"
     if saved is not None and saved.corpus is not None and saved.corpus != fingerprint:
+        _count_rows(metrics, report)
         raise InputError(f"cannot resume from {cfg.checkpoint_path}: the grids' contents changed since it was written "
                          f"(fingerprint {saved.corpus} -> {fingerprint}); start afresh without --resume")
     log.info("%d grids, %d cells loaded in %.1fs", report.grids, report.cells, time.time() - t_start)
@@ -205,11 +238,16 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
         quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
         holdout={"fraction": cfg.holdout_fraction, "salt": cfg.holdout_salt} if cfg.holdout_fraction else None,
     )
-    vocab.save(cfg.out)
+    vocab.save(cfg.out, cfg.storage)
     elapsed = time.time() - t_start
     log.info("%d merges (%s); tokens per grid %.1f -> %.1f; %.1fs; wrote %s", len(merges), stopped,
              report.cells / report.grids, vocab.corpus.tokens_after / report.grids, elapsed, cfg.out)
     return vocab
+
+
+def _count_rows(metrics, report) -> None:
+    """Rows read by a run refused after reading them (on success the summary carries the counts)."""
+    metrics.add(rows_in=report.rows, rows_out=report.grids + report.held_out, rows_rejected=len(report.rejects))
 
 
 def _record_resources(metrics, group) -> None:

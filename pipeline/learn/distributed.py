@@ -29,14 +29,14 @@ from pipeline.bpe.stats import Choice
 from pipeline.bpe.worker import LearnerWorker
 from pipeline.codegrids import Corpus
 from pipeline.learn.shard_group import LoadReport, ShardGroup
-from schemas.base import ConfigError, InputError, StorageOptions
+from schemas.base import ConfigError, InputError, RunInterrupted, StorageOptions
 
 log = logging.getLogger(__name__)
 SAVE = "save"
 ACTOR_PREFIX = "vbpe-learn-"
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(RunInterrupted):
     """A learner actor died or stopped answering; its grids and statistics are gone."""
 
 
@@ -104,18 +104,6 @@ class _WorkerActor:
         return self.worker.resources()
 
 
-def ensure_ray(address: str | None) -> None:
-    """Join the given cluster, the job's own cluster, or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # Our own throwaway local cluster: token auth would only get in the way.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=address, configure_logging=False, log_to_driver=True, include_dashboard=False)
-
-
 def _lost(err: Exception) -> bool:
     import ray.exceptions as rex
 
@@ -128,12 +116,10 @@ class RayWorkers:
     """`workers` actors, actor i holding rows range i and partition i; the LocalWorkers interface."""
 
     def __init__(self, corpus: Corpus, workers: int, shard_cells: int, actor_cpus: float,
-                 options: StorageOptions | None, state_dir: str | None, address: str | None,
-                 holdout: tuple[float, str] | None, sigma: float, min_frequency: int, transport: str = "graph",
+                 options: StorageOptions | None, state_dir: str | None, holdout: tuple[float, str] | None, sigma: float, min_frequency: int, transport: str = "graph",
                  step_timeout_s: float = 3600.0):
         import ray
 
-        ensure_ray(address)
         self.transport, self.step_timeout_s = transport, step_timeout_s
         self.step_s, self.steps = 0.0, 0
         self.partitions = workers

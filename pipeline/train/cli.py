@@ -16,10 +16,11 @@ STEPS = {
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
     from pipeline.train import api
     from schemas.train import TrainConfig
 
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = load_config(TrainConfig, args.config)
     summary = api.run(cfg, step, force_init=getattr(args, "force", False))
     for line in summary.lines():
         print(line, file=sys.stderr)
