@@ -75,6 +75,15 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def report_error(err: Exception, prog: str, verbose: bool = False) -> int:
+    """Print a user's error as one line and give its exit status; re-raise bugs (and everything under -v)."""
+    known = error_line(err)
+    if known is None or verbose:
+        raise err
+    print(f"{prog}: error: {known[1]}", file=sys.stderr)
+    return known[0]
+
+
 def run_and_report(stage: Stage, cfg: Any, prog: str, step: str | None = None, verbose: bool = False,
                    json_out: TextIO | None = None, lines_out: TextIO | None = None, **options: Any) -> int:
     """Execute, print the summary (lines, and JSON on `json_out`), and return the exit status."""
@@ -82,12 +91,7 @@ def run_and_report(stage: Stage, cfg: Any, prog: str, step: str | None = None, v
     try:
         summary = execute(stage, cfg, step, **options)
     except Exception as err:
-        known = error_line(err)
-        if known is None or verbose:
-            raise
-        code, message = known
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return code
+        return report_error(err, prog, verbose)
     for line in summary.lines() if hasattr(summary, "lines") else []:
         print(line, file=lines_out)
     if json_out is not None:
@@ -113,11 +117,7 @@ def job_main(stage_name: str, argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(stage.config_class(), args.config)
     except Exception as err:
-        known = error_line(err)
-        if known is None or args.verbose:
-            raise
-        print(f"{prog}: error: {known[1]}", file=sys.stderr)
-        return known[0]
+        return report_error(err, prog, args.verbose)
     return run_and_report(stage, cfg, prog, getattr(args, "stage", None), args.verbose, json_out=sys.stdout)
 
 
