@@ -26,7 +26,8 @@ STEPS = 10
 
 
 def two_workers(inputs, out: str, strategy: str, **extra):
-    stage = {"samples": 8 * STEPS, "epochs": 1, "strategy": strategy, "checkpoint_every": 4}  # 10 global batches of 8
+    stage = {"samples": 8 * STEPS, "epochs": 1, "strategy": strategy, "checkpoint_every": 4,  # 10 global batches of 8
+             "weight_decay": 0.1}  # must never reach a frozen row
     return config(inputs, out, tied=True, num_workers=2, gradient_checkpointing=True,
                   workers={"cpus_per_worker": 0.75, "max_failures": 1}, stage1=stage, stage2=stage, stage3=stage, **extra)
 
@@ -64,6 +65,8 @@ def test_fsdp_keeps_freezing_exact(runs, inputs):
         check_freezing(sd[i], sd[i + 1], stage, layout.text_vocab_size, layers=1)
         assert torch.equal(sd[i + 1]["lm_head.weight"], sd[i + 1]["model.embed_tokens.weight"])  # still tied
     assert [s["layers_unfrozen"] for s in summaries[1:]] == [0, 1, 0]
+    for model_dir in stage_models(cfg)[1:]:  # exported as safetensors (weights() loads with use_safetensors=True)
+        assert not [f for f in os.listdir(model_dir) if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     seqs = os.path.join(cfg.output, "data", "sequences.parquet")
     assert mean_loss(stage_models(cfg)[-1], seqs, layout.pad_id) < mean_loss(cfg.model, seqs, layout.pad_id)
     heldout = os.path.join(cfg.output, "data", "heldout.parquet")  # scored by two ranks, as one process scores it

@@ -69,7 +69,7 @@ def config(inputs, out: str, tied: bool = False, num_workers: int = 1, **extra) 
 def weights(path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
-    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).state_dict().items()}
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True).state_dict().items()}
 
 
 def check_freezing(before: dict, after: dict, stage: str, n_old: int, layers: int) -> None:
