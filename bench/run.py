@@ -50,7 +50,7 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
     if name == "train":
         from bench import bench_train
 
-        return bench_train.run(os.path.join(out, "train"))
+        return bench_train.run(os.path.join(out, "train"), quick=quick)
     raise ValueError(f"unknown benchmark {name}; choose from {ALL}")
 
 

@@ -12,7 +12,23 @@ STEPS = {
     "stage2": "selective fine-tuning: new rows + the first unfreeze_fraction of the layers",
     "stage3": "full fine-tuning",
     "all": "init (if configured), then stage1, stage2, stage3; completed steps are skipped",
+    "plan": "per-GPU memory of every stage under DDP, FSDP and FSDP + offload, from the model's config alone",
 }
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
+    from pipeline.train.plan import memory_plan
+    from schemas.train import TrainConfig
+
+    cfg = load_config(TrainConfig, args.config)
+    result = memory_plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, model_config=args.model_config)
+    if args.json:
+        json.dump(result["json"], sys.stdout, indent=1)
+        print()
+    else:
+        print(result["text"])
+    return 0
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
@@ -20,6 +36,8 @@ def _run(step: str, args: argparse.Namespace) -> int:
     from pipeline.train import api
     from schemas.train import TrainConfig
 
+    if step == "plan":
+        return _plan(args)
     cfg = load_config(TrainConfig, args.config)
     summary = api.run(cfg, step, force_init=getattr(args, "force", False))
     for line in summary.lines():
@@ -37,4 +55,9 @@ def register(subparsers) -> None:
         p.add_argument("--config", required=True, help="train config YAML (schemas/train.py)")
         if step == "init":
             p.add_argument("--force", action="store_true", help="rebuild the base model even if it exists")
+        if step == "plan":
+            p.add_argument("--gpus", type=int, help="GPUs to plan for (default: workers.num_workers)")
+            p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+            p.add_argument("--model-config", help="a config.json to plan for (default: init.source_model's, else model's)")
+            p.add_argument("--json", action="store_true", help="print the plan as JSON")
         p.set_defaults(handler=lambda args, step=step: _run(step, args))
