@@ -19,6 +19,7 @@ STAGE_MODULES = [
     "pipeline.tokenize.cli",
     "pipeline.train.cli",
     "pipeline.report.cli",
+    "pipeline.scenes.cli",
     "pipeline.submit.cli",
     "pipeline.demo.cli",
 ]
