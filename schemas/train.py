@@ -24,7 +24,7 @@ SEQUENCES_SCHEMA = pa.schema(
     [
         pa.field("record", pa.string(), nullable=False),  # the record's id (or source:row)
         pa.field("category", pa.string(), nullable=False),
-        pa.field("image", pa.string()),  # corpus key, null for text-only records
+        pa.field("image", pa.string()),  # corpus key of the first image, null for text-only records
         pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
         pa.field("labels", pa.list_(pa.int32()), nullable=False),  # -100 where no loss
         pa.field("n_tokens", pa.int32(), nullable=False),
@@ -32,6 +32,8 @@ SEQUENCES_SCHEMA = pa.schema(
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("source", pa.string()),
         pa.field("row", pa.int64()),
+        pa.field("images", pa.list_(pa.string()), nullable=False),  # every image key of the record, in order
+        pa.field("n_targets", pa.int32(), nullable=False),  # labels some position predicts (the loss's token count)
     ]
 )
 
@@ -125,6 +127,13 @@ class DataConfig(Config):
     max_length: int = Field(4096, gt=2)
     overflow: Literal["truncate", "drop"] = "truncate"
     image_loss: bool = Field(False, description="also train on the image tokens (the unified objective of VW-LMM)")
+    heldout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="share of images whose conversations are set aside for evaluation (by a salted hash of the image key)",
+    )
+    heldout_salt: str = Field(
+        "vbpe-holdout", description="salt of that hash; the learner's default, so the same images can be held out of both"
+    )
 
 
 class InitConfig(Config):

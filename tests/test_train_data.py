@@ -94,7 +94,7 @@ def test_sequences_labels_and_every_reject_counted(world, tmp_path):
     stats = prepare(data_cfg(path, world["root"] / "corpus", max_length=64), tok, layout, str(tmp_path / "out"))
     assert stats["records"] == len(rows) == stats["sequences"] + stats["rejected"]
     assert stats["sequences"] == 4 and stats["text_only"] == 1 and stats["trailing_prompts_dropped"] == 1
-    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    rejects = pq.read_table(tmp_path / "out" / "sequences.rejects.parquet").to_pylist()
     reasons = {r["key"]: r["reason"] for r in rejects}
     assert reasons["nokey"] == "unknown image key: 'missing'"
     assert reasons["badcat"] == "unknown category: 'poetry'"
@@ -210,7 +210,7 @@ def test_micro_batches_partition_the_global_batch(world, tmp_path):
     seqs = Sequences.read(str(tmp_path / "o" / "sequences.parquet"))
     assert len(seqs) == 24
     table = pq.read_table(tmp_path / "o" / "sequences.parquet").to_pylist()
-    assert seqs.targets.tolist() == [r["n_labels"] for r in table]  # the first label never counts; it is always BOS here
+    assert seqs.targets.tolist() == [r["n_labels"] for r in table] == [r["n_targets"] for r in table]  # the first label is always BOS here
     plan = np.arange(22)
     geo = Geometry.of(len(plan), batch_size=2, grad_accum=3, world_size=2)
     assert geo.steps == 2 and geo.global_batch == 12
@@ -242,3 +242,37 @@ def test_config_defaults_and_errors(tmp_path):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
     assert "stage1.lr" in str(err.value) and "bogus" in str(err.value) and "positive weight" in str(err.value)
+
+
+def test_heldout_split_by_image_key(world, tmp_path):
+    """Held-out conversations are chosen by a salted hash of the image key: disjoint images, the same
+    split on every run, every record accounted for, the learner's hash (same salt, same keys)."""
+    from pipeline.codegrids import holdout_mask
+    from schemas.train import SEQUENCES_SCHEMA
+
+    many = tiny.write_corpus(str(tmp_path / "corpus" / "p.parquet"), world["layout"], 40, min_len=5, max_len=9)
+    rows = [{"id": f"{c}-{k}", "image": f"{k}.jpg", "category": c, "conversations": tiny.conversation(k, c)} for k in many for c in CATEGORIES]
+    rows.append({"id": "text", "category": "foundation", "conversations": tiny.conversation(many[0], "foundation")})
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    cfg = data_cfg(path, tmp_path / "corpus", heldout_fraction=0.3)
+    stats = prepare(cfg, world["tok"], world["layout"], str(tmp_path / "a"))
+    assert stats["records"] == len(rows) == stats["sequences"] + stats["heldout"] + stats["rejected"] and stats["rejected"] == 0
+    train = pq.read_table(tmp_path / "a" / "sequences.parquet")
+    held = pq.read_table(tmp_path / "a" / "heldout.parquet")
+    assert held.schema.equals(SEQUENCES_SCHEMA) and train.schema.equals(SEQUENCES_SCHEMA)
+    held_images = set(held.column("image").to_pylist())
+    train_images = {k for k in train.column("image").to_pylist() if k}
+    assert held_images and not held_images & train_images and held_images | train_images == set(many)
+    assert held_images == {k for k, h in zip(many, holdout_mask(many, 0.3, "vbpe-holdout")) if h}
+    assert held.num_rows == 4 * len(held_images) == stats["heldout"] and stats["heldout_images"] == len(held_images)
+    assert "text" in train.column("record").to_pylist()  # text-only records always train
+    assert stats["heldout_per_category"] == {c: len(held_images) for c in CATEGORIES}
+    assert held.column("images").to_pylist() == [[k] for k in held.column("image").to_pylist()]
+    # stable across runs; another salt gives another split
+    prepare(cfg, world["tok"], world["layout"], str(tmp_path / "b"))
+    assert pq.read_table(tmp_path / "b" / "heldout.parquet").equals(held)
+    other = prepare(data_cfg(path, tmp_path / "corpus", heldout_fraction=0.3, heldout_salt="x"), world["tok"], world["layout"], str(tmp_path / "c"))
+    assert set(pq.read_table(tmp_path / "c" / "heldout.parquet").column("image").to_pylist()) != held_images
+    assert other["fingerprint"] != stats["fingerprint"]
+    none = prepare(data_cfg(path, tmp_path / "corpus"), world["tok"], world["layout"], str(tmp_path / "d"))
+    assert none["heldout"] == 0 and pq.read_table(tmp_path / "d" / "heldout.parquet").num_rows == 0

@@ -56,7 +56,8 @@ def config(inputs, out: str, tied: bool = False, num_workers: int = 1, **extra) 
         "model": str(root / f"base-{tied}"),
         "output": out,
         "init": {"source_model": str(root / f"src-{tied}"), "tokenizer": str(root / "tok"), "layout": str(root / "corpus" / "layout.yaml")},
-        "data": {"conversations": [{"path": str(root / "conv")}], "corpus": [str(root / "corpus")], "image_key": "stem", "max_length": 48},
+        "data": {"conversations": [{"path": str(root / "conv")}], "corpus": [str(root / "corpus")], "image_key": "stem", "max_length": 48,
+                 "heldout_fraction": 0.2},
         "stage1": {**stage, "lr": 1e-2},
         "stage2": {**stage, "lr": 3e-3},
         "stage3": {**stage, "lr": 3e-3},
@@ -107,21 +108,25 @@ def test_three_stages_one_worker(one_worker_run, inputs):
     init, *stages = summaries
     assert init["new_rows"] == layout.total_size - layout.text_vocab_size
     stats = json.loads(open(os.path.join(cfg.output, "data", "stats.json")).read())
-    assert stats["records"] == 66 and stats["sequences"] == 64 and stats["reject_reasons"] == {"unknown category": 1, "unknown image key": 1}
+    assert stats["records"] == 66 and stats["sequences"] == 48 and stats["heldout"] == 16
+    assert stats["reject_reasons"] == {"unknown category": 1, "unknown image key": 1}
 
     models = stage_models(cfg)
     sd = [weights(m) for m in models]
     for i, stage in enumerate(STAGES):
         check_freezing(sd[i], sd[i + 1], stage, layout.text_vocab_size, layers=1)
     assert [s["layers_unfrozen"] for s in stages] == [0, 1, 0]
-    assert stages[0]["samples_per_category"] == {"foundation": 32, "perception": 8}  # 80/20 of 20 per epoch, 2 epochs
-    assert stages[1]["samples_per_category"] == {"foundation": 32, "instruction": 8, "perception": 24, "reasoning": 16}
-    assert [s["steps"] for s in stages] == [10, 20, 20]
+    assert stages[0]["samples_per_category"] == {"foundation": 24, "perception": 6}  # 80/20 of 15 per epoch, 2 epochs
+    assert stages[1]["samples_per_category"] == {"foundation": 24, "instruction": 6, "perception": 18, "reasoning": 12}
+    assert [s["steps"] for s in stages] == [8, 15, 15]
 
     seqs = os.path.join(cfg.output, "data", "sequences.parquet")
     losses = [mean_loss(m, seqs, layout.pad_id) for m in models]
     assert losses[0] > losses[1] > losses[2] > losses[3], losses
     assert losses[3] < 0.5 * losses[0], losses
+    heldout = os.path.join(cfg.output, "data", "heldout.parquet")
+    for model, s in zip(models[1:], stages):  # each stage scored the held-out set at its end, as the saved model does
+        assert s["heldout_sequences"] == 16 and s["heldout_loss"] == pytest.approx(mean_loss(model, heldout, layout.pad_id), rel=1e-4)
 
     for stage, s in zip(STAGES, stages):
         rows = [json.loads(line) for line in open(s["metrics"])]
@@ -148,9 +153,9 @@ def test_interrupted_stage_resumes_and_matches(one_worker_run, inputs, tmp_path)
         run_stage(cfg, "stage1", chaos=chaos)
     assert os.path.exists(chaos["marker"]) and not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
     summary = run_stage(cfg, "stage1", chaos=chaos)
-    assert 0 < summary["resumed_from_step"] <= 4 and summary["steps"] == 10
+    assert 0 < summary["resumed_from_step"] <= 4 and summary["steps"] == 8
     rows = [json.loads(line) for line in open(summary["metrics"])]
-    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["step"] for r in rows] == list(range(1, 9))
     ref = weights(os.path.join(ref_cfg.output, "stage1", "model"))
     got = weights(os.path.join(cfg.output, "stage1", "model"))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -160,7 +165,7 @@ def test_worker_crash_is_retried_automatically(fast_ray, inputs, tmp_path):
     cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 1}, workers={"max_failures": 1})
     chaos = {"crash_after_step": 3, "marker": str(tmp_path / "crashed")}
     summary = run_stage(cfg, "stage1", chaos=chaos)
-    assert os.path.exists(chaos["marker"]) and summary["resumed_from_step"] > 0 and summary["steps"] == 10
+    assert os.path.exists(chaos["marker"]) and summary["resumed_from_step"] > 0 and summary["steps"] == 8
 
 
 def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
@@ -186,3 +191,5 @@ def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
         assert torch.equal(sd[i + 1]["lm_head.weight"], sd[i + 1]["model.embed_tokens.weight"])
     seqs = os.path.join(cfg.output, "data", "sequences.parquet")
     assert mean_loss(stage_models(cfg)[-1], seqs, layout.pad_id) < mean_loss(cfg.model, seqs, layout.pad_id)
+    heldout = os.path.join(cfg.output, "data", "heldout.parquet")  # scored by two ranks, as one process scores it
+    assert stages[-1]["heldout_loss"] == pytest.approx(mean_loss(stage_models(cfg)[-1], heldout, layout.pad_id), rel=1e-4)

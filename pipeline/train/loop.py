@@ -249,6 +249,48 @@ def _maybe_crash(run: Run, step: int) -> None:
         os._exit(1)
 
 
+def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None, int]:
+    """Mean loss per target token on the held-out sequences (all ranks take part; rank r scores rows r, r + W, ...).
+
+    Every rank runs the same number of forward passes (the last ones may be empty), which sharded
+    models need; the unwrapped module is used, so DDP's per-forward buffer broadcast is not involved.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from pipeline import storage
+    from pipeline.train.batches import Sequences
+
+    if not storage.exists(path):
+        return None, 0
+    seqs = Sequences.read(path)
+    if len(seqs) == 0:
+        return None, 0
+    mine = np.arange(run.rank, len(seqs), run.world)
+    n_batches = -(-len(seqs) // (run.world * batch_size))
+    totals = torch.zeros(2, device=run.device, dtype=torch.float64)  # loss sum, target tokens
+    was_training = run.model.training
+    run.model.eval()
+    with torch.no_grad():
+        for b in range(n_batches):
+            rows = mine[b * batch_size : (b + 1) * batch_size]
+            dummy = len(rows) == 0
+            ids, mask, labels = (torch.from_numpy(a).to(run.device) for a in seqs.collate(rows if not dummy else [0], run.cfg["pad_id"]))
+            with run.autocast:
+                logits = run.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            if dummy:
+                continue
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+            totals[0] += loss.double()
+            totals[1] += (labels[:, 1:] != -100).sum()
+    run.model.train(was_training)
+    if run.world > 1:
+        dist.all_reduce(totals)
+    count = int(totals[1])
+    return (float(totals[0]) / count if count else None), len(seqs)
+
+
 def train_loop(cfg: dict) -> dict:
     """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
     import ray.train.torch
@@ -274,6 +316,9 @@ def train_loop(cfg: dict) -> dict:
             _checkpoint(run, progress)
             _maybe_crash(run, step + 1)
 
+    held, n_held = heldout_loss(run, cfg["heldout"]) if cfg.get("heldout") else (None, 0)
+    if run.rank == 0 and held is not None:
+        log.info("%s: held-out loss %.4f on %d sequences", stage, held, n_held)
     if run.rank != 0:
         return {}
     info = {
@@ -283,6 +328,8 @@ def train_loop(cfg: dict) -> dict:
         "layers_unfrozen": run.stage_plan.layers_unfrozen,
         "trainable_parameters": int(sum(p.numel() for _, p in run.params)),
         "final_loss": progress["metrics"][-1]["loss"] if progress["metrics"] else None,
+        "heldout_loss": held,
+        "heldout_sequences": n_held,
         "geometry": _geometry(run),
         "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,

@@ -5,7 +5,11 @@ answer tokens (and on the image ids when `image_loss` is set). Overflow rule, `m
   - drop:     a sequence longer than L is rejected ("too long").
   - truncate: it is cut to its first L tokens; it is rejected instead if BOS + image do not fit in L
               ("image does not fit") or no answer token is left ("no answer within max_length").
-Every record is accounted for: records = sequences + rejects, with the reason of each reject.
+Held-out split (`heldout_fraction` > 0): a record goes to `heldout.parquet` when the salted hash of
+one of its images' corpus keys falls below the fraction, so no held-out image is ever trained on. The
+hash is `codegrids.key_hash`, the learner's: with the same salt, images the learner held out and
+images held out here come from one ordering of the keys. Text-only records always train.
+Every record is accounted for: records = sequences + held out + rejects, with the reason of each reject.
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.codegrids import rejects_table
+from pipeline.codegrids import key_hash, rejects_table
 from pipeline.train import chat
 from pipeline.train.corpus import check_ids, corpus_key, load_images
+from pipeline.train.paths import PreparedFiles
 from pipeline.train.records import Record, Reject, read_records
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
@@ -127,7 +132,13 @@ def _build(records: list[Record], data: DataConfig, tokenizer: Any, layout: IdLa
     return seqs, rejects, {**counts, "trailing_prompts_dropped": trailing}
 
 
+def n_targets(labels: np.ndarray) -> int:
+    """Labels some position predicts: the first label has no position before it."""
+    return int((labels[1:] != IGNORE).sum())
+
+
 def _sequences_table(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> pa.Table:
+    keys = [[corpus_key(r.image, data.image_key)] if r.image else [] for r, _ in seqs]
     return pa.Table.from_arrays(
         [
             pa.array([r.id for r, _ in seqs], pa.string()),
@@ -140,6 +151,8 @@ def _sequences_table(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> p
             pa.array([s.truncated for _, s in seqs], pa.bool_()),
             pa.array([r.source for r, _ in seqs], pa.string()),
             pa.array([r.row for r, _ in seqs], pa.int64()),
+            pa.array(keys, pa.list_(pa.string())),
+            pa.array([n_targets(s.labels) for _, s in seqs], pa.int32()),
         ],
         schema=SEQUENCES_SCHEMA,
     )
@@ -150,12 +163,29 @@ def _write_parquet(table: pa.Table, path: str) -> None:
         pq.write_table(table, f)
 
 
+def heldout_split(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> tuple[list, list, set[str]]:
+    """(training, held out, held-out image keys): held out when any of the record's images is."""
+    if data.heldout_fraction <= 0:
+        return seqs, [], set()
+    keys = sorted({corpus_key(r.image, data.image_key) for r, _ in seqs if r.image})
+    held = {k for k, h in zip(keys, key_hash(keys, data.heldout_salt)) if h < data.heldout_fraction}
+    train, heldout = [], []
+    for rec, seq in seqs:
+        (heldout if rec.image and corpus_key(rec.image, data.image_key) in held else train).append((rec, seq))
+    return train, heldout, held
+
+
+def _per_category(seqs: list[tuple[Record, Sequence]]) -> dict[str, int]:
+    return {c: sum(1 for r, _ in seqs if r.category == c) for c in CATEGORIES}
+
+
 def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) -> dict:
-    """Write sequences.parquet, rejects.parquet, then stats.json (the marker of a complete preparation)."""
+    """Write sequences, held-out sequences and rejects, then stats.json (the marker of a complete preparation)."""
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
+    files = PreparedFiles(out_dir)
     fingerprint = inputs_fingerprint(data, layout, tokenizer)
-    stats_path = storage.join(out_dir, "stats.json")
+    stats_path = files.stats
     if storage.exists(stats_path):
         old = json.loads(storage.read_text(stats_path))
         if old.get("fingerprint") == fingerprint:
@@ -166,26 +196,33 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) ->
     n_in = len(records) + len(rejects)
     seqs, more, counts = _build(records, data, tokenizer, layout)
     rejects += more
-    if len(seqs) + len(rejects) != n_in:
-        raise RuntimeError(f"lost records: {n_in} in, {len(seqs)} sequences + {len(rejects)} rejects")
-    _write_parquet(_sequences_table(seqs, data), storage.join(out_dir, "sequences.parquet"))
-    _write_parquet(rejects_table(rejects, "train"), storage.join(out_dir, "rejects.parquet"))
+    train, heldout, held_keys = heldout_split(seqs, data)
+    if len(train) + len(heldout) + len(rejects) != n_in:
+        raise RuntimeError(f"lost records: {n_in} in, {len(train)} + {len(heldout)} held out + {len(rejects)} rejects")
+    _write_parquet(_sequences_table(train, data), files.sequences)
+    _write_parquet(_sequences_table(heldout, data), files.heldout)
+    _write_parquet(rejects_table(rejects, "train"), files.rejects)
     stats = {
         "fingerprint": fingerprint,
         "records": n_in,
-        "sequences": len(seqs),
+        "sequences": len(train),
+        "heldout": len(heldout),
         "rejected": len(rejects),
         "reject_reasons": dict(sorted(collections.Counter(r.reason.split(":")[0] for r in rejects).items())),
-        "truncated": int(sum(s.truncated for _, s in seqs)),
-        "text_only": sum(1 for r, _ in seqs if not r.image),
-        "tokens": int(sum(len(s.input_ids) for _, s in seqs)),
-        "label_tokens": int(sum((s.labels != IGNORE).sum() for _, s in seqs)),
-        "per_category": {c: sum(1 for r, _ in seqs if r.category == c) for c in CATEGORIES},
+        "truncated": int(sum(s.truncated for _, s in train)),
+        "text_only": sum(1 for r, _ in train if not r.image),
+        "tokens": int(sum(len(s.input_ids) for _, s in train)),
+        "label_tokens": int(sum((s.labels != IGNORE).sum() for _, s in train)),
+        "per_category": _per_category(train),
+        "heldout_per_category": _per_category(heldout),
+        "heldout_images": len(held_keys),
+        "heldout_fraction": data.heldout_fraction,
+        "heldout_salt": data.heldout_salt,
         **counts,
     }
     storage.write_text(stats_path, json.dumps(stats, indent=1))
     log.info(
-        "prepared %d sequences (%d rejected, %d truncated) from %d records",
-        stats["sequences"], stats["rejected"], stats["truncated"], stats["records"],
+        "prepared %d sequences (%d held out, %d rejected, %d truncated) from %d records",
+        stats["sequences"], stats["heldout"], stats["rejected"], stats["truncated"], stats["records"],
     )
     return stats

@@ -1,7 +1,7 @@
 """Driver side: prepare data once, then one Ray Train `TorchTrainer` run per stage.
 
 Run directory (`output`, local or s3://):
-  data/                       sequences.parquet, rejects.parquet, stats.json
+  data/                       sequences.parquet, heldout.parquet, sequences.rejects.parquet, stats.json
   ray/<stage>-<fingerprint>/  Ray Train's checkpoints of that stage (resume point)
   <stage>/model/              the stage's final HF model (the next stage's base)
   <stage>/metrics.jsonl       one row per optimizer step
@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.train.paths import RunPaths
 from schemas.base import ConfigError, InputError
 from schemas.train import STAGES, TrainConfig
 
@@ -71,7 +72,7 @@ def run_prepare(cfg: TrainConfig) -> dict:
     from pipeline.train.prepare import prepare
 
     layout = read_layout(cfg.model)
-    return prepare(cfg.data, _tokenizer(cfg.model), layout, storage.join(cfg.output, "data"))
+    return prepare(cfg.data, _tokenizer(cfg.model), layout, RunPaths(cfg.output).data.directory)
 
 
 def _base_identity(cfg: TrainConfig, stage: str) -> str:
@@ -138,7 +139,8 @@ def run_stage(cfg: TrainConfig, stage: str, chaos: dict | None = None) -> dict:
 
     layout = read_layout(cfg.model)
     scfg = cfg.stage(stage)
-    sequences = storage.join(cfg.output, "data", "sequences.parquet")
+    files = RunPaths(cfg.output).data
+    sequences = files.sequences
     with storage.open_file(sequences) as f:
         categories = pq.read_table(f, columns=["category"]).column("category").to_numpy(zero_copy_only=False)
     order = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs, scfg.samples)
@@ -153,6 +155,7 @@ def run_stage(cfg: TrainConfig, stage: str, chaos: dict | None = None) -> dict:
         "stage_cfg": scfg.model_dump(mode="json"),
         "base_model": base_model(cfg, stage),
         "sequences": sequences,
+        "heldout": files.heldout,
         "plan": order.tolist(),
         "n_old": layout.text_vocab_size,
         "pad_id": layout.pad_id,
