@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "pipeline.train.cli",
     "pipeline.report.cli",
     "pipeline.scenes.cli",
+    "pipeline.evaluate.cli",
     "pipeline.submit.cli",
     "pipeline.demo.cli",
 ]

@@ -8,7 +8,8 @@ from pipeline.configargs import add_config_flag, build_config
 # argparse dest -> ReportConfig field: a flag given on the command line overrides the YAML config
 FLAGS = {name: name for name in (
     "vocab", "grids", "shards", "out", "codebook_size", "holdout_fraction", "holdout_salt", "max_holdout_grids",
-    "batch_grids", "atlas_tokens", "exemplars", "image_size", "resample", "dead_rate_points", "rare_below")}
+    "batch_grids", "atlas_tokens", "exemplars", "image_size", "resample", "dead_rate_points", "rare_below",
+    "evaluation")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dead-rate-points", dest="dead_rate_points", type=int,
                    help="vocabulary sizes M, M/2, ... for the dead-token curve (default 12)")
     p.add_argument("--rare-below", dest="rare_below", type=int, help="'rare' = used fewer times than this (default 5)")
+    p.add_argument("--evaluation", nargs="+", help="held-out results to add: heldout.json (vbpe train eval), ablation.json")
     add_config_flag(p)
     p.set_defaults(handler=handle)
 

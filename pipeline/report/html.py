@@ -27,8 +27,8 @@ def _overlap(match: bool | None) -> str:
     return "overlap with the training corpus unknown"
 
 
-def page(summary: dict[str, Any], images: dict[str, str]) -> str:
-    """`images` maps a title to a PNG path; the atlas first."""
+def page(summary: dict[str, Any], images: dict[str, str], sections: str = "") -> str:
+    """`images` maps a title to a PNG path; the atlas first. `sections`: extra HTML (held-out evaluation)."""
     v, s, c, d = summary["vocab"], summary["sample"], summary["compression"], summary["dead"]
     rows = [
         ("vocabulary", f"{html.escape(str(v['path']))} (fingerprint {v['fingerprint']})"),
@@ -65,6 +65,7 @@ img {{ max-width: 100%; border: 1px solid #e4e4e0; }}
 <h1>vbpe vocabulary report</h1>
 <table>{table}</table>
 {figures}
+{sections}
 <h2>Atlas tokens</h2>
 <table><tr><th>#</th><th>id</th><th>pair</th><th>u*</th><th>F</th><th>S</th><th>used</th><th>cells</th>
 <th>shapes</th><th>top shape</th><th>canonical</th><th>crops</th></tr>

@@ -12,6 +12,7 @@ STEPS = {
     "stage2": "selective fine-tuning: new rows + the first unfreeze_fraction of the layers",
     "stage3": "full fine-tuning",
     "all": "init (if configured), then stage1, stage2, stage3; completed steps are skipped",
+    "eval": "held-out answer loss and exact-match accuracy of the base model and each completed stage",
 }
 
 
@@ -28,6 +29,10 @@ def _run(step: str, args: argparse.Namespace) -> int:
         out = stages.run_init(cfg, force=args.force)
     elif step == "prepare":
         out = stages.run_prepare(cfg)
+    elif step == "eval":
+        from pipeline.evaluate.cli import train_eval
+
+        return train_eval(cfg, args)
     else:
         import ray
 
@@ -47,5 +52,9 @@ def register(subparsers) -> None:
         p.add_argument("--config", required=True, help="train config YAML (schemas/train.py)")
         if step == "init":
             p.add_argument("--force", action="store_true", help="rebuild the base model even if it exists")
+        if step == "eval":
+            from pipeline.evaluate.cli import add_train_eval_flags
+
+            add_train_eval_flags(p)
         p.set_defaults(handler=lambda args, step=step: _run(step, args))
 
