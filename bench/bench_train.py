@@ -17,7 +17,7 @@ def run(out: str, workers: int = 1, images: int = 64) -> dict:
     import ray
 
     from pipeline.train import tiny
-    from pipeline.train.stages import run_all
+    from pipeline.train import api
     from schemas.layout import IdLayout
     from schemas.train import CATEGORIES, TrainConfig
 
@@ -39,7 +39,8 @@ def run(out: str, workers: int = 1, images: int = 64) -> dict:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     t0 = time.time()
-    _, *stages = run_all(cfg)
+    summary = api.run(cfg, "all")
+    stages = [summary.results[s] for s in ("stage1", "stage2", "stage3")]
     result = {"workers": workers, "images": images, "total_s": round(time.time() - t0, 1), "stages": {}}
     for s in stages:
         rows = [json.loads(line) for line in open(s["metrics"])]

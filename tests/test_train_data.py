@@ -276,3 +276,25 @@ def test_heldout_split_by_image_key(world, tmp_path):
     assert other["fingerprint"] != stats["fingerprint"]
     none = prepare(data_cfg(path, tmp_path / "corpus"), world["tok"], world["layout"], str(tmp_path / "d"))
     assert none["heldout"] == 0 and pq.read_table(tmp_path / "d" / "heldout.parquet").num_rows == 0
+
+
+def test_prepared_data_is_keyed_by_content(world, tmp_path):
+    """Editing a conversation without changing its size (or its modification time) rebuilds the data."""
+    keys = [k for k in world["keys"] if tiny.caption(k)[1] == "cat"][:1] or world["keys"][:1]
+    rows = [{"id": "r", "image": f"{keys[0]}.jpg", "category": "FD", "conversations": tiny.conversation(keys[0], "foundation")}]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    cfg = data_cfg(path, world["root"] / "corpus")
+    first = prepare(cfg, world["tok"], world["layout"], str(tmp_path / "o"))
+    text = open(path).read()
+    animal = tiny.caption(keys[0])[1]
+    other = next(a for a in tiny.ANIMALS if a != animal and len(a) == len(animal))
+    stat = os.stat(path)
+    with open(path, "w") as f:
+        f.write(text.replace(f" {animal} .", f" {other} ."))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.path.getsize(path) == stat.st_size
+    second = prepare(cfg, world["tok"], world["layout"], str(tmp_path / "o"))
+    assert second["fingerprint"] != first["fingerprint"] and not second.get("reused")
+    ids = pq.read_table(tmp_path / "o" / "sequences.parquet").column("input_ids")[0].as_py()
+    assert world["tok"].convert_tokens_to_ids(other) in ids and world["tok"].convert_tokens_to_ids(animal) not in ids
+    assert prepare(cfg, world["tok"], world["layout"], str(tmp_path / "o"))["reused"]

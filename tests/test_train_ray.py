@@ -11,10 +11,12 @@ import torch
 from pipeline.train import tiny
 from pipeline.train.evaluate import mean_loss
 from pipeline.train.schedule import lr_at
-from pipeline.train.stages import run_all, run_init, run_stage
+from pipeline.train import api
+from pipeline.train.driver import run_init, run_stage
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
 from schemas.train import CATEGORIES, STAGES, TrainConfig
+from tests.helpers.train_hooks import CrashOnce, shippable
 
 pytestmark = pytest.mark.ray
 
@@ -25,6 +27,7 @@ def fast_ray(ray_local):
     key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
     old = os.environ.get(key)
     os.environ[key] = "0.2"
+    shippable()
     yield ray_local
     if old is None:
         os.environ.pop(key, None)
@@ -92,6 +95,12 @@ def check_freezing(before: dict, after: dict, stage: str, n_old: int, layers: in
             assert torch.equal(new, old), f"{stage}: frozen {name} changed"
 
 
+def run_all(cfg: TrainConfig) -> list[dict]:
+    """init, stage1, stage2, stage3 summaries of `vbpe train all`."""
+    summary = api.run(cfg, "all")
+    return [summary.results["init"]] + [summary.results[s] for s in STAGES]
+
+
 def stage_models(cfg: TrainConfig) -> list[str]:
     return [cfg.model] + [os.path.join(cfg.output, s, "model") for s in STAGES]
 
@@ -138,6 +147,11 @@ def test_three_stages_one_worker(one_worker_run, inputs):
 
     again = run_all(cfg)  # everything complete: nothing trains again
     assert all(s.get("skipped") for s in again)
+    for stage in STAGES:  # each stage recorded its run metrics beside its outputs
+        m = json.loads(open(os.path.join(cfg.output, stage, "metrics.json")).read())
+        assert m["stage"] == f"train.{stage}" and m["status"] == "ok" and m["rows_in"] == m["rows_out"] > 0
+    prep = json.loads(open(os.path.join(cfg.output, "data", "metrics.json")).read())
+    assert prep["rows_in"] == 66 and prep["rows_out"] == 64 and prep["rows_rejected"] == 2 and prep["rows_accounted"]
     changed = config(inputs, cfg.output, stage1={"checkpoint_every": 3, "lr": 5e-3})
     with pytest.raises(ConfigError, match="already completed"):
         run_stage(changed, "stage1")
@@ -148,11 +162,11 @@ def test_interrupted_stage_resumes_and_matches(one_worker_run, inputs, tmp_path)
     and ends exactly where the uninterrupted run ended."""
     ref_cfg, _ = one_worker_run
     cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 1})
-    chaos = {"crash_after_step": 4, "marker": str(tmp_path / "crashed")}
+    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"))
     with pytest.raises(Exception):
-        run_stage(cfg, "stage1", chaos=chaos)
-    assert os.path.exists(chaos["marker"]) and not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
-    summary = run_stage(cfg, "stage1", chaos=chaos)
+        run_stage(cfg, "stage1", hooks=crash)
+    assert os.path.exists(crash.marker) and not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
+    summary = run_stage(cfg, "stage1", hooks=crash)
     assert 0 < summary["resumed_from_step"] <= 4 and summary["steps"] == 8
     rows = [json.loads(line) for line in open(summary["metrics"])]
     assert [r["step"] for r in rows] == list(range(1, 9))
@@ -163,9 +177,9 @@ def test_interrupted_stage_resumes_and_matches(one_worker_run, inputs, tmp_path)
 
 def test_worker_crash_is_retried_automatically(fast_ray, inputs, tmp_path):
     cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 1}, workers={"max_failures": 1})
-    chaos = {"crash_after_step": 3, "marker": str(tmp_path / "crashed")}
-    summary = run_stage(cfg, "stage1", chaos=chaos)
-    assert os.path.exists(chaos["marker"]) and summary["resumed_from_step"] > 0 and summary["steps"] == 8
+    crash = CrashOnce(step=3, marker=str(tmp_path / "crashed"))
+    summary = run_stage(cfg, "stage1", hooks=crash)
+    assert os.path.exists(crash.marker) and summary["resumed_from_step"] > 0 and summary["steps"] == 8
 
 
 def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
@@ -193,3 +207,41 @@ def test_three_stages_two_workers_tied_checkpointed(fast_ray, inputs, tmp_path):
     assert mean_loss(stage_models(cfg)[-1], seqs, layout.pad_id) < mean_loss(cfg.model, seqs, layout.pad_id)
     heldout = os.path.join(cfg.output, "data", "heldout.parquet")  # scored by two ranks, as one process scores it
     assert stages[-1]["heldout_loss"] == pytest.approx(mean_loss(stage_models(cfg)[-1], heldout, layout.pad_id), rel=1e-4)
+
+
+def test_worker_killed_right_after_a_checkpoint_resumes_from_it(fast_ray, inputs, tmp_path):
+    """The newest checkpoint complete on storage is the resume point, whether or not Ray Train
+    registered it before the worker died (#10 item 18)."""
+    cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 2, "max_steps": 6}, workers={"max_failures": 1})
+    run_init(cfg)
+    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"), when="checkpoint")
+    summary = run_stage(cfg, "stage1", hooks=crash)
+    assert os.path.exists(crash.marker) and summary["resumed_from_step"] == 4 and summary["steps"] == 6
+
+
+def test_edited_conversation_invalidates_the_stages_trained_on_it(fast_ray, inputs, tmp_path):
+    """Same size, same modification time, other content: the prepared data is stale, and so is the
+    completed stage; the run says so instead of skipping it, and nothing is overwritten (#10 item 14)."""
+    import shutil
+
+    from schemas.base import InputError
+
+    root, _ = inputs
+    conv = tmp_path / "conv"
+    shutil.copytree(root / "conv", conv)
+    cfg = config(inputs, str(tmp_path / "run"), data={"conversations": [{"path": str(conv)}]}, stage1={"max_steps": 2})
+    run_init(cfg)
+    first = run_stage(cfg, "stage1")
+    path = conv / "good.jsonl"
+    text, stat = path.read_text(), os.stat(path)
+    path.write_text(text.replace("a red cat", "a red dog", 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.read_text() != text and os.path.getsize(path) == stat.st_size
+    stats = (tmp_path / "run" / "data" / "stats.json").read_text()
+    with pytest.raises(InputError, match="inputs changed .* stage1 already completed"):
+        run_stage(cfg, "stage1")
+    with pytest.raises(InputError, match="stage1 already completed"):
+        api.run(cfg, "prepare")
+    assert (tmp_path / "run" / "data" / "stats.json").read_text() == stats  # the data stage1 used is kept
+    path.write_text(text)
+    assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]

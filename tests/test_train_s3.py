@@ -42,7 +42,7 @@ def test_directories_round_trip(s3, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_stage_on_s3(s3, ray_local, tmp_path, monkeypatch):
-    from pipeline.train.stages import run_init, run_stage
+    from pipeline.train.driver import run_init, run_stage
 
     tok = tiny.build_tokenizer(str(tmp_path / "tok"))
     tiny.build_model(str(tmp_path / "src"), len(tok), layers=2)
@@ -62,7 +62,7 @@ def test_stage_on_s3(s3, ray_local, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # read when the trainer starts
     run_init(cfg)
     summary = run_stage(cfg, "stage1")
-    assert summary["steps"] == 5 and summary["precision"] == "bf16-mixed" and summary["checkpoint"].startswith("vbpe-train/run/ray/stage1-")
+    assert summary["steps"] == 5 and summary["precision"] == "bf16-mixed" and summary["checkpoint"].startswith("s3://vbpe-train/run/ray/stage1-")
     fs, _ = storage.get_fs("s3://vbpe-train")
     files = set(fs.find("vbpe-train/run"))
     assert {"vbpe-train/run/stage1/model/model.safetensors", "vbpe-train/run/stage1/done.json", "vbpe-train/run/data/sequences.parquet"} <= files

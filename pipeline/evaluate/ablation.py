@@ -217,7 +217,7 @@ def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings
     from pipeline.learn.api import run as learn
     from pipeline.learn.vocab import Vocabulary
     from pipeline.tokenize.api import run as tokenize
-    from pipeline.train.stages import run_init
+    from pipeline.train.driver import run_init
     from schemas.layout import IdLayout
     from schemas.learn import LearnConfig
     from schemas.tokenize import TokenizeConfig
@@ -325,7 +325,7 @@ def run_arm(cfg: AblationConfig, shared: Shared, arm: Arm, vocab: dict, scale: f
     """Train the three stages and score every model on the held-out images; the arm's figures."""
     from pipeline.evaluate.heldout import run_eval
     from pipeline.train.paths import RunPaths
-    from pipeline.train.stages import run_stage
+    from pipeline.train.driver import run_stage
 
     tcfg = arm_train_config(cfg, shared, arm, vocab, scale)
     output = tcfg.output
@@ -476,7 +476,7 @@ def _seconds(shared: Shared, vocabs: dict, arms_wall: float, this_run: float, pa
 def run_ablation(cfg: AblationConfig) -> dict:
     from pipeline.evaluate import report
     from pipeline.train.paths import RunPaths
-    from pipeline.train.stages import run_prepare
+    from pipeline.train.driver import run_prepare
 
     t0 = time.time()
     if cfg.storage:

@@ -48,7 +48,7 @@ def _read_json(path: str) -> dict | None:
 def _targets(cfg: TrainConfig, only: str | None) -> list[tuple[str, str, str]]:
     """(name, model directory, identity) of each model to score: the base model and the completed stages."""
     from pipeline.train.paths import RunPaths
-    from pipeline.train.stages import _base_identity
+    from pipeline.train.driver import _base_identity
 
     paths = RunPaths(cfg.output)
     out = []
@@ -113,7 +113,7 @@ def run_eval(cfg: TrainConfig, stage: str | int | None = None, batch_size: int =
     """Score the run's models on its held-out set; returns the whole results file."""
     from pipeline.train.init import read_layout
     from pipeline.train.paths import RunPaths
-    from pipeline.train.stages import run_prepare
+    from pipeline.train.driver import run_prepare
 
     if cfg.storage:
         storage.set_default_storage(cfg.storage)

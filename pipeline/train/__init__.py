@@ -9,5 +9,8 @@ curriculum.py per-stage mixture -> deterministic, category-ordered sample plan
 freeze.py     which parameters each stage trains (old vocabulary rows frozen by construction)
 state.py      trainable tensors + optimizer state <-> safetensors checkpoint files
 loop.py       the per-worker training loop
-stages.py     driver: one TorchTrainer run per stage, skip / resume / chain
+job.py        the typed job a worker gets for one stage, and the loop's hooks
+driver.py     one TorchTrainer run per stage, skip / resume / chain
+api.py        run(config, step) -> summary: the stage contract used by the CLI and the jobs
+paths.py      the run directory's file names
 """

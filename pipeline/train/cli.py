@@ -7,7 +7,7 @@ import sys
 
 STEPS = {
     "init": "extend a local HF causal LM by the id layout; write the base model (config `init`, `model`)",
-    "prepare": "conversation records + tokenized corpus -> training sequences, rejects and stats",
+    "prepare": "conversation records + tokenized corpus -> training and held-out sequences, rejects and stats",
     "stage1": "embedding alignment: only the new vocabulary rows train",
     "stage2": "selective fine-tuning: new rows + the first unfreeze_fraction of the layers",
     "stage3": "full fine-tuning",
@@ -17,29 +17,18 @@ STEPS = {
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
-    from pipeline import storage
+    from pipeline.train import api
     from schemas.train import TrainConfig
 
     cfg = TrainConfig.from_yaml(args.config)
-    if cfg.storage:
-        storage.set_default_storage(cfg.storage)
-    from pipeline.train import stages
-
-    if step == "init":
-        out = stages.run_init(cfg, force=args.force)
-    elif step == "prepare":
-        out = stages.run_prepare(cfg)
-    elif step == "eval":
+    if step == "eval":  # scoring lives with the evaluation code (pipeline/evaluate)
         from pipeline.evaluate.cli import train_eval
 
         return train_eval(cfg, args)
-    else:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a local one
-        out = stages.run_all(cfg) if step == "all" else stages.run_stage(cfg, step)
-    json.dump(out, sys.stdout, indent=1, default=str)
+    summary = api.run(cfg, step, force_init=getattr(args, "force", False))
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    json.dump(summary.to_json(), sys.stdout, indent=1, allow_nan=False)
     print()
     return 0
 
@@ -57,4 +46,3 @@ def register(subparsers) -> None:
 
             add_train_eval_flags(p)
         p.set_defaults(handler=lambda args, step=step: _run(step, args))
-

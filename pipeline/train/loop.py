@@ -1,8 +1,8 @@
 """The training loop each Ray Train worker runs for one stage.
 
-Resume: Ray hands back the last reported checkpoint (after a worker failure, or when the same
-stage is run again); the loop restores its trainable tensors, optimizer state, step and metrics
-and continues from the next step. The sample order, the learning rate and the random seed are pure
+Resume: after a worker failure (Ray Train restarts the worker group) or when the same stage is run
+again, the loop restores the newest checkpoint complete on storage (pipeline/train/checkpoints.py):
+trainable tensors, optimizer state, step and metrics, and continues from the next step. The sample order, the learning rate and the random seed are pure
 functions of the step, so a resumed stage follows the same trajectory as an uninterrupted one.
 At the end rank 0 writes the merged HF model (safetensors) and the metrics file.
 """
@@ -15,9 +15,19 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, ContextManager
 
 import numpy as np
+
+from pipeline.train.checkpoints import CheckpointStore
+from pipeline.train.job import StageJob
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pipeline.train.batches import Geometry, Sequences
+    from pipeline.train.freeze import StagePlan
 
 log = logging.getLogger("vbpe.train")
 
@@ -30,13 +40,13 @@ def _resolve_precision(precision: str, on_gpu: bool) -> str:
     return precision
 
 
-def _optimizer(params, scfg: dict):
+def _optimizer(params: list[tuple[str, "nn.Parameter"]], settings) -> "torch.optim.Optimizer":
     import torch
 
     decay = [p for _, p in params if p.dim() >= 2]
     no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": scfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=scfg["lr"], betas=tuple(scfg["betas"]), eps=scfg["eps"])
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
 
 
 def _load_model(base: str, precision: str, device, gradient_checkpointing: bool):
@@ -91,24 +101,23 @@ def _write_metrics(path: str, rows: list[dict]) -> None:
 class Run:
     """What one worker holds for one stage."""
 
-    cfg: dict
+    job: StageJob
     rank: int
     world: int
-    device: Any
-    precision: str
-    seqs: Any
-    plan: np.ndarray
-    geo: Any
-    model: Any
-    net: Any
-    stage_plan: Any
-    params: list
-    optimizer: Any
-    scaler: Any
-    autocast: Any
+    device: "torch.device"
+    precision: str  # resolved: fp32 | bf16-mixed | fp16-mixed | bf16
+    seqs: "Sequences"
+    geo: "Geometry"
+    model: "nn.Module"  # the model being trained (new rows split off in stages 1 and 2)
+    net: "nn.Module"  # what the forward pass calls: `model`, or its DDP wrapper
+    stage_plan: "StagePlan"
+    params: list[tuple[str, "nn.Parameter"]]  # the trainable tensors, in a fixed order
+    optimizer: "torch.optim.Optimizer"
+    scaler: "torch.amp.GradScaler"
+    autocast: ContextManager
 
 
-def _setup(cfg: dict) -> tuple[Run, Any]:
+def _setup(job: StageJob) -> tuple[Run, "torch.dtype"]:
     import ray.train
     import ray.train.torch
     import torch
@@ -116,27 +125,26 @@ def _setup(cfg: dict) -> tuple[Run, Any]:
     from pipeline import storage
     from pipeline.train.batches import Geometry, Sequences
     from pipeline.train.freeze import apply_stage
-    from schemas.base import StorageOptions
 
-    if cfg.get("storage"):
-        storage.set_default_storage(StorageOptions(**cfg["storage"]))
+    if job.storage:
+        storage.set_default_storage(job.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    precision = _resolve_precision(cfg["precision"], device.type == "cuda")
-    if device.type == "cuda" and cfg["tf32"]:
+    precision = _resolve_precision(job.precision, device.type == "cuda")
+    if device.type == "cuda" and job.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    scfg = cfg["stage_cfg"]
-    plan = np.asarray(cfg["plan"], np.int64)
-    model, saved_dtype = _load_model(cfg["base_model"], precision, device, cfg["gradient_checkpointing"])
-    stage_plan = apply_stage(model, cfg["stage"], cfg["n_old"], scfg.get("unfreeze_fraction", 0.25))
+    settings = job.settings
+    model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing)
+    stage_plan = apply_stage(model, job.stage, job.n_old, job.unfreeze_fraction)
     params = stage_plan.trainable()
+    net = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     run = Run(
-        cfg=cfg, rank=rank, world=world, device=device, precision=precision,
-        seqs=Sequences.read(cfg["sequences"]), plan=plan,
-        geo=Geometry.of(len(plan), scfg["batch_size"], scfg["grad_accum"], world, scfg.get("max_steps")),
-        model=model, net=None, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, scfg),
+        job=job, rank=rank, world=world, device=device, precision=precision,
+        seqs=Sequences.read(job.sequences),
+        geo=Geometry.of(len(job.plan), settings.batch_size, settings.grad_accum, world, settings.max_steps),
+        model=model, net=net, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, settings),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed"),
         autocast=torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision])) if precision in DTYPES else contextlib.nullcontext(),
     )
@@ -144,21 +152,27 @@ def _setup(cfg: dict) -> tuple[Run, Any]:
 
 
 def _geometry(run: Run) -> dict:
-    return {"global_batch": run.geo.global_batch, "steps": run.geo.steps, "world_size": run.world, "plan": len(run.plan)}
+    return {"global_batch": run.geo.global_batch, "steps": run.geo.steps, "world_size": run.world, "plan": len(run.job.plan)}
+
+
+def _barrier(run: Run) -> None:
+    if run.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _resume(run: Run) -> dict:
-    """The loop's progress: fresh, or restored from the checkpoint Ray hands back."""
-    import ray.train
-
+    """The loop's progress: fresh, or restored from the newest checkpoint complete on storage."""
     from pipeline.train import state as ckpt
+    from pipeline.train.files import local_dir
 
-    stage, fingerprint = run.cfg["stage"], run.cfg["fingerprint"]
+    stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
+    latest = CheckpointStore(run.job.checkpoints).latest()
+    if latest is None:
         return progress
-    with checkpoint.as_directory() as d:
+    with local_dir(latest[1]) as d:
         progress = ckpt.load(d, run.params, run.optimizer)
     if progress["fingerprint"] != fingerprint:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
@@ -179,18 +193,18 @@ def _step(run: Run, step: int) -> dict:
     from pipeline.train.batches import global_batch, worker_micro_batches
     from pipeline.train.schedule import lr_at
 
-    scfg, device = run.cfg["stage_cfg"], run.device
+    settings, device = run.job.settings, run.device
     t0 = time.time()
-    torch.manual_seed(run.cfg["seed"] * 1_000_003 + step * 1009 + run.rank)
-    lr = lr_at(step, run.geo.steps, scfg["lr"], scfg["schedule"], scfg["warmup_ratio"], scfg["min_lr_ratio"])
+    torch.manual_seed(run.job.seed * 1_000_003 + step * 1009 + run.rank)
+    lr = lr_at(step, run.geo.steps, settings.lr, settings.schedule, settings.warmup_ratio, settings.min_lr_ratio)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    rows = global_batch(run.plan, step, run.geo)
+    rows = global_batch(run.job.plan, step, run.geo)
     n_targets = int(run.seqs.targets[rows].sum())
     totals = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, non-pad tokens
     micro = worker_micro_batches(rows, run.seqs, run.geo, run.rank)
     for m, mb in enumerate(micro):
-        ids, mask, labels = (torch.from_numpy(a).to(device) for a in run.seqs.collate(mb, run.cfg["pad_id"]))
+        ids, mask, labels = (torch.from_numpy(a).to(device) for a in run.seqs.collate(mb, run.job.pad_id))
         last = m == len(micro) - 1
         with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
             with run.autocast:
@@ -202,7 +216,7 @@ def _step(run: Run, step: int) -> dict:
         del logits, loss
     run.scaler.unscale_(run.optimizer)
     trainable = [p for _, p in run.params]
-    max_norm = scfg["max_grad_norm"] or float("inf")
+    max_norm = settings.max_grad_norm or float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
@@ -210,8 +224,9 @@ def _step(run: Run, step: int) -> dict:
     if run.world > 1:
         dist.all_reduce(totals)
     dt = time.time() - t0
+    run.job.hooks.after_step(run.job.stage, step + 1, run.rank, np.concatenate(micro))
     return {
-        "stage": run.cfg["stage"],
+        "stage": run.job.stage,
         "step": step + 1,
         "loss": float(totals[0]) / max(n_targets, 1),
         "lr": lr,
@@ -224,29 +239,24 @@ def _step(run: Run, step: int) -> dict:
     }
 
 
-def _checkpoint(run: Run, progress: dict) -> None:
-    """Report a checkpoint (rank 0 writes it; every rank must call report)."""
-    import ray.train
-
+def _checkpoint(run: Run, progress: dict) -> str:
+    """Every rank: write this step's checkpoint (rank 0 holds all of it under DDP), complete on storage on return."""
     from pipeline.train import state as ckpt
 
     if run.scaler.is_enabled():
         progress["scaler"] = run.scaler.state_dict()
-    with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as d:
+    store = CheckpointStore(run.job.checkpoints)
+
+    def write(directory: str) -> None:
         if run.rank == 0:
-            ckpt.save(d, run.params, run.optimizer, progress)
-            _write_metrics(run.cfg["metrics_path"], progress["metrics"])
-        metrics = {"step": progress["step"], "loss": progress["metrics"][-1]["loss"]}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if run.rank == 0 else None)
+            ckpt.save(directory, run.params, run.optimizer, progress)
 
-
-def _maybe_crash(run: Run, step: int) -> None:
-    """Test hook (`chaos` in the loop config, never in YAML): die like a lost worker, once."""
-    chaos = run.cfg.get("chaos") or {}
-    if chaos.get("crash_after_step") == step and run.rank == chaos.get("rank", 0) and not os.path.exists(chaos["marker"]):
-        open(chaos["marker"], "w").close()
-        log.warning("%s: simulated worker crash after step %d", run.cfg["stage"], step)
-        os._exit(1)
+    path = store.save(progress["step"], run.rank, write, lambda: _barrier(run))
+    if run.rank == 0:
+        _write_metrics(run.job.steps_path, progress["metrics"])
+        store.prune(run.job.keep_checkpoints)
+    run.job.hooks.after_checkpoint(run.job.stage, progress["step"], run.rank)
+    return path
 
 
 def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None, int]:
@@ -276,7 +286,7 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
         for b in range(n_batches):
             rows = mine[b * batch_size : (b + 1) * batch_size]
             dummy = len(rows) == 0
-            ids, mask, labels = (torch.from_numpy(a).to(run.device) for a in seqs.collate(rows if not dummy else [0], run.cfg["pad_id"]))
+            ids, mask, labels = (torch.from_numpy(a).to(run.device) for a in seqs.collate(rows if not dummy else [0], run.job.pad_id))
             with run.autocast:
                 logits = run.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             if dummy:
@@ -291,32 +301,29 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     return (float(totals[0]) / count if count else None), len(seqs)
 
 
-def train_loop(cfg: dict) -> dict:
+def train_loop(job: StageJob) -> dict:
     """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
-    import ray.train.torch
-
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, saved_dtype = _setup(cfg)
+    run, saved_dtype = _setup(job)
     progress = _resume(run)
     resumed_from = progress["step"]
-    run.net = ray.train.torch.prepare_model(run.model, move_to_device=False) if run.world > 1 else run.model
-    scfg, stage, steps = cfg["stage_cfg"], cfg["stage"], run.geo.steps
+    settings, stage, steps = job.settings, job.stage, run.geo.steps
     t_start = time.time()
+    checkpoint = None
     for step in range(progress["step"], steps):
         row = _step(run, step)
         progress["metrics"].append(row)
         progress["step"] = step + 1
-        if run.rank == 0 and ((step + 1) % scfg["log_every"] == 0 or step + 1 == steps):
+        if run.rank == 0 and ((step + 1) % settings.log_every == 0 or step + 1 == steps):
             log.info(
                 "%s step %d/%d loss %.4f lr %.3g tokens/s %.0f grad_norm %.3g",
                 stage, step + 1, steps, row["loss"], row["lr"], row["tokens_per_s"], row["grad_norm"],
             )
-        if (step + 1) % scfg["checkpoint_every"] == 0 or step + 1 == steps:
-            _checkpoint(run, progress)
-            _maybe_crash(run, step + 1)
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == steps:
+            checkpoint = _checkpoint(run, progress)
 
-    held, n_held = heldout_loss(run, cfg["heldout"]) if cfg.get("heldout") else (None, 0)
+    held, n_held = heldout_loss(run, job.heldout) if job.heldout else (None, 0)
     if run.rank == 0 and held is not None:
         log.info("%s: held-out loss %.4f on %d sequences", stage, held, n_held)
     if run.rank != 0:
@@ -333,8 +340,9 @@ def train_loop(cfg: dict) -> dict:
         "geometry": _geometry(run),
         "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,
+        "checkpoint": checkpoint or CheckpointStore(job.checkpoints).path(steps),
     }
-    _write_metrics(cfg["metrics_path"], progress["metrics"])
-    _save_final(run.stage_plan.merge(), saved_dtype, cfg["base_model"], cfg["output_model"], info)
-    log.info("%s: done (%d steps), model in %s", stage, steps, cfg["output_model"])
+    _write_metrics(job.steps_path, progress["metrics"])
+    _save_final(run.stage_plan.merge(), saved_dtype, job.base_model, job.output_model, info)
+    log.info("%s: done (%d steps), model in %s", stage, steps, job.output_model)
     return info

@@ -28,6 +28,7 @@ from pipeline import storage
 from pipeline.codegrids import key_hash, rejects_table
 from pipeline.train import chat
 from pipeline.train.corpus import check_ids, corpus_key, load_images
+from pipeline.train.identity import content_id
 from pipeline.train.paths import PreparedFiles
 from pipeline.train.records import Record, Reject, read_records
 from schemas.base import ConfigError
@@ -95,16 +96,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def inputs_fingerprint(data: DataConfig, layout: IdLayout, tokenizer: Any) -> str:
-    """Changes when the data config, the layout, the tokenizer or any input file (name or size) changes."""
+    """Changes when the data config, the layout, the tokenizer or the content of any input file changes."""
     files = []
     for src in data.conversations:
         files += storage.expand(src.paths(), (".json", ".jsonl", ".parquet"))
     files += storage.expand(data.corpus, (".parquet",))
-    sizes = []
-    for path in files:
-        fs, p = storage.get_fs(path)
-        sizes.append((path, fs.size(p)))
-    blob = json.dumps([data.model_dump(mode="json"), layout.fingerprint(), tokenizer_fingerprint(tokenizer), sizes])
+    contents = [(path, content_id(path)) for path in files]
+    blob = json.dumps([data.model_dump(mode="json"), layout.fingerprint(), tokenizer_fingerprint(tokenizer), contents])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -179,18 +177,21 @@ def _per_category(seqs: list[tuple[Record, Sequence]]) -> dict[str, int]:
     return {c: sum(1 for r, _ in seqs if r.category == c) for c in CATEGORIES}
 
 
-def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str) -> dict:
-    """Write sequences, held-out sequences and rejects, then stats.json (the marker of a complete preparation)."""
+def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fingerprint: str | None = None) -> dict:
+    """Write sequences, held-out sequences and rejects, then stats.json (the marker of a complete preparation).
+
+    `fingerprint`: inputs_fingerprint() of these arguments, when the caller has computed it already.
+    """
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
     files = PreparedFiles(out_dir)
-    fingerprint = inputs_fingerprint(data, layout, tokenizer)
+    fingerprint = fingerprint or inputs_fingerprint(data, layout, tokenizer)
     stats_path = files.stats
     if storage.exists(stats_path):
         old = json.loads(storage.read_text(stats_path))
         if old.get("fingerprint") == fingerprint:
             log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
-            return old
+            return {**old, "reused": True}
 
     records, rejects = read_records(data.conversations)
     n_in = len(records) + len(rejects)

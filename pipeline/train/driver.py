@@ -1,11 +1,7 @@
 """Driver side: prepare data once, then one Ray Train `TorchTrainer` run per stage.
 
-Run directory (`output`, local or s3://):
-  data/                       sequences.parquet, heldout.parquet, sequences.rejects.parquet, stats.json
-  ray/<stage>-<fingerprint>/  Ray Train's checkpoints of that stage (resume point)
-  <stage>/model/              the stage's final HF model (the next stage's base)
-  <stage>/metrics.jsonl       one row per optimizer step
-  <stage>/done.json           written last: the stage is complete
+The run directory's files are named in `pipeline/train/paths.py`. Preparation and every stage
+record their run metrics (`pipeline.metrics.StageMetrics`) next to their outputs.
 
 A stage's fingerprint covers its config, the prepared data and its base model. A completed stage
 with the same fingerprint is skipped; with another fingerprint it is an error (results are never
@@ -15,6 +11,7 @@ fingerprint (a changed config starts a new Ray run instead of resuming an incomp
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import logging
@@ -22,9 +19,12 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.metrics import StageMetrics
+from pipeline.train.job import Hooks, StageJob
 from pipeline.train.paths import RunPaths
 from schemas.base import ConfigError, InputError
 from schemas.train import STAGES, TrainConfig
@@ -33,13 +33,9 @@ log = logging.getLogger(__name__)
 _NOT_IN_FINGERPRINT = {"log_every", "checkpoint_every"}
 
 
-def stage_dir(cfg: TrainConfig, stage: str) -> str:
-    return storage.join(cfg.output, stage)
-
-
 def base_model(cfg: TrainConfig, stage: str) -> str:
     i = STAGES.index(stage)
-    return cfg.model if i == 0 else storage.join(stage_dir(cfg, STAGES[i - 1]), "model")
+    return cfg.model if i == 0 else RunPaths(cfg.output).model(STAGES[i - 1])
 
 
 def _read_json(path: str) -> dict | None:
@@ -67,18 +63,42 @@ def _tokenizer(model_dir: str):
         return AutoTokenizer.from_pretrained(d)
 
 
+def _refuse_stale_stages(cfg: TrainConfig, fingerprint: str) -> None:
+    """New inputs must not replace the data that completed stages were trained on."""
+    paths = RunPaths(cfg.output)
+    old = _read_json(paths.data.stats)
+    if old is None or old.get("fingerprint") == fingerprint:
+        return
+    done = [s for s in STAGES if storage.exists(paths.done(s))]
+    if done:
+        raise InputError(
+            f"the training inputs changed (prepared data {old.get('fingerprint')}, inputs now {fingerprint}) but "
+            f"{', '.join(done)} already completed on the old data in {cfg.output}; use a new output directory "
+            f"(or remove {paths.stage(done[0])} and later stages to retrain them)"
+        )
+
+
 def run_prepare(cfg: TrainConfig) -> dict:
     from pipeline.train.init import read_layout
-    from pipeline.train.prepare import prepare
+    from pipeline.train.prepare import inputs_fingerprint, prepare
 
     layout = read_layout(cfg.model)
-    return prepare(cfg.data, _tokenizer(cfg.model), layout, RunPaths(cfg.output).data.directory)
+    tokenizer = _tokenizer(cfg.model)
+    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer)
+    _refuse_stale_stages(cfg, fingerprint)
+    files = RunPaths(cfg.output).data
+    with StageMetrics("train.prepare", files.metrics) as m:
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint)
+        m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
+        m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
+              reused=bool(stats.get("reused")))
+    return stats
 
 
 def _base_identity(cfg: TrainConfig, stage: str) -> str:
     i = STAGES.index(stage)
     if i > 0:
-        prev = _read_json(storage.join(stage_dir(cfg, STAGES[i - 1]), "done.json"))
+        prev = _read_json(RunPaths(cfg.output).done(STAGES[i - 1]))
         if prev is None:
             raise InputError(f"{STAGES[i - 1]} has not completed in {cfg.output}; run it before {stage}")
         return prev["fingerprint"]
@@ -113,21 +133,18 @@ def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
     return path.split("://", 1)[1], fs
 
 
-def run_stage(cfg: TrainConfig, stage: str, chaos: dict | None = None) -> dict:
-    """Train one stage on Ray Train (or skip it when already complete). `chaos` injects a worker crash (tests)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: dict | None = None) -> dict:
+    """Train one stage on Ray Train (or skip it when already complete).
 
-    from pipeline.train import curriculum
-    from pipeline.train.init import read_layout
-    from pipeline.train.loop import train_loop
-
+    `stats`: what run_prepare returned for this config (else it runs here); `hooks` reach into the
+    worker loop (tests).
+    """
+    paths = RunPaths(cfg.output)
     if cfg.storage:
         storage.set_default_storage(cfg.storage)
-    stats = run_prepare(cfg)
+    stats = stats or run_prepare(cfg)
     fingerprint = stage_fingerprint(cfg, stage, stats["fingerprint"])
-    done_path = storage.join(stage_dir(cfg, stage), "done.json")
-    done = _read_json(done_path)
+    done = _read_json(paths.done(stage))
     if done is not None:
         if done["fingerprint"] != fingerprint:
             raise ConfigError(
@@ -136,76 +153,80 @@ def run_stage(cfg: TrainConfig, stage: str, chaos: dict | None = None) -> dict:
             )
         log.info("%s already complete (%s); skipping", stage, fingerprint)
         return {**done, "skipped": True}
+    with StageMetrics(f"train.{stage}", paths.stage_metrics(stage)) as m:
+        summary = _fit(cfg, stage, fingerprint, hooks or Hooks())
+        m.add(rows_in=summary["samples_consumed"], rows_out=summary["samples_consumed"])  # samples trained on
+        m.set(**{k: summary[k] for k in ("samples_planned", "steps", "final_loss", "heldout_loss", "resumed_from_step",
+                                         "fit_seconds")})
+    return summary
 
+
+def _absolute(path: str) -> str:
+    """Workers run in another directory: local paths reach them absolute."""
+    return path if storage.is_remote(path) else os.path.abspath(path)
+
+
+def _job(cfg: TrainConfig, stage: str, fingerprint: str, plan, hooks: Hooks) -> StageJob:
+    from pipeline.train.init import read_layout
+
+    paths = RunPaths(_absolute(cfg.output))
     layout = read_layout(cfg.model)
+    return StageJob(
+        stage=stage, settings=cfg.stage(stage), fingerprint=fingerprint,
+        base_model=_absolute(base_model(cfg, stage)), output_model=paths.model(stage),
+        sequences=paths.data.sequences, heldout=paths.data.heldout, plan=plan,
+        n_old=layout.text_vocab_size, pad_id=layout.pad_id,
+        precision=cfg.precision, tf32=cfg.tf32, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
+        steps_path=paths.steps(stage), checkpoints=storage.join(paths.ray, f"{stage}-{fingerprint}"),
+        keep_checkpoints=cfg.workers.keep_checkpoints, storage=cfg.storage, hooks=hooks,
+    )
+
+
+def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train import curriculum
+    from pipeline.train.loop import train_loop
+
+    paths = RunPaths(cfg.output)
     scfg = cfg.stage(stage)
-    files = RunPaths(cfg.output).data
-    sequences = files.sequences
-    with storage.open_file(sequences) as f:
+    with storage.open_file(paths.data.sequences) as f:
         categories = pq.read_table(f, columns=["category"]).column("category").to_numpy(zero_copy_only=False)
     order = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs, scfg.samples)
     counts = collections.Counter(categories[order].tolist())
     log.info("%s: %d samples planned %s", stage, len(order), dict(counts))
+    job = _job(cfg, stage, fingerprint, order, hooks)
 
     w = cfg.workers
     resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
     storage_path, storage_fs = _ray_storage(cfg)
-    loop_cfg = {
-        "stage": stage,
-        "stage_cfg": scfg.model_dump(mode="json"),
-        "base_model": base_model(cfg, stage),
-        "sequences": sequences,
-        "heldout": files.heldout,
-        "plan": order.tolist(),
-        "n_old": layout.text_vocab_size,
-        "pad_id": layout.pad_id,
-        "precision": cfg.precision,
-        "tf32": cfg.tf32,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "seed": cfg.seed,
-        "fingerprint": fingerprint,
-        "metrics_path": storage.join(stage_dir(cfg, stage), "metrics.jsonl"),
-        "output_model": storage.join(stage_dir(cfg, stage), "model"),
-        "storage": cfg.storage.model_dump(mode="json") if cfg.storage else None,
-        "chaos": chaos,
-    }
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_cfg,
+        functools.partial(train_loop, job),
         scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=f"{stage}-{fingerprint}",
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=w.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=w.keep_checkpoints),
         ),
     )
     t0 = time.time()
     result = trainer.fit()
     info = dict(result.return_value or {})
+    consumed = order[np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(order)]
     summary = {
         **info,
         "stage": stage,
         "fingerprint": fingerprint,
-        "base_model": loop_cfg["base_model"],
-        "model": loop_cfg["output_model"],
-        "metrics": loop_cfg["metrics_path"],
+        "base_model": job.base_model,
+        "model": job.output_model,
+        "metrics": job.steps_path,
         "samples_planned": len(order),
+        "samples_consumed": int(len(consumed)),
         "samples_per_category": {c: int(n) for c, n in sorted(counts.items())},
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "fit_seconds": time.time() - t0,
     }
-    storage.write_text(done_path, json.dumps(summary, indent=1))
+    storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
     log.info("%s complete in %.1f s: final loss %s", stage, summary["fit_seconds"], summary.get("final_loss"))
     return summary
-
-
-def run_all(cfg: TrainConfig) -> list[dict]:
-    """init (when configured), then the three stages in order; completed parts are skipped."""
-    out = []
-    if cfg.init is not None:
-        out.append(run_init(cfg))
-    for stage in STAGES:
-        out.append(run_stage(cfg, stage))
-    return out
