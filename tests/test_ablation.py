@@ -73,7 +73,14 @@ def test_ablation_json_has_both_arms_with_finite_heldout_figures(ablation):
     for name in ("ablation.png", "ablation.md"):
         assert os.path.getsize(os.path.join(cfg.out, name)) > 0
     md = open(os.path.join(cfg.out, "ablation.md")).read()
-    assert "| VQ only (0 merges) | 144.0 |" in md and "visual BPE, 12 merges" in md
+    assert "| VQ only (0 merges) | 144.0 |" in md and "visual BPE, 12 merges" in md and "McNemar p" in md
+    (comparison,) = saved["comparisons"]
+    assert (comparison["first"], comparison["second"]) == ("vq", "bpe12")
+    assert comparison["questions"] == arms["vq"]["heldout"]["answers"] == arms["bpe12"]["heldout"]["answers"]
+    assert 0 <= comparison["mcnemar_p"] <= 1 and set(comparison["by_type"]) == {"FD", "PD", "RD", "ID"}
+    answers = pq.read_table(os.path.join(arms["bpe12"]["run"], "eval", "stage3.answers.parquet")).to_pydict()
+    assert len(answers["correct"]) == arms["bpe12"]["heldout"]["answers"]
+    assert sum(answers["correct"]) == round(arms["bpe12"]["heldout"]["answer_accuracy"] * len(answers["correct"]))
 
 
 def test_heldout_images_never_train_nor_build_the_vocabulary(ablation):

@@ -129,3 +129,20 @@ def test_truncated_answers_are_not_asked(tmp_path):
     cut_table = pa.table({"category": ["instruction"], "input_ids": [x[:-2]], "labels": [y[:-2]], "truncated": [True]})
     qs, _, cut = questions(cut_table, EOI)
     assert len(qs) == 1 and cut == 1
+
+
+def test_paired_comparison_and_exact_mcnemar():
+    from pipeline.evaluate.paired import binomial_two_sided, paired
+
+    assert binomial_two_sided(3, 10) == pytest.approx(0.34375)
+    assert binomial_two_sided(0, 5) == pytest.approx(0.0625) == binomial_two_sided(5, 5)
+    assert binomial_two_sided(5, 10) == 1.0 and binomial_two_sided(0, 0) == 1.0
+    a = {i: i < 50 for i in range(100)}  # right on 0..49
+    b = {i: 10 <= i < 70 for i in range(100)}  # right on 10..69: 10 lost, 20 gained
+    r = paired(a, b)
+    assert (r["questions"], r["only_first_right"], r["only_second_right"], r["both_right"]) == (100, 10, 20, 40)
+    assert r["difference"] == pytest.approx(0.10)
+    lo, hi = r["difference_95"]
+    assert lo < 0.10 < hi and hi - lo < 0.25
+    assert r["mcnemar_p"] == pytest.approx(binomial_two_sided(20, 30))
+    assert paired(a, a)["difference"] == 0 and paired(a, a)["mcnemar_p"] == 1.0

@@ -457,6 +457,25 @@ def _check_same_split(arms: list[dict], held: set[str], vocabs: dict[int, dict],
             "learner_held_out_grids": {m: v["learner_held_out"] for m, v in vocabs.items()}}
 
 
+def compare_to_vq(results: list[dict]) -> list[dict]:
+    """Each BPE arm against the VQ-only arm on the same held-out answers after stage 3 (paired)."""
+    from pipeline.evaluate.heldout import read_answers
+    from pipeline.evaluate.paired import paired
+
+    vq = read_answers(results[0]["run"], "stage3")
+    out = []
+    for arm in results[1:]:
+        other = read_answers(arm["run"], "stage3")
+        entry = {"first": results[0]["name"], "second": arm["name"], "model": "stage3",
+                 **paired({k: v[1] for k, v in vq.items()}, {k: v[1] for k, v in other.items()}), "by_type": {}}
+        for c in CATEGORIES:
+            a = {k: v[1] for k, v in vq.items() if v[0] == c}
+            if a:
+                entry["by_type"][ABBREV[c]] = paired(a, {k: v[1] for k, v in other.items() if v[0] == c})
+        out.append(entry)
+    return out
+
+
 def _steps_equal(arms: list[dict]) -> bool:
     steps = {a["stages"][s]["steps"] for a in arms if a["budget"] == "steps" for s in STAGES}
     per_arm = {tuple(a["stages"][s]["steps"] for s in STAGES) for a in arms if a["budget"] == "steps"}
@@ -512,6 +531,7 @@ def run_ablation(cfg: AblationConfig) -> dict:
         "heldout_fraction": cfg.heldout_fraction,
         "arms": results,
         "baselines": {"majority_answer": majority_baseline(shared.corpus["conversations"], held)},
+        "comparisons": compare_to_vq(results),
         "checks": checks,
         "corpus": {"images": shared.corpus["images"], "image_size": cfg.scenes.image_size,
                    "conversations": shared.corpus["records_per_type"], "answers": shared.corpus["answers_per_type"]},

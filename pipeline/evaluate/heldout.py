@@ -41,6 +41,28 @@ def results_path(output: str) -> str:
     return storage.join(output, "eval", "heldout.json")
 
 
+def answers_path(output: str, model: str) -> str:
+    """Every held-out answer of one model: record, category, turn, gold, predicted, correct."""
+    return storage.join(output, "eval", f"{model}.answers.parquet")
+
+
+def _write_answers(path: str, detail: dict) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"record": pa.array(detail["record"], pa.string()), "category": pa.array(detail["category"], pa.string()),
+                      "turn": pa.array(detail["turn"], pa.int32()), "gold": pa.array(detail["gold"], pa.string()),
+                      "predicted": pa.array(detail["predicted"], pa.string()), "correct": pa.array(detail["correct"], pa.bool_())})
+    with storage.open_file(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def read_answers(output: str, model: str) -> dict[tuple[str, int], tuple[str, bool]]:
+    """(record, turn) -> (category, correct), for paired comparisons of runs on the same held-out records."""
+    with storage.open_file(answers_path(output, model)) as f:
+        t = pq.read_table(f, columns=["record", "turn", "correct", "category"]).to_pydict()
+    return {(r, k): (cat, bool(c)) for r, k, c, cat in zip(t["record"], t["turn"], t["correct"], t["category"])}
+
+
 def _read_json(path: str) -> dict | None:
     return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
@@ -138,11 +160,12 @@ def run_eval(cfg: TrainConfig, stage: str | int | None = None, batch_size: int =
     with StageMetrics("eval", storage.join(cfg.output, "eval", "metrics.json")) as metrics:
         for name, model_dir, identity in targets:
             prev = models.get(name)
-            if prev and prev.get("identity") == identity and not force:
+            if prev and prev.get("identity") == identity and not force and storage.exists(answers_path(cfg.output, name)):
                 log.info("%s: held-out figures up to date", name)
                 continue
             t0 = time.time()
             result = _score(cfg, model_dir, files.heldout, table, layout, batch_size)
+            _write_answers(answers_path(cfg.output, name), result.pop("detail"))
             models[name] = {"model": model_dir, "identity": identity, "seconds": round(time.time() - t0, 2), **result}
             scored.append(name)
             log.info("%s: held-out answer loss %s, accuracy %s (%d answers)", name, result["answer_loss"],

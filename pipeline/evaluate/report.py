@@ -39,11 +39,26 @@ def rows(result: dict) -> list[list[str]]:
     return out
 
 
+def comparison_lines(result: dict) -> list[str]:
+    """One line per BPE arm: its accuracy minus the VQ-only arm's on the same answers, with McNemar's p."""
+    out = []
+    names = {a["name"]: _label(a) for a in result["arms"]}
+    for c in result.get("comparisons", []):
+        lo, hi = c["difference_95"]
+        out.append(f"{names[c['second']]} vs {names[c['first']]}: {100 * c['difference']:+.1f} points "
+                   f"(95% interval {100 * lo:+.1f} to {100 * hi:+.1f}; {c['only_second_right']} answers right only "
+                   f"with BPE, {c['only_first_right']} only without; McNemar p = {c['mcnemar_p']:.3g}, "
+                   f"{c['questions']} paired answers)")
+    return out
+
+
 def table_markdown(result: dict) -> str:
     r = rows(result)
     lines = ["| " + " | ".join(r[0]) + " |", "|" + "|".join("---" for _ in r[0]) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in r[1:]]
     c = result["corpus"]
+    lines.append("")
+    lines += [f"- {line}" for line in comparison_lines(result)]
     lines.append("")
     lines.append(f"Held-out: {result['heldout_keys']} images never used for the vocabulary or training "
                  f"({result['train_keys']} training images); {c['images']} generated scenes of {c['image_size']} px; "
@@ -54,7 +69,8 @@ def table_markdown(result: dict) -> str:
 def table_text(result: dict) -> str:
     r = rows(result)
     widths = [max(len(row[i]) for row in r) for i in range(len(r[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in r)
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in r]
+    return "\n".join(lines + comparison_lines(result))
 
 
 def plot(result: dict, path: str) -> None:

@@ -31,6 +31,7 @@ class Question:
     category: str
     prompt: np.ndarray
     gold: list[int]
+    turn: int = 0  # which answer of its conversation (0 = the first)
 
 
 @dataclass
@@ -67,11 +68,11 @@ def questions(table: pa.Table, end_image_id: int | None) -> tuple[list[Question]
     for r, (x, y) in enumerate(zip(ids, labels)):
         hits = np.flatnonzero(x == end_image_id) if end_image_id is not None else []
         image_end = int(hits[0]) + 1 if len(hits) else 0
-        for a, b in answer_spans(y, skip_first=image_end):
+        for turn, (a, b) in enumerate(answer_spans(y, skip_first=image_end)):
             if truncated[r] and b == len(x):
                 cut += 1
                 continue
-            out.append(Question(r, cats[r], x[:a], x[a:b].tolist()))
+            out.append(Question(r, cats[r], x[:a], x[a:b].tolist(), turn))
             stop.add(int(x[b - 1]))
     return out, stop, cut
 
@@ -148,6 +149,8 @@ def score(model, tokenizer, table: pa.Table, *, pad_id: int, end_image_id: int |
 
     qs, stop, cut = questions(table, end_image_id)
     preds = generate_answers(model, qs, stop, pad_id, batch_size, extra_tokens, device) if qs else []
+    records = table.column("record").to_pylist() if "record" in table.column_names else [str(i) for i in range(table.num_rows)]
+    detail = {"record": [], "category": [], "turn": [], "gold": [], "predicted": [], "correct": []}
     for q, p in zip(qs, preds):
         t = tallies[q.category]
         gold_text = tokenizer.decode(cut_at_stop(q.gold, stop), skip_special_tokens=False)
@@ -156,6 +159,9 @@ def score(model, tokenizer, table: pa.Table, *, pad_id: int, end_image_id: int |
         ok = len(pred) < len(p) and normalise(pred_text) == normalise(gold_text)  # the answer must end
         t.answers += 1
         t.correct += int(ok)
+        for k, v in (("record", records[q.row]), ("category", q.category), ("turn", q.turn), ("gold", gold_text.strip()),
+                     ("predicted", pred_text.strip()), ("correct", ok)):
+            detail[k].append(v)
         if len(t.examples) < EXAMPLES_PER_TYPE:
             t.examples.append({"gold": gold_text.strip(), "predicted": pred_text.strip(), "correct": ok})
 
@@ -170,7 +176,9 @@ def score(model, tokenizer, table: pa.Table, *, pad_id: int, end_image_id: int |
     result["by_type"] = {c: t.to_json() for c, t in tallies.items() if t.sequences}
     result["examples"] = {c: t.examples for c, t in tallies.items() if t.examples}
     result["answers_cut_by_max_length"] = cut
-    return _finite(result)
+    result = _finite(result)
+    result["detail"] = detail  # per answer: record, category, turn, gold, predicted, correct (not for JSON)
+    return result
 
 
 def _finite(d: dict) -> dict:
