@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ours(grids: np.ndarray, merges: int, **kw) -> tuple[list, float]:
-    from pipeline.learn.api import learn_arrays
+    from pipeline.bpe.learner import learn_arrays
 
     t0 = time.perf_counter()
     out, _, _ = learn_arrays(list(grids), V, merges, **kw)
@@ -114,7 +114,7 @@ def scale(out: str, quick: bool = False) -> dict:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    from pipeline.learn.vocab import Vocabulary
+    from pipeline.bpe.vocab import Vocabulary
 
     vocab = Vocabulary.load(vocab_path)
     return {
@@ -128,9 +128,9 @@ def scale(out: str, quick: bool = False) -> dict:
 
 
 def encode(out: str, quick: bool = False, vocab_path: str | None = None) -> dict:
-    from pipeline.learn.api import learn_arrays
-    from pipeline.learn.vocab import Vocabulary
-    from pipeline.tokenize.encoder import Encoder
+    from pipeline.bpe.encoder import BpeEncoder
+    from pipeline.bpe.learner import learn_arrays
+    from pipeline.bpe.vocab import Vocabulary
 
     n_grids = 2000 if quick else 20000
     if vocab_path and os.path.exists(vocab_path):
@@ -140,7 +140,7 @@ def encode(out: str, quick: bool = False, vocab_path: str | None = None) -> dict
         merges, _, alpha = learn_arrays(list(train), V, 500 if quick else 8192, alpha_rel=0.01)
         vocab = Vocabulary(V, 1.0, 2, alpha, merges=merges)
     held_out = synthetic_grids(n_grids, seed=2, sample_seed=7777).codes
-    enc = Encoder(vocab)
+    enc = BpeEncoder(vocab)
     enc.encode(held_out[:10].reshape(-1), [32] * 10, [32] * 10)  # compile / warm up
     t0 = time.perf_counter()
     result = enc.encode(held_out.reshape(-1), [32] * n_grids, [32] * n_grids)

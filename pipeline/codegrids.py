@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.learn.instances import MAX_SIDE
+from pipeline.bpe.constants import MAX_SIDE
 from schemas.base import InputError, StorageOptions
 from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY, REJECTS_SUFFIX, REQUIRED_COLUMNS
 

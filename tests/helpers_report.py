@@ -8,14 +8,14 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.vocab import CorpusStats, Vocabulary
 from pipeline.codegrids import Grids, write_grids
-from pipeline.learn.api import learn_arrays
-from pipeline.learn.vocab import CorpusStats, Vocabulary
 
 
 def learn_vocab(codes: np.ndarray, heights, widths, V: int, merges: int, alpha: float = 0.0, sigma: float = 1.0,
                 min_frequency: int = 2, fingerprint: str = "") -> Vocabulary:
-    """A Vocabulary learned (by `pipeline.learn.api.learn_arrays`) from concatenated row-major grids."""
+    """A Vocabulary learned (by `pipeline.bpe.learner.learn_arrays`) from concatenated row-major grids."""
     heights = np.asarray(heights, np.int32)
     widths = np.asarray(widths, np.int32)
     sizes = heights.astype(np.int64) * widths

@@ -1,4 +1,4 @@
-"""The fast learner and encoder against the slow reference written from VBPE_SPEC.md."""
+"""The fast learner and encoder against the slow reference written from the contract (docs/bpe.md)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.learn import reference as R
-from pipeline.learn.api import learn_arrays
-from pipeline.learn.vocab import Vocabulary
-from pipeline.tokenize.encoder import Encoder
+from pipeline.bpe import reference as R
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.vocab import Vocabulary
 
 
 @st.composite
@@ -51,7 +51,7 @@ def test_learner_matches_reference(corpus, n_merges, alpha, sigma, min_frequency
     assert got_alpha == ref_alpha
     assert _records(got) == [(m.pair, m.frequency, m.consistency, m.priority, m.offset, m.histogram) for m in ref]
     tokens, anchors, offsets = group.segmentation()
-    enc = Encoder(_vocab(V, got, got_alpha))
+    enc = BpeEncoder(_vocab(V, got, got_alpha))
     for i, g in enumerate(ref_state):
         want_t, want_a = g.segmentation()
         assert tokens[offsets[i]:offsets[i + 1]].tolist() == want_t
@@ -67,7 +67,7 @@ def test_learner_matches_reference(corpus, n_merges, alpha, sigma, min_frequency
 def test_encoder_matches_sequential_application(train, test, n_merges):
     V, grids = train
     merges, _, _ = learn_arrays(grids, V, n_merges, alpha=1.0)
-    enc = Encoder(_vocab(V, merges))
+    enc = BpeEncoder(_vocab(V, merges))
     Vt, test_grids = test
     for g in test_grids:
         g = np.minimum(g, V - 1)
@@ -149,7 +149,7 @@ def test_planted_motifs_are_rebuilt_first():
     budget = sum(len(c) - 1 for c, _ in motifs)
     merges, group, _ = learn_arrays(grids, V, budget, alpha_rel=0.01)
     assert all(min(m.pair) >= noise_codes for m in merges), "a background pair was merged before the motifs"
-    enc = Encoder(_vocab(V, merges))
+    enc = BpeEncoder(_vocab(V, merges))
     for g, spots in zip(grids, placed):
         tokens, anchors = enc.encode_grid(g)
         by_anchor = dict(zip(anchors.tolist(), tokens.tolist()))

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.cli import main
-from pipeline.learn.api import run
-from pipeline.learn.vocab import Vocabulary
-from pipeline.tokenize.encoder import Encoder
 from pipeline.codegrids import open_corpus, read_rows
+from pipeline.learn.api import run
 from schemas.base import InputError
 from schemas.learn import LearnConfig
 from tests.helpers_grids import write_raw, write_synthetic
@@ -52,7 +52,7 @@ def test_vocabulary_file_is_complete_and_reproduces_the_segmentation(tmp_path, g
     # the learner's final token count equals what the encoder produces on the same grids
     corpus = open_corpus([str(grids_dir)])
     grids = read_rows(corpus, 0, corpus.rows)
-    enc = Encoder(vocab).encode(grids.codes, grids.heights, grids.widths)
+    enc = BpeEncoder(vocab).encode(grids.codes, grids.heights, grids.widths)
     assert enc.tokens.shape[0] == vocab.corpus.tokens_after
 
 

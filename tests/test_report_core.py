@@ -8,15 +8,15 @@ import hashlib
 import numpy as np
 import pytest
 
+from pipeline.bpe import reference
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Merge, Vocabulary
 from pipeline.codegrids import Grids
-from pipeline.learn import reference
-from pipeline.learn.vocab import Merge, Vocabulary
 from pipeline.report import tokens as T
 from pipeline.report.analyze import analyze, unpack_pos
 from pipeline.report.sample import holdout_mask, key_hash, read_holdout
 from pipeline.report.segment import instance_table, segment
 from pipeline.synthetic import synthetic_grids
-from pipeline.tokenize.encoder import Encoder
 from tests.helpers_report import grids_from_array, learn_vocab, write_corpus
 
 V = 6
@@ -46,7 +46,7 @@ def test_helper_learner_matches_reference(small):
 
 def test_segmentation_equals_reference_final_cells(small):
     arrays, codes, heights, widths, vocab, _, ref_state = small
-    seg = segment(Encoder(vocab), codes, heights, widths)
+    seg = segment(BpeEncoder(vocab), codes, heights, widths)
     tab = instance_table(seg)
     by_shape: dict[tuple, set[int]] = {}
     k = 0
@@ -73,7 +73,7 @@ def test_segmentation_equals_reference_final_cells(small):
 
 def test_sizes_and_fired_counts_match_the_learner(small):
     _, codes, heights, widths, vocab, _, _ = small
-    seg = segment(Encoder(vocab), codes, heights, widths)
+    seg = segment(BpeEncoder(vocab), codes, heights, widths)
     sizes = T.token_sizes(vocab)
     assert np.array_equal(sizes[seg.tokens], instance_table(seg).size)
     usage = np.bincount(seg.tokens, minlength=vocab.size)
@@ -88,11 +88,11 @@ def test_curve_on_unseen_grids_equals_truncated_encodings(small):
     other = synthetic_grids(7, 8, 8, codebook_size=V, seed=99, n_motifs=4, noise=0.2).codes
     codes = other.reshape(-1)
     h, w = np.full(7, 8), np.full(7, 8)
-    usage = np.bincount(Encoder(vocab).encode(codes, h, w).tokens, minlength=vocab.size)
+    usage = np.bincount(BpeEncoder(vocab).encode(codes, h, w).tokens, minlength=vocab.size)
     curve = T.tokens_curve(vocab, usage, codes.size, 7)
     for k in range(len(vocab.merges) + 1):
         prefix = dataclasses.replace(vocab, merges=vocab.merges[:k])
-        tokens = Encoder(prefix).encode(codes, h, w).tokens
+        tokens = BpeEncoder(prefix).encode(codes, h, w).tokens
         assert curve[k] == pytest.approx(tokens.shape[0] / 7), k
         # usage of every id under the prefix vocabulary, derived from the full encoding
         assert T.alive_after(vocab, usage, k).tolist() == np.bincount(tokens, minlength=V + k).tolist(), k
@@ -169,7 +169,7 @@ def test_analysis_does_not_depend_on_batch_size(small):
     for f in ("token", "priority", "pos"):
         assert np.array_equal(getattr(one.candidates, f), getattr(big.candidates, f))
     # brute force: usage, shape counts and first instance per (token, shape)
-    seg = segment(Encoder(vocab), codes, heights, widths)
+    seg = segment(BpeEncoder(vocab), codes, heights, widths)
     assert np.array_equal(one.usage, np.bincount(seg.tokens, minlength=vocab.size))
     groups: dict[tuple[int, tuple], list[tuple[int, int]]] = {}
     for g in range(len(heights)):

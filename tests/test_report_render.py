@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from pipeline import cli
-from pipeline.learn import reference
+from pipeline.bpe import reference
+from pipeline.bpe.encoder import BpeEncoder
 from pipeline.learn.api import run as learn
-from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
 from pipeline.report.api import run
-from pipeline.tokenize.encoder import Encoder
+from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
 from tests.helpers_report import learn_vocab, photo_corpus, write_corpus
 from schemas.learn import LearnConfig
 from schemas.report import ReportConfig
@@ -99,14 +99,14 @@ def test_summary_matches_independent_computation(corpus, report):
     assert summary["sample"]["grids_match_training_corpus"] is True
     codes = np.concatenate([grids.grid(i).reshape(-1) for i in idx])
     hs, ws = grids.heights[idx], grids.widths[idx]
-    enc = Encoder(vocab).encode(codes, hs, ws)
+    enc = BpeEncoder(vocab).encode(codes, hs, ws)
     usage = np.bincount(enc.tokens, minlength=vocab.size)
     c = summary["compression"]
     assert c["cells_per_grid"] == codes.size / len(idx)
     assert c["final_holdout"] == pytest.approx(len(enc.tokens) / len(idx))
     assert c["final_train"] == pytest.approx(vocab.tokens_per_grid()[-1])
     for k in (0, 1, MERGES // 3, MERGES):
-        n = len(Encoder(dataclasses.replace(vocab, merges=vocab.merges[:k])).encode(codes, hs, ws).tokens)
+        n = len(BpeEncoder(dataclasses.replace(vocab, merges=vocab.merges[:k])).encode(codes, hs, ws).tokens)
         assert c["holdout_tokens_per_grid"][k] == pytest.approx(n / len(idx), abs=1e-4)
     d = summary["dead"]
     assert d["learned_unused"] == int((usage[V:] == 0).sum())
@@ -114,7 +114,7 @@ def test_summary_matches_independent_computation(corpus, report):
     assert d["rare_rate"] == pytest.approx((usage[V:] < 5).mean())
     assert d["base_unused"] == int((usage[:V] == 0).sum())
     half = [p for p in d["by_vocabulary_size"] if p["merges"] == MERGES // 2][0]
-    u2 = np.bincount(Encoder(dataclasses.replace(vocab, merges=vocab.merges[: MERGES // 2])).encode(codes, hs, ws).tokens,
+    u2 = np.bincount(BpeEncoder(dataclasses.replace(vocab, merges=vocab.merges[: MERGES // 2])).encode(codes, hs, ws).tokens,
                      minlength=V + MERGES // 2)
     assert half["unused"] == int((u2[V:] == 0).sum())
     # sizes: leaves of each merge tree, counted by recursion

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from pipeline.learn import reference
+from pipeline.bpe import reference
 from pipeline.tokenize.api import run
 from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout

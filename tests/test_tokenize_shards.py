@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from pipeline import cli
+from pipeline.bpe.encoder import BpeEncoder
 from pipeline.ingest.reader import Decoded, iter_shard
 from pipeline.ingest.records import ENCODED_SCHEMA, END, IMAGE, REJECT
 from pipeline.ingest.writer import write_shard
 from pipeline.quantize.fit import ensure_codebook
 from pipeline.quantize.kmeans import KMeansEncoder, load_codebook
 from pipeline.tokenize.api import run
-from pipeline.tokenize.encoder import Encoder
 from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout
 from schemas.quantize import IngestOptions, KMeansQuantizerConfig
@@ -70,7 +70,7 @@ def version_manifest(summary) -> dict:
 
 def expected_tokens(setup, url: str) -> dict[str, list[int]]:
     """key -> tokens, computed here without Ray: decode, k-means codes, then the vocabulary."""
-    enc = Encoder(setup["vocab"])
+    enc = BpeEncoder(setup["vocab"])
     out = {}
     for d in iter_shard(url, setup["spec"].image, IngestOptions(max_pixels=MAX_PIXELS)):
         if isinstance(d, Decoded):
@@ -91,10 +91,10 @@ def test_stream_step_encodes_images_and_turns_invalid_grids_into_rejects(setup):
         {"shard": 0, "row": -1, "kind": END, "key": "s0", "count": 3, "seconds": 0.1},
     ]
     batch = pa.Table.from_pylist(rows, schema=ENCODED_SCHEMA)
-    out = encode_rows(batch, Encoder(setup["vocab"]), LAYOUT)
+    out = encode_rows(batch, BpeEncoder(setup["vocab"]), LAYOUT)
     assert out.schema == TOKEN_STREAM_SCHEMA and out.num_rows == 5
     got = out.to_pylist()
-    enc = Encoder(setup["vocab"])
+    enc = BpeEncoder(setup["vocab"])
     for i, grid in ((0, g[0]), (3, g[1])):
         tokens, anchors = enc.encode_grid(grid)
         assert got[i]["kind"] == IMAGE and got[i]["tokens"] == tokens.tolist() and got[i]["anchors"] == anchors.tolist()

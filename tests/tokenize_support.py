@@ -1,6 +1,6 @@
 """Small real inputs for tokenize / submit / jobs tests: code-grid files and a vocabulary learned on them.
 
-The vocabulary comes from the contract's reference learner (pipeline.learn.reference), so tests
+The vocabulary comes from the contract's reference learner (pipeline.bpe.reference), so tests
 depend on nothing but the contract.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import codegrids
-from pipeline.learn import reference
-from pipeline.learn.vocab import CorpusStats, Merge, Vocabulary
+from pipeline.bpe import reference
+from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.synthetic import synthetic_grids
 from schemas.grids import code_grid_schema
 

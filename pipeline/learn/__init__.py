@@ -1,1 +1,4 @@
-"""Learn a visual BPE vocabulary from code grids (contract: ../shared/VBPE_SPEC.md, in README)."""
+"""The learn stage: code-grid files -> vocabulary file (config, CLI, checkpoints, Ray actors).
+
+The algorithm itself lives in pipeline.bpe.
+"""

@@ -1,7 +1,7 @@
 """`run(LearnConfig)`: learn a vocabulary from code grids, end to end.
 
-The loop is the contract's: pick the eligible pair with the largest P (stats.py), apply it to
-every grid (shards, local or on Ray actors), fold the deltas back into the statistics.
+The algorithm is `pipeline.bpe.learner`'s loop; this stage adds files, rejects, checkpoints,
+progress, metrics and the choice of local shards or Ray actors.
 """
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import time
 from typing import Any
 
 from pipeline import storage
-from pipeline.metrics import StageMetrics
+from pipeline.bpe.constants import MAX_ID
+from pipeline.bpe.learner import merge_loop, start_stats
+from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
-from pipeline.learn.instances import MAX_SIDE
-from pipeline.learn.shard_kernels import MAX_ID
-from pipeline.learn.shards import ShardGroup
-from pipeline.learn.stats import Stats
-from pipeline.learn.vocab import CorpusStats, Merge, Vocabulary
+from pipeline.learn.shard_group import ShardGroup
+from pipeline.metrics import StageMetrics
 from schemas.base import InputError
 from schemas.learn import LearnConfig
 
@@ -152,59 +151,3 @@ def _run_loop(cfg, group, stats, V, merges, tokens, n_grids, checkpoint, setting
         return merge_loop(group, stats, V, cfg.merges, merges, on_merge)
     finally:
         bar.close()
-
-
-def merge_loop(group, stats: Stats, V: int, target: int, merges: list[Merge], on_merge=None) -> str:
-    """The contract's loop: merges are appended to `merges` until `target`; returns why it stopped."""
-    while len(merges) < target:
-        choice = stats.pop_best()
-        if choice is None:
-            return "no eligible pair left"
-        new_id = V + len(merges)
-        deltas, done = group.merge(choice.a, choice.b, new_id, *choice.offset)
-        stats.add(deltas)
-        stats.refresh()
-        merges.append(Merge(new_id, (choice.a, choice.b), choice.frequency, choice.consistency,
-                            choice.priority, choice.offset, choice.histogram, done))
-        if on_merge is not None:
-            on_merge(merges)
-    return "requested merges reached"
-
-
-def start_stats(group, sigma: float, min_frequency: int, alpha: float | None, alpha_rel: float | None) -> Stats:
-    """Count every occurrence once and fix alpha (alpha_rel * the largest initial F)."""
-    stats = Stats(sigma, min_frequency)
-    for deltas in group.count():
-        stats.add(deltas)
-        del deltas
-    stats.alpha = alpha if alpha is not None else (alpha_rel or 0.0) * stats.max_frequency()
-    stats.refresh()
-    return stats
-
-
-def learn_arrays(grids: list, codebook_size: int, merges: int, *, alpha: float | None = None,
-                 alpha_rel: float | None = None, sigma: float = 1.0, min_frequency: int = 2,
-                 shard_cells: int = 1 << 24) -> tuple[list[Merge], ShardGroup, float]:
-    """Learn from 2D integer arrays in memory (no files, no checkpoints); returns (merges, group, alpha).
-
-    The group holds the final segmentation (`group.segmentation()`).
-    """
-    import numpy as np
-
-    from pipeline.codegrids import Grids
-
-    arrays = [np.asarray(g) for g in grids]
-    for i, a in enumerate(arrays):  # the kernels trust their input: check it here, like codegrids does for files
-        if a.ndim != 2 or not (1 <= a.shape[0] <= MAX_SIDE and 1 <= a.shape[1] <= MAX_SIDE):
-            raise InputError(f"grid {i} has shape {a.shape}: expected 2D, 1..{MAX_SIDE} per side")
-        if a.size and (a.min() < 0 or a.max() >= codebook_size):
-            raise InputError(f"grid {i} has codes outside [0, {codebook_size})")
-    data = Grids([str(i) for i in range(len(arrays))], np.array([a.shape[0] for a in arrays], np.int32),
-                 np.array([a.shape[1] for a in arrays], np.int32),
-                 np.concatenate([a.reshape(-1) for a in arrays]).astype(np.int32) if arrays else np.empty(0, np.int32),
-                 rows=np.arange(len(arrays), dtype=np.int64))
-    group = ShardGroup(data, codebook_size, 0, len(arrays), shard_cells)
-    stats = start_stats(group, sigma, min_frequency, alpha, alpha_rel)
-    out: list[Merge] = []
-    merge_loop(group, stats, codebook_size, merges, out)
-    return out, group, stats.alpha

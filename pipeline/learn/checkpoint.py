@@ -5,7 +5,7 @@ so a resumed run ends with the same vocabulary as an uninterrupted one. A checkp
 if the inputs and settings match; otherwise resuming refuses with the differences.
 
 Layout: <dir>/checkpoint.json (written last, atomically where the filesystem allows) names the
-state directory <dir>/state-<merges>/ holding one npz per row range (see shards.py).
+state directory <dir>/state-<merges>/ holding one npz per row range (see shard_group.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import storage
-from pipeline.learn.vocab import Merge
+from pipeline.bpe.vocab import Merge
 from schemas.base import InputError, StorageOptions
 
 log = logging.getLogger(__name__)

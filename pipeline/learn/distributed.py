@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
+from pipeline.bpe.shard import Deltas, concat_deltas
 from pipeline.codegrids import Corpus
-from pipeline.learn.shard import Deltas
-from pipeline.learn.shards import LoadReport, ShardGroup, concat_deltas
+from pipeline.learn.shard_group import LoadReport, ShardGroup
 from schemas.base import StorageOptions
 
 log = logging.getLogger(__name__)

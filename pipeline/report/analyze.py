@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.codegrids import Grids
-from pipeline.learn.vocab import Vocabulary
 from pipeline.metrics import progress
 from pipeline.report.segment import Segmented, instance_table, segment
-from pipeline.tokenize.encoder import Encoder
 
 POS_BITS = 21  # a position packs (grid index, anchor); anchors are < 1024 * 1024
 
@@ -120,8 +120,8 @@ class Analysis:
 
 
 def analyze(vocab: Vocabulary, grids: Grids, batch_grids: int = 2000, exemplar_pool: int = 8,
-            encoder: Encoder | None = None) -> Analysis:
-    encoder = encoder or Encoder(vocab)
+            encoder: BpeEncoder | None = None) -> Analysis:
+    encoder = encoder or BpeEncoder(vocab)
     V = vocab.codebook_size
     base = len(vocab.merges) == 0
     usage = np.zeros(vocab.size, np.int64)
@@ -144,7 +144,7 @@ def analyze(vocab: Vocabulary, grids: Grids, batch_grids: int = 2000, exemplar_p
     return Analysis(usage, len(grids), int(offsets[-1]), shapes, cands, base)
 
 
-def segment_grids(encoder: Encoder, grids: Grids, index: list[int]) -> dict[int, tuple[Segmented, int]]:
+def segment_grids(encoder: BpeEncoder, grids: Grids, index: list[int]) -> dict[int, tuple[Segmented, int]]:
     """Segment only the grids `index` (sample indices); maps each to (segmentation, its position in it)."""
     index = sorted(set(index))
     if not index:

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from pipeline import storage
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.codegrids import open_corpus
-from pipeline.learn.vocab import Vocabulary
 from pipeline.metrics import StageMetrics, log_event
 from pipeline.report import tokens as T
 from pipeline.report.analyze import analyze
 from pipeline.report.cards import build_cards, choose_tokens
 from pipeline.report.sample import read_holdout
-from pipeline.tokenize.encoder import Encoder
 from schemas.base import InputError
 from schemas.report import ReportConfig
 
@@ -121,7 +121,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     seconds["read"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    encoder = Encoder(vocab)
+    encoder = BpeEncoder(vocab)
     pool = 2 * cfg.exemplars if shards else 0
     an = analyze(vocab, grids, cfg.batch_grids, pool, encoder)
     sizes = T.token_sizes(vocab)

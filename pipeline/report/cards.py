@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.codegrids import Grids
-from pipeline.learn.vocab import Vocabulary
 from pipeline.report.analyze import Analysis, segment_grids, unpack_pos
 from pipeline.report.images import crop_instance, find_images, preprocess
 from pipeline.report.tokens import canonical_shape
-from pipeline.tokenize.encoder import Encoder
 from schemas.base import StorageOptions
 
 VARIANTS = 3  # shapes kept per token: the most common and the next ones
@@ -96,7 +96,7 @@ def choose_tokens(vocab: Vocabulary, usage: np.ndarray, n: int) -> list[int]:
     return [int(i) for i in ids[order[:n]]]
 
 
-def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: Encoder, ids: list[int],
+def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: BpeEncoder, ids: list[int],
                 sizes: np.ndarray, exemplars: int, shards: list[str], image_size: int, resample: str,
                 options: StorageOptions | None = None) -> tuple[list[Card], dict[str, Any]]:
     """Cards for `ids`, and a note on the exemplar lookup (shards scanned, images missing, ...)."""

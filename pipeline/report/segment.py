@@ -1,6 +1,6 @@
 """Encode grids and keep the segmentation: which instance owns each cell, and each instance's shape.
 
-`Encoder.encode` returns only (tokens, anchors); an instance's cells depend on where each Y
+`BpeEncoder.encode` returns only (tokens, anchors); an instance's cells depend on where each Y
 attached, so the atlas needs the encoder's `owner` / `nxt` arrays. This runs the encoder's own
 kernel (same merges, same result) and keeps them, then summarises every instance in one numba
 pass: size in cells, an order-free hash of its cells relative to the anchor (equal hashes =
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.tokenize.encoder import Encoder
+from pipeline.bpe.encoder import BpeEncoder
 
 
 @dataclass
 class Segmented:
-    """Encoder output plus the per-cell maps; cells of grid g are [gstart[g], gstart[g+1])."""
+    """BpeEncoder output plus the per-cell maps; cells of grid g are [gstart[g], gstart[g+1])."""
 
     tokens: np.ndarray  # int32, anchor order within each grid
     anchors: np.ndarray  # int32, cell r * W + c within the grid
@@ -51,7 +51,7 @@ class Segmented:
         return np.repeat(np.arange(len(self.heights), dtype=np.int64), np.diff(self.offsets))
 
 
-def segment(encoder: Encoder, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Segmented:
+def segment(encoder: BpeEncoder, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> Segmented:
     """`encoder.encode`, keeping which instance covers every cell."""
     enc, owner, nxt, gstart = encoder.encode_with_cells(codes, heights, widths)
     return Segmented(enc.tokens, enc.anchors, enc.offsets, owner, nxt, np.asarray(codes, np.int32), gstart,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 
 
 def pairs(vocab: Vocabulary) -> np.ndarray:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import codegrids, storage
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.metrics import StageMetrics
 from pipeline.quantize.summary import RunTrace
 from pipeline.tokenize import versions

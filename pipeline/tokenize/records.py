@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipeline.bpe.encoder import Encoded, BpeEncoder
 from pipeline.codegrids import Grids
-from pipeline.tokenize.encoder import Encoded, Encoder
 from pipeline.tokenize.layout import wrap_images
 from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY
 from schemas.layout import IdLayout
@@ -57,7 +57,7 @@ def token_table(grids: Grids, enc: Encoded, schema: pa.Schema, layout: IdLayout 
     return pa.table(cols, schema=schema)
 
 
-def encode_to_table(grids: Grids, encoder: Encoder, schema: pa.Schema, layout: IdLayout | None,
+def encode_to_table(grids: Grids, encoder: BpeEncoder, schema: pa.Schema, layout: IdLayout | None,
                     default_source: str) -> pa.Table:
     """Validated grids -> output rows; shared by the grid-file worker and the image-shard path."""
     enc = encoder.encode(grids.codes, grids.heights, grids.widths)

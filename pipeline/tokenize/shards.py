@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.ingest.records import IMAGE
-from pipeline.learn.vocab import Vocabulary
 from pipeline.quantize.collect import Collector, ShardResult
 from pipeline.quantize.spec import QuantizerSpec
 from pipeline.tokenize.execute import Outcome

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import codegrids
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.ingest.records import ENCODED_SCHEMA, IMAGE, REJECT
-from pipeline.learn.vocab import Vocabulary
-from pipeline.tokenize.encoder import Encoder
 from pipeline.tokenize.layout import wrap_images
 from schemas.layout import IdLayout
 
@@ -32,10 +32,10 @@ TOKEN_STREAM_SCHEMA = pa.schema(
        pa.field("n_tokens", pa.int32()), pa.field("input_ids", pa.list_(pa.int32()))]
 )
 
-_ENCODERS: dict[str, Encoder] = {}
+_ENCODERS: dict[str, BpeEncoder] = {}
 
 
-def _encoder(vocab: list[Any], fingerprint: str) -> Encoder:
+def _encoder(vocab: list[Any], fingerprint: str) -> BpeEncoder:
     """`vocab` is [ObjectRef of the vocabulary JSON] on Ray (fetched once per process), or [the JSON] itself."""
     enc = _ENCODERS.get(fingerprint)
     if enc is None:
@@ -44,7 +44,7 @@ def _encoder(vocab: list[Any], fingerprint: str) -> Encoder:
             import ray
 
             value = ray.get(value)
-        enc = Encoder(Vocabulary.from_json(value))
+        enc = BpeEncoder(Vocabulary.from_json(value))
         if enc.vocab.fingerprint() != fingerprint:
             raise RuntimeError(f"vocabulary {enc.vocab.fingerprint()} arrived where {fingerprint} was expected")
         _ENCODERS.clear()  # one vocabulary per run: a long-lived worker must not accumulate them
@@ -61,7 +61,7 @@ def _lists(values: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.Lis
                                     mask=pa.array(~valid))
 
 
-def encode_rows(batch: pa.Table, encoder: Encoder, layout: IdLayout | None) -> pa.Table:
+def encode_rows(batch: pa.Table, encoder: BpeEncoder, layout: IdLayout | None) -> pa.Table:
     """One batch of the quantizer's output (ingest.records.ENCODED_SCHEMA) -> TOKEN_STREAM_SCHEMA rows."""
     n = batch.num_rows
     kinds = batch.column("kind").to_numpy(zero_copy_only=False).astype(np.int8)

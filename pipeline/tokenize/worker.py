@@ -2,7 +2,7 @@
 
 A plain function of JSON-able arguments, so it runs the same in this process or as a Ray task.
 Reads one row group at a time (memory stays bounded by the largest row group), validates rows
-(codegrids), encodes them (Encoder: the contract's sequential merges) and streams the rows out.
+(codegrids), encodes them (BpeEncoder: the contract's sequential merges) and streams the rows out.
 Rows in = rows written + rows rejected is checked before the file is committed.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import codegrids, storage
-from pipeline.learn.vocab import Vocabulary
-from pipeline.tokenize.encoder import Encoder
+from pipeline.bpe.encoder import BpeEncoder
+from pipeline.bpe.vocab import Vocabulary
 from pipeline.tokenize.files import atomic_write, remove
 from pipeline.tokenize.records import encode_to_table, output_schema
 from schemas.base import StorageOptions
@@ -75,7 +75,7 @@ def tokenize_file(job: FileJob, vocab_json: dict[str, Any]) -> FileResult:
     vocab = Vocabulary.from_json(vocab_json)
     layout = IdLayout.model_validate(job.layout) if job.layout else None
     gf = codegrids.GridFile(**job.grid_file)
-    encoder = Encoder(vocab)
+    encoder = BpeEncoder(vocab)
     schema = output_schema(vocab.fingerprint(), vocab.codebook_size, layout, vocab.quantizer_fingerprint)
     rejects: list[codegrids.Reject] = []
     written = tokens = cells = 0

@@ -19,13 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from pipeline.learn.hashtable import EMPTY, clear_keys, slot_for
-from pipeline.learn.instances import OFF_BITS, absorb, choose_partner, neighbours, pack_offset
-
-ID_BITS = 21  # token ids (codes and merges) stay below 2**21
-MAX_ID = 1 << ID_BITS
-ID_MASK = MAX_ID - 1
-OFF_MASK = (1 << OFF_BITS) - 1
+from pipeline.bpe.constants import ID_BITS, ID_MASK, MAX_FORWARD, OFF_BITS
+from pipeline.bpe.hashtable import EMPTY, clear_keys, slot_for
+from pipeline.bpe.instances import absorb, choose_partner, neighbours, pack_offset
 
 M_NDELTA = 0
 M_STAMP = 1
@@ -51,8 +47,8 @@ def occurrence_key(tok, lo, hi, gs, w):
 def occurrences(owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
     """Every occurrence of the current segmentation: (keys, X anchors)."""
     n_cells = gstart[gstart.shape[0] - 1]
-    keys = np.empty(2 * n_cells, np.int64)  # each occurrence owns at least one distinct cell edge
-    los = np.empty(2 * n_cells, np.int32)
+    keys = np.empty(MAX_FORWARD * n_cells, np.int64)  # each occurrence owns at least one distinct cell adjacency
+    los = np.empty(MAX_FORWARD * n_cells, np.int32)
     m = 0
     for g in range(gstart.shape[0] - 1):
         gs = gstart[g]

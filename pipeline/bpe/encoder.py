@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.learn.hashtable import get, new_table, slot_for
-from pipeline.learn.instances import absorb, choose_partner, init_instances, neighbours, segmentation
-from pipeline.learn.shard_kernels import pair_key
-from pipeline.learn.vocab import Vocabulary
+from pipeline.bpe.constants import FORWARD, MAX_FORWARD
+from pipeline.bpe.hashtable import get, new_table, slot_for
+from pipeline.bpe.instances import absorb, choose_partner, init_instances, neighbours, segmentation, step_inside
+from pipeline.bpe.shard_kernels import pair_key
+from pipeline.bpe.vocab import Vocabulary
 
 
 @njit(cache=True)
@@ -83,7 +84,7 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
         max_cells = max(max_cells, gstart[g + 1] - gstart[g])
     mark = np.zeros(max_cells, np.int64)
     buf = np.empty(max_cells, np.int32)
-    first = np.empty(2 * max_cells, np.int64)  # entries of the initial occurrences, sorted once
+    first = np.empty(MAX_FORWARD * max_cells, np.int64)  # entries of the initial occurrences, sorted once
     heap = np.empty(4 * max_cells, np.int64)  # entries pushed by merges
     stamp = 0
     low = (np.int64(1) << 32) - 1
@@ -93,17 +94,14 @@ def encode_grids(owner, nxt, tok, gstart, gw, gh, table, m_a, m_b, m_dy, m_dx, V
         h = gh[g]
         n0 = 0
         for x in range(gs, gstart[g + 1]):
-            c = (x - gs) % w
-            if c < w - 1:
-                r = get(table, pair_key(tok[x], tok[x + 1]))
-                if r >= 0:
-                    first[n0] = (r << 32) | np.int64(x)
-                    n0 += 1
-            if x + w < gstart[g + 1]:
-                r = get(table, pair_key(tok[x], tok[x + w]))
-                if r >= 0:
-                    first[n0] = (r << 32) | np.int64(x)
-                    n0 += 1
+            row = (x - gs) // w
+            col = (x - gs) - row * w
+            for step in FORWARD:
+                if step_inside(step, row, col, h, w):
+                    r = get(table, pair_key(tok[x], tok[x + step[0] * w + step[1]]))
+                    if r >= 0:
+                        first[n0] = (r << 32) | np.int64(x)
+                        n0 += 1
         first[:n0].sort()
         # Two streams, merged on the fly: the sorted initial entries and a heap of the entries that
         # merges push (always of a later rank); most entries never go through the heap.
@@ -142,7 +140,7 @@ class Encoded:
     offsets: np.ndarray
 
 
-class Encoder:
+class BpeEncoder:
     """A vocabulary compiled for encoding; reusable across batches (cheap to rebuild, too)."""
 
     def __init__(self, vocab: Vocabulary):

@@ -1,4 +1,4 @@
-"""Instances on code grids (VBPE_SPEC.md terms), shared by the learner and the encoder.
+"""Instances on code grids (the contract's terms, docs/bpe.md), shared by the learner and the encoder.
 
 Many grids live in one flat cell space: grid g covers cells [start[g], start[g+1]), row-major
 with width w. Per cell: `owner[cell]` is the anchor (smallest cell) of the instance covering it,
@@ -11,11 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Offsets are packed as dy * OFF_SPAN + (dx + OFF_BIAS): grids are at most MAX_SIDE a side.
-MAX_SIDE = 1024
-OFF_BIAS = 1024
-OFF_SPAN = 2048
-OFF_BITS = 21  # enough for any packed offset (dy >= 0 since anchors are ordered)
+from pipeline.bpe.constants import NEIGHBOURS, OFF_BIAS, OFF_SPAN
 
 
 @njit(cache=True)
@@ -29,9 +25,19 @@ def unpack_offset(key):
     return dy, key - dy * OFF_SPAN - OFF_BIAS
 
 
+@njit(cache=True, inline="always")
+def step_inside(step, r, c, h, w):
+    """Whether cell (r, c) + step lies in an h x w grid. With the step a constant of the unrolled
+    neighbour loop, only the bound it moves towards remains."""
+    dy = step[0]
+    dx = step[1]
+    return ((dy >= 0 or r + dy >= 0) and (dy <= 0 or r + dy < h)
+            and (dx >= 0 or c + dx >= 0) and (dx <= 0 or c + dx < w))
+
+
 @njit(cache=True)
 def neighbours(owner, nxt, x, gs, w, h, mark, stamp, out):
-    """Distinct instances 4-adjacent to instance x, written to `out`; returns how many.
+    """Distinct instances adjacent to instance x (constants.NEIGHBOURS), written to `out`; returns how many.
 
     `mark` is per-grid scratch (indexed cell - gs); `stamp` must be new for every call.
     """
@@ -41,30 +47,13 @@ def neighbours(owner, nxt, x, gs, w, h, mark, stamp, out):
         local = cell - gs
         r = local // w
         c = local - r * w
-        if r > 0:
-            nb = owner[cell - w]
-            if nb != x and mark[nb - gs] != stamp:
-                mark[nb - gs] = stamp
-                out[n] = nb
-                n += 1
-        if r < h - 1:
-            nb = owner[cell + w]
-            if nb != x and mark[nb - gs] != stamp:
-                mark[nb - gs] = stamp
-                out[n] = nb
-                n += 1
-        if c > 0:
-            nb = owner[cell - 1]
-            if nb != x and mark[nb - gs] != stamp:
-                mark[nb - gs] = stamp
-                out[n] = nb
-                n += 1
-        if c < w - 1:
-            nb = owner[cell + 1]
-            if nb != x and mark[nb - gs] != stamp:
-                mark[nb - gs] = stamp
-                out[n] = nb
-                n += 1
+        for step in NEIGHBOURS:
+            if step_inside(step, r, c, h, w):
+                nb = owner[cell + step[0] * w + step[1]]
+                if nb != x and mark[nb - gs] != stamp:
+                    mark[nb - gs] = stamp
+                    out[n] = nb
+                    n += 1
         cell = nxt[cell]
     return n
 

@@ -1,4 +1,4 @@
-"""The vocabulary file: what VBPE_SPEC.md says a vocabulary stores, as JSON (never pickle).
+"""The vocabulary file: what the contract (docs/bpe.md) says a vocabulary stores, as JSON (never pickle).
 
 Format `vbpe-vocab` version 1. Floats are written with repr precision, so S and P round-trip
 bit-exactly and a reloaded vocabulary replays the same merges.

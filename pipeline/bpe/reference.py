@@ -1,7 +1,8 @@
-"""Slow reference learner and encoder, written line by line from VBPE_SPEC.md (contract v1).
+"""Slow reference learner and encoder, written line by line from the contract (docs/bpe.md, v1).
 
-It recounts everything on every merge and shares no code with the fast path, so agreement between
-the two is evidence, not tautology. Use it only on small grids (tests, debugging).
+It recounts everything on every merge and shares no code with the fast path (only the contract's
+neighbour table, constants.NEIGHBOURS), so agreement between the two is evidence, not tautology.
+Use it only on small grids (tests, debugging).
 
 S is computed in the canonical order the fast path also uses (offsets sorted by (dy, dx), integer
 sums for the mean offset) so both produce bit-identical floats, hence identical tie-breaking.
@@ -12,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pipeline.bpe.constants import NEIGHBOURS
 
 
 @dataclass
@@ -45,7 +48,7 @@ class RefGrid:
         out = set()
         for cell in self.cells[x]:
             r, c = divmod(cell, self.width)
-            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            for rr, cc in ((r + dy, c + dx) for dy, dx in NEIGHBOURS):
                 if 0 <= rr < self.height and 0 <= cc < self.width:
                     y = self.owner[rr * self.width + cc]
                     if y != x:

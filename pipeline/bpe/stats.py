@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.learn.hashtable import EMPTY, mix, new_table
-from pipeline.learn.instances import OFF_BIAS, OFF_BITS, OFF_SPAN, unpack_offset
-from pipeline.learn.shard import Deltas, _resized
-from pipeline.learn.shard_kernels import ID_BITS, ID_MASK, OFF_MASK
+from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_MASK, OFF_SPAN
+from pipeline.bpe.hashtable import EMPTY, mix, new_table
+from pipeline.bpe.instances import unpack_offset
+from pipeline.bpe.shard import Deltas, _resized
 
 MAX_LOAD_TENTHS = 7  # linear probing stays fast up to ~0.7 load; the table is the driver's largest structure
 S_LIVE = 0  # live (pair, offset) entries

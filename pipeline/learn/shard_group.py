@@ -1,8 +1,7 @@
-"""A slice of the corpus held in memory as shards, and its checkpoint state.
+"""A slice of the corpus read into memory as shards, and its checkpoint state.
 
-`ShardGroup` owns the grids of global rows [start, stop): it reads and validates them, splits
-them into in-process `Shard`s of at most `shard_cells` cells (this bounds the temporary memory
-of the initial count), and forwards count/merge to each. In local mode the driver holds one
+`ShardGroup` owns the grids of global rows [start, stop): it reads and validates them and holds
+them as `bpe.shard.GridShards` (count/merge/segmentation). In local mode the driver holds one
 group; with Ray each actor holds one (distributed.py).
 
 Checkpoint state is the segmentation itself: for every accepted grid its row, shape, the anchor
@@ -19,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import storage
+from pipeline.bpe.shard import GridShards
 from pipeline.codegrids import Corpus, Grids, Reject, holdout_mask, read_rows, select
-from pipeline.learn.shard import Deltas, Shard
 from schemas.base import InputError, StorageOptions
 
 log = logging.getLogger(__name__)
@@ -48,16 +47,7 @@ class LoadReport:
         self.fingerprint_sum = (self.fingerprint_sum + other.fingerprint_sum) % (1 << 64)
 
 
-def concat_deltas(parts: list[Deltas]) -> Deltas:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return Deltas.empty()
-    if len(parts) == 1:
-        return parts[0]
-    return Deltas(np.concatenate([p.keys for p in parts]), np.concatenate([p.d for p in parts]))
-
-
-class ShardGroup:
+class ShardGroup(GridShards):
     @classmethod
     def read(cls, corpus: Corpus, start: int, stop: int, shard_cells: int, options: StorageOptions | None = None,
              state_dir: str | None = None, holdout: tuple[float, str] | None = None) -> "ShardGroup":
@@ -80,77 +70,20 @@ class ShardGroup:
             shapes=Counter(zip(grids.heights.tolist(), grids.widths.tolist())),
             rejects=grids.rejects, fingerprint_sum=grids.fingerprint_sum(),
         )
-        self.rows, self.heights, self.widths = grids.rows, grids.heights, grids.widths
-        state = load_state(state_dir, grids, options) if state_dir else None
-        self.shards: list[Shard] = []
-        self.grid_ranges: list[tuple[int, int]] = []
-        offsets = grids.offsets
-        g = 0
-        while g < len(grids):
-            end = int(np.searchsorted(offsets, offsets[g] + shard_cells, side="right")) - 1
-            end = max(end, g + 1)
-            c0, c1 = int(offsets[g]), int(offsets[end])
-            owner = tok = None
-            if state is not None:
-                owner = state[0][c0:c1] + _grid_starts(grids.heights[g:end], grids.widths[g:end])
-                tok = state[1][c0:c1]
-            self.shards.append(Shard(grids.codes[c0:c1], grids.heights[g:end], grids.widths[g:end],
-                                     codebook_size, owner, tok))
-            self.grid_ranges.append((g, end))
-            g = end
+        self.rows = grids.rows
+        state = load_state(state_dir, grids, options) if state_dir else (None, None)
+        super().__init__(grids.codes, grids.heights, grids.widths, codebook_size, shard_cells, *state)
         del grids
-
-    def count(self):
-        """Every occurrence, as deltas, one shard at a time (never all of them in memory at once)."""
-        for s in self.shards:
-            yield s.count()
-
-    def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
-        parts, total = [], 0
-        for s in self.shards:
-            d, done = s.merge(a, b, new_tok, uy, ux)
-            parts.append(d)
-            total += done
-        return concat_deltas(parts), total
-
-    def segmentation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(tokens, anchors, per-grid offsets) of every grid of the group, in row order."""
-        toks, ancs, offs = [], [], [np.zeros(1, np.int64)]
-        base = 0
-        for s in self.shards:
-            t, a, o = s.segmentation()
-            toks.append(t)
-            ancs.append(a)
-            offs.append(o[1:] + base)
-            base += int(o[-1])
-        cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
-        return cat(toks, np.int32), cat(ancs, np.int32), np.concatenate(offs)
 
     def save_state(self, directory: str) -> str:
         """Write this group's segmentation to <directory>/state-<start>-<stop>.npz; returns the path."""
-        owners, toks = [], []
-        for s, (g0, g1) in zip(self.shards, self.grid_ranges):
-            owners.append(s.owner - _grid_starts(self.heights[g0:g1], self.widths[g0:g1]))
-            toks.append(s.tok)
+        owner, tok = self.local_state()
         buf = io.BytesIO()
-        np.savez(buf, rows=self.rows, heights=self.heights, widths=self.widths,
-                 owner=np.concatenate(owners) if owners else np.empty(0, np.int32),
-                 tok=np.concatenate(toks) if toks else np.empty(0, np.int32))
+        np.savez(buf, rows=self.rows, heights=self.heights, widths=self.widths, owner=owner, tok=tok)
         path = storage.join(directory, f"state-{self.start:012d}-{self.stop:012d}.npz")
         with storage.open_file(path, "wb", self.options) as f:
             f.write(buf.getvalue())
         return path
-
-    def memory_bytes(self) -> int:
-        return sum(s.memory_bytes() for s in self.shards)
-
-
-def _grid_starts(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """For every cell, the first cell of its grid (turns grid-local anchors into shard cells and back)."""
-    sizes = heights.astype(np.int64) * widths
-    starts = np.zeros(len(sizes), np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    return np.repeat(starts, sizes).astype(np.int32)
 
 
 def load_state(directory: str, grids: Grids, options: StorageOptions | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
-"""One shard of the corpus: its grids, their instances, where pairs occur, and pending deltas.
+"""Shards of the corpus: grids, their instances, where pairs occur, and pending deltas.
 
-A shard answers two questions for the driver: "count everything" (once) and "apply merge
+A `Shard` answers two questions for the statistics: "count everything" (once) and "apply merge
 (a, b) -> id with mode offset u*" (every step). Both return the change of the pair statistics
-as `Deltas`; the driver owns the global statistics and shards never see each other.
+as `Deltas`; shards never see each other. `GridShards` splits one process's grids into shards of
+bounded size (this bounds the temporary memory of the initial count) and forwards to each.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.learn import shard_kernels as K
-from pipeline.learn.hashtable import capacity, grow, new_table
-from pipeline.learn.instances import OFF_BITS, init_instances, segmentation
+from pipeline.bpe import shard_kernels as K
+from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BITS
+from pipeline.bpe.hashtable import capacity, grow, new_table
+from pipeline.bpe.instances import init_instances, segmentation
 
 
 @dataclass
@@ -124,12 +126,12 @@ class Shard:
             del packed
         else:
             pairs = keys >> OFF_BITS
-            base = ((pairs >> K.ID_BITS) < self.V) & ((pairs & K.ID_MASK) < self.V)
+            base = ((pairs >> ID_BITS) < self.V) & ((pairs & ID_MASK) < self.V)
             pairs = pairs[base]
             order = np.argsort(pairs, kind="stable")
             pairs = pairs[order]
             self.base_anchors = los[base][order]
-            self.base_keys, self.base_start = _runs((pairs >> K.ID_BITS) * self.V + (pairs & K.ID_MASK))
+            self.base_keys, self.base_start = _runs((pairs >> ID_BITS) * self.V + (pairs & ID_MASK))
             del pairs, base, order, los
         keys.sort()
         deltas = Deltas(*K.run_counts(keys))
@@ -215,3 +217,85 @@ class Shard:
         arrays = [self.owner, self.nxt, self.tok, self.dt, self.dkey, self.dval, self.base_keys, self.base_start,
                   self.base_anchors, self.tl_start, self.tl_len, self.tl_arena]
         return int(sum(x.nbytes for x in arrays))
+
+
+def concat_deltas(parts: list[Deltas]) -> Deltas:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Deltas.empty()
+    if len(parts) == 1:
+        return parts[0]
+    return Deltas(np.concatenate([p.keys for p in parts]), np.concatenate([p.d for p in parts]))
+
+
+def grid_starts(heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """For every cell, the first cell of its grid (turns grid-local anchors into shard cells and back)."""
+    sizes = heights.astype(np.int64) * widths
+    starts = np.zeros(len(sizes), np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    return np.repeat(starts, sizes).astype(np.int32)
+
+
+class GridShards:
+    """Concatenated row-major grids held as Shards of at most `shard_cells` cells each.
+
+    `owner` / `tok` (optional, per cell, anchors local to each grid) restore a saved segmentation.
+    """
+
+    def __init__(self, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray, codebook_size: int,
+                 shard_cells: int = 1 << 24, owner: np.ndarray | None = None, tok: np.ndarray | None = None):
+        self.heights, self.widths = heights, widths
+        self.shards: list[Shard] = []
+        self.grid_ranges: list[tuple[int, int]] = []
+        offsets = np.zeros(len(heights) + 1, np.int64)
+        np.cumsum(heights.astype(np.int64) * widths, out=offsets[1:])
+        g = 0
+        while g < len(heights):
+            end = int(np.searchsorted(offsets, offsets[g] + shard_cells, side="right")) - 1
+            end = max(end, g + 1)
+            c0, c1 = int(offsets[g]), int(offsets[end])
+            s_owner = s_tok = None
+            if owner is not None:
+                s_owner = owner[c0:c1] + grid_starts(heights[g:end], widths[g:end])
+                s_tok = tok[c0:c1]
+            self.shards.append(Shard(codes[c0:c1], heights[g:end], widths[g:end], codebook_size, s_owner, s_tok))
+            self.grid_ranges.append((g, end))
+            g = end
+
+    def count(self):
+        """Every occurrence, as deltas, one shard at a time (never all of them in memory at once)."""
+        for s in self.shards:
+            yield s.count()
+
+    def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
+        parts, total = [], 0
+        for s in self.shards:
+            d, done = s.merge(a, b, new_tok, uy, ux)
+            parts.append(d)
+            total += done
+        return concat_deltas(parts), total
+
+    def segmentation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, anchors, per-grid offsets) of every grid, in order."""
+        toks, ancs, offs = [], [], [np.zeros(1, np.int64)]
+        base = 0
+        for s in self.shards:
+            t, a, o = s.segmentation()
+            toks.append(t)
+            ancs.append(a)
+            offs.append(o[1:] + base)
+            base += int(o[-1])
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
+        return cat(toks, np.int32), cat(ancs, np.int32), np.concatenate(offs)
+
+    def local_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(owner with anchors local to each grid, tok) of every cell: the segmentation to save."""
+        owners, toks = [], []
+        for s, (g0, g1) in zip(self.shards, self.grid_ranges):
+            owners.append(s.owner - grid_starts(self.heights[g0:g1], self.widths[g0:g1]))
+            toks.append(s.tok)
+        return (np.concatenate(owners) if owners else np.empty(0, np.int32),
+                np.concatenate(toks) if toks else np.empty(0, np.int32))
+
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes() for s in self.shards)
