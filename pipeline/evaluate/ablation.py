@@ -215,7 +215,7 @@ def _text_vocab_size(llm_dir: str) -> int:
 def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings: Timings) -> dict:
     """Learn (held-out images excluded), tokenize, extend the LLM: the arm's base model."""
     from pipeline.learn.api import run as learn
-    from pipeline.learn.vocab import Vocabulary
+    from pipeline.bpe.vocab import Vocabulary
     from pipeline.tokenize.api import run as tokenize
     from pipeline.train.driver import run_init
     from schemas.layout import IdLayout
