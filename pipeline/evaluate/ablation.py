@@ -450,8 +450,8 @@ def _check_same_split(arms: list[dict], held: set[str], vocabs: dict[int, dict],
             raise RuntimeError(f"arm {a['name']} trained or evaluated on other images than arm {arms[0]['name']}")
     hashes = key_hash(sorted(held), cfg.heldout_salt)
     learner_excluded = bool((hashes < cfg.heldout_fraction).all())
-    if not learner_excluded:
-        raise RuntimeError("some held-out images were not held out of vocabulary learning")
+    if not learner_excluded or any(v["learner_held_out"] != len(held) for v in vocabs.values()):
+        raise RuntimeError("the images held out of training are not exactly those held out of vocabulary learning")
     return {"heldout_images_in_training": 0, "heldout_images_excluded_from_vocabulary": True,
             "quantizer_fitted_on": "separate scenes (another seed)" if cfg.quantizer is None else "given",
             "learner_held_out_grids": {m: v["learner_held_out"] for m, v in vocabs.items()}}
@@ -509,11 +509,10 @@ def run_ablation(cfg: AblationConfig) -> dict:
         if arm.merges not in vocabs:
             vocabs[arm.merges] = prepare_vocabulary(cfg, shared, arm.merges, timings)
     mean_tokens = {}
-    for arm in arms:  # prepared data first: the tokens budget needs every arm's sequence lengths
-        if arm.budget == "steps":
-            tcfg = arm_train_config(cfg, shared, arm, vocabs[arm.merges], 1.0)
-            run_prepare(tcfg)
-            mean_tokens[arm.merges] = _mean_tokens(tcfg.output)
+    for arm in arms:  # prepared data first: the tokens budget needs the sequence lengths of every vocabulary
+        tcfg = arm_train_config(cfg, shared, arm, vocabs[arm.merges], 1.0)
+        run_prepare(tcfg)
+        mean_tokens[arm.merges] = _mean_tokens(tcfg.output)
     jobs = [(arm, vocabs[arm.merges], 1.0 if arm.budget == "steps" else mean_tokens[0] / mean_tokens[arm.merges])
             for arm in arms]
     t = time.time()
