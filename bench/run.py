@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print a table, write bench-out/results.json.
 
-    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,quantize,shards,train] [--quick]
+    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,api,quantize,shards,train] [--quick]
 
 Speed is reported as ratios against a baseline measured in the same run (the machines are noisy).
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-ALL = ["naive", "hf", "scale", "encode", "quantize", "shards", "train"]
+ALL = ["naive", "hf", "scale", "encode", "api", "quantize", "shards", "train"]
 
 
 def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
@@ -29,6 +29,10 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
         return bench_learn.scale(out, quick)
     if name == "encode":
         return bench_learn.encode(out, quick, results.get("scale", {}).get("vocab"))
+    if name == "api":
+        from bench import bench_api
+
+        return bench_api.run(quick, results.get("scale", {}).get("vocab"))
     if name == "quantize":
         from bench import bench_quantize
 

@@ -19,6 +19,7 @@ STAGE_MODULES = [
     "pipeline.tokenize.cli",
     "pipeline.train.cli",
     "pipeline.report.cli",
+    "vbpe.export",
     "pipeline.scenes.cli",
     "pipeline.evaluate.cli",
     "pipeline.submit.cli",

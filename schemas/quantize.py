@@ -52,6 +52,8 @@ class ChameleonQuantizerConfig(Config):
     path: str
     image_size: int | None = Field(None, ge=8, description="default: vq_config.resolution (512)")
     resample: Resample = "lanczos"
+    decoder: str | None = Field(None, description="the original VQ-GAN checkpoint (.ckpt or .safetensors) whose "
+                                "decoder.* weights decode codes to pixels; transformers' format holds none")
 
 
 QuantizerConfig = Annotated[

@@ -15,6 +15,8 @@ class ReportConfig(Config):
     grids: list[str] = Field(min_length=1, description="code-grid Parquet files, directories or globs")
     out: str = Field(description="directory for atlas.png, report.html, plots, summary.json, metrics.json")
     shards: list[str] = Field(default_factory=list, description="WebDataset tar shards with the source images (exemplar crops)")
+    tokenizer: str | None = Field(None, description="a tokenizer directory (`vbpe export`) of this vocabulary: tokens "
+                                  "are drawn with their codes' decoded appearance; else one colour per code")
     codebook_size: int | None = Field(None, ge=1, description="only for grids that do not declare vbpe.codebook_size")
     # The held-out sample: grids whose key hashes (with the salt) below `holdout_fraction`.
     holdout_fraction: float = Field(0.1, gt=0.0, le=1.0)

@@ -37,7 +37,7 @@ def test_demo_end_to_end(ray_local, tmp_path, capsys):
             "--codebook-size", "32"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "rows in 42 = written 40 + rejected 2" in text and "[6/6]" in text
+    assert "rows in 42 = written 40 + rejected 2" in text and "[7/7]" in text
     figures = json.load(open(os.path.join(out, "summary.json")))
     down = figures["downstream"]
     assert down["grids_learned"] + down["grids_held_out"] == 40 and down["grids_held_out"] > 0
@@ -45,6 +45,63 @@ def test_demo_end_to_end(ray_local, tmp_path, capsys):
     assert down["tokens"]["rows_written"] == 40 and down["tokens"]["rows_rejected"] == 0
     assert os.path.getsize(down["report"]) > 10_000 and "report.html" in text
     assert figures["quantize"]["rejects_by_reason"] == {"corrupt image": 1, "empty image member": 1}
-    assert set(figures["seconds"]) == {"shards", "fit", "quantize", "learn", "tokenize", "report"}
+    assert set(figures["seconds"]) == {"shards", "fit", "quantize", "learn", "tokenize", "export", "report"}
+    _tokenizer_matches_the_corpus(out, figures)
+    _readme_python_runs(out, tmp_path)
     assert main(args) == 0  # re-run: resumes, nothing redone
-    assert "0 done now, 2 already done" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "0 done now, 3 already done" in again
+    # ... and its summary still tells the truth about what is on disk
+    assert "rows in 42 = written 40 + rejected 2" in again
+    assert "corrupt image 1, empty image member 1" in again and "rejects: none" not in again
+    assert "40 rows with input_ids (0 rejected)" in again and "None cells per token" not in again
+    second = json.load(open(os.path.join(out, "summary.json")))
+    assert second["quantize"]["rejects_by_reason"] == figures["quantize"]["rejects_by_reason"]
+    assert second["downstream"]["tokens"] == figures["downstream"]["tokens"]
+
+
+def _tokenizer_matches_the_corpus(out, figures):
+    """demo-out/tokenizer encodes every image of the shards to exactly its `vbpe tokenize` row."""
+    import glob
+    import tarfile
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import vbpe
+
+    tok = vbpe.VisualTokenizer.from_pretrained(os.path.join(out, "tokenizer"))
+    rows = {}
+    for f in glob.glob(os.path.join(figures["downstream"]["tokens"]["data"], "*.parquet")):
+        rows.update({r["key"]: r["input_ids"] for r in pq.read_table(f, columns=["key", "input_ids"]).to_pylist()})
+    images = {}
+    for shard in figures["shards"]:
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                key, ext = m.name.split(".", 1)
+                if ext in ("jpg", "png") and key in rows:
+                    images[key] = tar.extractfile(m).read()
+    assert len(images) == len(rows) == 40
+    keys = sorted(images)
+    assert tok.encode_batch([images[k] for k in keys]) == [rows[k] for k in keys]
+    enc = tok.encode(images[keys[0]], return_encoding=True)
+    assert np.array_equal(tok.decode_grid(enc), tok.quantize(images[keys[0]]))
+    assert tok.decode(enc).size == (64, 64)
+
+
+def _readme_python_runs(out, tmp_path):
+    """README's "Use it from Python" block, as a newcomer runs it after `make demo`."""
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme[readme.index("## Use it from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code.replace('"demo-out/tokenizer"', repr(os.path.join(out, "tokenizer"))), "README.md", "exec"), {})
+    finally:
+        os.chdir(here)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "roundtrip.png").size == Image.open(tmp_path / "from_ids.png").size == (64, 64)

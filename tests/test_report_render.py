@@ -19,7 +19,7 @@ from pipeline.bpe import reference
 from pipeline.bpe.encoder import BpeEncoder
 from pipeline.learn.api import run as learn
 from pipeline.report.api import run
-from pipeline.report.atlas import MAX_WIDTH, PAD, TITLE, card_size
+from pipeline.report.atlas import MAX_WIDTH, PAD, SECTION, TITLE, card_size
 from tests.helpers_report import learn_vocab, photo_corpus, write_corpus
 from schemas.learn import LearnConfig
 from schemas.report import ReportConfig
@@ -76,12 +76,13 @@ def test_files_sizes_and_not_blank(report):
         assert Image.open(os.path.join(out, name)).size == size
         a = _not_blank(os.path.join(out, name), 20)
         assert (a.min(axis=2) < 200).mean() > 0.01  # ink beyond the frame
-    n = len(summary["atlas"]["tokens"])
+    sections = [len(s["ids"]) for s in summary["atlas"]["sections"]]
+    assert sum(sections) == len(summary["atlas"]["tokens"]) and len(sections) == 2
     cw, ch = card_size(3)
-    cols = min(n, (MAX_WIDTH - PAD) // (cw + PAD))
-    rows = -(-n // cols)
+    cols = min(max(sections), (MAX_WIDTH - PAD) // (cw + PAD))
+    rows = sum(-(-n // cols) for n in sections)
     atlas = os.path.join(out, "atlas.png")
-    assert Image.open(atlas).size == (PAD + cols * (cw + PAD), TITLE + rows * (ch + PAD) + PAD)
+    assert Image.open(atlas).size == (PAD + cols * (cw + PAD), TITLE + SECTION * 2 + rows * (ch + PAD) + PAD)
     _not_blank(atlas, 500)  # photo crops bring many colours
     page = open(os.path.join(out, "report.html")).read()
     assert page.count("data:image/png;base64,") == 5
@@ -129,10 +130,25 @@ def test_summary_matches_independent_computation(corpus, report):
     assert {int(k): v for k, v in summary["token_sizes"]["occurrences"].items()} == occ
     assert summary["merges"]["frequency"] == [m.frequency for m in vocab.merges]
     assert summary["merges"]["consistency"] == pytest.approx([m.consistency for m in vocab.merges], abs=1e-6)
-    # atlas: the most used learned tokens, and the top shape of each from the reference's own merge code
-    top = sorted(range(V, vocab.size), key=lambda t: (-usage[t], t))[:24]
+    # merge kinds from the leaves: one code throughout = flat, (t, t) = repeat, else mixed
+    def codes_of(t):
+        return {t} if t < V else codes_of(vocab.merges[t - V].pair[0]) | codes_of(vocab.merges[t - V].pair[1])
+    kind = {t: "flat" if len(codes_of(t)) == 1 else ("repeat" if len(set(vocab.merges[t - V].pair)) == 1 else "mixed")
+            for t in range(V, vocab.size)}
+    for name in ("flat", "repeat", "mixed"):
+        ids = [t for t in kind if kind[t] == name]
+        k = summary["merge_kinds"][name]
+        assert k["ids"] == len(ids) and k["share_of_vocabulary"] == pytest.approx(len(ids) / MERGES)
+        assert k["occurrences"] == int(usage[ids].sum()) and k["share_of_tokens"] == pytest.approx(usage[ids].sum() / usage.sum())
+    assert summary["merge_kinds"]["base codes"]["occurrences"] == int(usage[:V].sum())
+    # atlas: the most used multi-code tokens, then the most used flat ones (12 each), top shapes from the reference
+    multi = sorted((t for t in kind if kind[t] != "flat"), key=lambda t: (-usage[t], t))
+    flat = sorted((t for t in kind if kind[t] == "flat"), key=lambda t: (-usage[t], t))
+    n_multi = min(len(multi), max(24 - len(flat), 12))
     cards = summary["atlas"]["tokens"]
-    assert [t["id"] for t in cards] == top
+    assert [t["id"] for t in cards] == multi[:n_multi] + flat[: 24 - n_multi]
+    assert [c["kind"] for c in cards] == [kind[c["id"]] for c in cards]
+    assert [s["ids"] for s in summary["atlas"]["sections"]] == [multi[:n_multi], flat[: 24 - n_multi]]
     shapes: dict[int, dict[tuple, int]] = {}
     for j, i in enumerate(idx):
         g = reference.RefGrid.from_codes(grids.grid(i))

@@ -1,4 +1,5 @@
-"""`vbpe demo --out DIR`: photos -> shards -> k-means codebook -> code grids (local Ray) -> vocabulary -> tokens -> report."""
+"""`vbpe demo --out DIR`: photos -> shards -> k-means codebook -> code grids (local Ray) -> vocabulary -> tokens
+-> tokenizer directory -> report."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def _stage(n: int, total: int, text: str) -> None:
 def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image_size: int = 256,
              patch_size: int = 8, codebook_size: int = 512, merges: int = 1000) -> dict[str, Any]:
     from pipeline import storage
-    from pipeline.demo.downstream import run_downstream
+    from pipeline.demo.downstream import STAGES, run_downstream
     from pipeline.demo.photos import build_demo_shards
     from pipeline.quantize.fit import ensure_codebook
     from pipeline.quantize.kmeans import load_codebook
@@ -40,7 +41,7 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    _stage(1, 6, f"building {samples} samples in {shards} WebDataset shards from bundled photos")
+    _stage(1, STAGES, f"building {samples} samples from bundled photos: {shards} training shards + 1 of held-out photos")
     corpus = build_demo_shards(storage.join(out, "shards"), samples, shards, seed)
     seconds["shards"] = time.perf_counter() - t
 
@@ -48,20 +49,21 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
     q = KMeansQuantizerConfig(codebook=storage.join(out, "quantizer", "kmeans.safetensors"), image_size=image_size,
                               patch_size=patch_size, codebook_size=codebook_size, fit_images=samples,
                               fit_patches=40_000, fit_iterations=12, seed=seed)
-    _stage(2, 6, f"fitting the k-means quantizer ({codebook_size} codes, {patch_size} px patches)")
-    ensure_codebook(q, corpus.shards, QuantizeConfig.model_fields["ingest"].default, None)
+    _stage(2, STAGES, f"fitting the k-means quantizer ({codebook_size} codes, {patch_size} px patches) on the training photos")
+    ensure_codebook(q, corpus.train_shards, QuantizeConfig.model_fields["ingest"].default, None)
     cb = load_codebook(q.codebook)
     seconds["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _stage(3, 6, "quantizing on a local Ray (reader tasks + an encoder actor)")
+    _stage(3, STAGES, "quantizing on a local Ray (reader tasks + an encoder actor)")
     cfg = QuantizeConfig(inputs=corpus.shards, out=storage.join(out, "codes"), quantizer=q, batch_size=32,
                          num_actors=1, cpus_per_actor=1.0, cpus_per_reader=1.0)
     summary = run_quantize(cfg)
     seconds["quantize"] = time.perf_counter() - t
 
     layout = Layout(cfg.out)
-    downstream = run_downstream(layout.grids_dir, out, corpus.shards, merges=merges, stage=_stage)
+    downstream = run_downstream(layout.grids_dir, out, q, corpus.train_shards, corpus.heldout_shards, merges=merges,
+                                stage=_stage)
     seconds.update(downstream["seconds"])
 
     figures = {
@@ -70,15 +72,39 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
         "samples": corpus.samples,
         "planted_bad_samples": corpus.planted_bad,
         "shards": corpus.shards,
+        "heldout_photos": corpus.heldout_photos,
+        "heldout_samples": corpus.heldout_samples,
         "quantizer": {"file": q.codebook, "fingerprint": cb.fingerprint, "codebook_size": codebook_size,
                       "patch_size": patch_size, "image_size": image_size, "grid": list(cb.spec().grid), "fit": cb.fit_info},
         "quantize": {"grids_dir": layout.grids_dir, "rejects_dir": layout.rejects_dir, "manifest": layout.manifest,
-                     **summary.totals, "rejects_by_reason": dict(summary.reasons), "lines": summary.lines()},
+                     **summary.totals, "rejects_by_reason": rejects_by_reason(layout.rejects_dir),
+                     "lines": summary.lines()},
         "downstream": downstream,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
     storage.write_text(storage.join(out, "summary.json"), json.dumps(figures, indent=1, default=str) + "\n")
     return figures
+
+
+def rejects_by_reason(rejects_dir: str) -> dict[str, int]:
+    """Reject counts by reason category over every rejects file on disk (this run's and earlier ones)."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from pipeline import storage
+
+    counts: collections.Counter = collections.Counter()
+    if not storage.exists(rejects_dir):
+        return {}
+    try:
+        files = storage.expand([rejects_dir], (".parquet",))
+    except FileNotFoundError:
+        return {}
+    for path in files:
+        with storage.open_file(path) as f:
+            counts.update(r.split(":", 1)[0] for r in pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
+    return dict(sorted(counts.items()))
 
 
 def report(f: dict[str, Any], out: str) -> str:
@@ -90,7 +116,8 @@ def report(f: dict[str, Any], out: str) -> str:
         f"  photos     {len(f['photos'])} real photos from scikit-image, scikit-learn, matplotlib"
         + (f" ({len(f['photos_unavailable'])} loaders need a download, skipped)" if f["photos_unavailable"] else ""),
         f"  shards     {os.path.join(out, 'shards')}: {len(f['shards'])} shards, {f['samples']} samples"
-        f" (incl. {f['planted_bad_samples']} deliberately broken)",
+        f" (incl. {f['planted_bad_samples']} deliberately broken); held out: {f['heldout_samples']} crops of"
+        f" {len(f['heldout_photos'])} photos ({', '.join(f['heldout_photos'])})",
         f"  quantizer  {q['file']}: k-means, {q['codebook_size']} codes, {q['patch_size']} px patches,"
         f" {q['image_size']} px -> {q['grid'][0]}x{q['grid'][1]} grid, fingerprint {q['fingerprint']}",
         f"  grids      {z['grids_dir']}: {z['rows_written']} grids from {z['done']} shards"
@@ -98,11 +125,13 @@ def report(f: dict[str, Any], out: str) -> str:
         f"  rejects    {z['rejects_dir']}: {reasons}",
         f"  this run   {z['lines'][1]}",
         f"  manifest   {z['manifest']}",
-        f"  vocabulary {d['vocab']}: {d['merges']} merges learned on {d['grids_learned']} grids"
-        f" ({d['grids_held_out']} held out), alpha {d['alpha']:.3g}",
-        f"  tokens/img {d['tokens_per_image_before']} codes -> {d['tokens_per_image_after']} tokens on the training grids",
+        f"  vocabulary {d['vocab']}: {d['merges']} merges learned on {d['grids_learned']} grids of the training"
+        f" photos, alpha {d['alpha']:.3g}",
+        f"  tokens/img {d['tokens_per_image_before']} codes -> {d['tokens_per_image_after']} tokens on the training grids,"
+        f" {d['tokens_per_image_held_out']} on the {d['grids_held_out']} held-out grids",
         f"  corpus     {d['tokens']['data']}: {d['tokens']['rows_written']} rows with input_ids"
         f" ({d['tokens']['rows_rejected']} rejected), {d['tokens']['cells_per_token']} cells per token",
+        f"  tokenizer  {d['tokenizer']}: vbpe.VisualTokenizer.from_pretrained({d['tokenizer']!r})",
         f"  report     {d['report']}",
         "  seconds    " + ", ".join(f"{k} {v}" for k, v in f["seconds"].items()),
         f"  summary    {os.path.join(out, 'summary.json')}",

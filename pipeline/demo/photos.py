@@ -3,6 +3,10 @@
 scikit-image's bundled photos, scikit-learn's two sample images and matplotlib's Grace Hopper make
 about two dozen distinct photos with no download. Random crops and flips (from a seed, so the
 same seed gives byte-identical shards) turn them into a few hundred samples.
+
+A few whole photos are held out: their crops go to their own shard, so the vocabulary is learned
+without ever seeing them and the report measures it on photos it has not seen (crops of a training
+photo would overlap the training crops).
 """
 from __future__ import annotations
 
@@ -47,13 +51,20 @@ class Photo:
     pixels: np.ndarray
 
 
+HELD_OUT_PHOTOS = ("chelsea", "coffee", "rocket", "brick", "grace_hopper")
+
+
 @dataclass
 class DemoCorpus:
-    shards: list[str]
+    shards: list[str]  # training shards first, then the held-out ones
     samples: int
     photos: list[str]
     unavailable: list[str] = field(default_factory=list)
     planted_bad: int = 0
+    train_shards: list[str] = field(default_factory=list)
+    heldout_shards: list[str] = field(default_factory=list)
+    heldout_photos: list[str] = field(default_factory=list)
+    heldout_samples: int = 0
 
 
 def _as_uint8(a: np.ndarray) -> np.ndarray:
@@ -144,26 +155,37 @@ def planted_bad_samples() -> list[tuple[str, dict[str, bytes]]]:
     ]
 
 
+def _write(out_dir: str, prefix: str, rows: list, shards: int) -> list[str]:
+    paths = []
+    per = -(-len(rows) // shards)
+    for s in range(shards):
+        path = storage.join(out_dir, f"{prefix}-{s:03d}.tar")
+        write_shard(path, rows[s * per:(s + 1) * per])
+        paths.append(path)
+    return paths
+
+
 def build_demo_shards(out_dir: str, samples: int = 384, shards: int = 4, seed: int = 0, max_side: int = 384,
-                      plant_bad: bool = True) -> DemoCorpus:
+                      plant_bad: bool = True, heldout: tuple[str, ...] = HELD_OUT_PHOTOS) -> DemoCorpus:
+    """`shards` training shards (train-NNN.tar) and one held-out shard (heldout-000.tar) with every crop of
+    the `heldout` photos; the broken samples go into the first training shard."""
     photos, missing = load_photos()
     if not photos:
         raise RuntimeError("no demo photos available: install scikit-image, scikit-learn and matplotlib")
+    held = [p.name for p in photos if p.name in heldout]
+    if not held or len(held) == len(photos):
+        held = [photos[-1].name]
     rng = np.random.default_rng(seed)
-    rows: list[tuple[str, dict[str, bytes]]] = []
+    train: list[tuple[str, dict[str, bytes]]] = []
+    test: list[tuple[str, dict[str, bytes]]] = []
     for i in range(samples):
         photo = photos[i % len(photos)]
         im, caption = random_view(photo, rng, max_side)
         ext, data = _encode(im, as_png=(i % 5 == 4))
-        rows.append((f"demo/{i:06d}", {ext: data, "txt": caption.encode()}))
+        (test if photo.name in held else train).append((f"demo/{i:06d}", {ext: data, "txt": caption.encode()}))
     bad = planted_bad_samples() if plant_bad else []
-    paths = []
-    per = -(-samples // shards)
-    for s in range(shards):
-        chunk = rows[s * per:(s + 1) * per]
-        if s == 0:
-            chunk = chunk[:1] + bad + chunk[1:]
-        path = storage.join(out_dir, f"demo-{s:03d}.tar")
-        write_shard(path, chunk)
-        paths.append(path)
-    return DemoCorpus(paths, samples + len(bad), [p.name for p in photos], missing, len(bad))
+    train = train[:1] + bad + train[1:]
+    train_paths = _write(out_dir, "train", train, shards)
+    test_paths = _write(out_dir, "heldout", test, 1) if test else []
+    return DemoCorpus(train_paths + test_paths, samples + len(bad), [p.name for p in photos], missing, len(bad),
+                      train_paths, test_paths, held, len(test))

@@ -93,8 +93,12 @@ def to_numpy(sd: dict[str, Any], prefixes: tuple[str, ...], strip: str = "") -> 
     return out
 
 
-def convert_to_safetensors(src: str, dst: str, prefixes: tuple[str, ...] = ("encoder.", "quant_conv.", "quantize.")) -> int:
-    """Write the encoder-side tensors of `src` as safetensors; returns how many tensors were written."""
+VQGAN_PREFIXES = ("encoder.", "quant_conv.", "quantize.", "post_quant_conv.", "decoder.")
+
+
+def convert_to_safetensors(src: str, dst: str, prefixes: tuple[str, ...] = VQGAN_PREFIXES) -> int:
+    """Write the VQ-GAN tensors of `src` (encoder, codebook and decoder; no loss or optimizer state) as
+    safetensors; returns how many tensors were written."""
     from safetensors.numpy import save_file
 
     tensors = to_numpy(load_state_dict(src), prefixes)

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     p.set_defaults(handler=handle)
 
-    c = subparsers.add_parser("convert-checkpoint", help="Lightning/torch checkpoint -> encoder-only safetensors")
+    c = subparsers.add_parser("convert-checkpoint", help="Lightning/torch checkpoint -> safetensors (encoder, codebook, decoder)")
     c.add_argument("checkpoint")
     c.add_argument("output")
     c.set_defaults(handler=handle_convert)
@@ -98,5 +98,5 @@ def handle_convert(args: argparse.Namespace) -> int:
     from pipeline.quantize.checkpoints import convert_to_safetensors
 
     n = convert_to_safetensors(args.checkpoint, args.output)
-    print(f"wrote {n} encoder tensors to {args.output}")
+    print(f"wrote {n} tensors (encoder, codebook, decoder) to {args.output}")
     return 0

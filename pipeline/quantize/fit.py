@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from pipeline import storage
+from pipeline.metrics import progress
 from pipeline.ingest.preprocess import ImageSpec
 from pipeline.ingest.reader import Decoded, iter_shard
 from pipeline.quantize.kmeans import KMeansCodebook, fit_codebook, save_codebook
@@ -20,7 +21,7 @@ def sample_images(urls: list[str], spec: ImageSpec, opts: IngestOptions, options
     """Up to n decodable images, an even share from each shard in order (deterministic for a given input set)."""
     per_shard = max(1, math.ceil(n / len(urls)))
     images: list[np.ndarray] = []
-    for url in urls:
+    for url in progress(urls, "k-means fit: decoding sample images", stage="quantize", unit="shard"):
         taken = 0
         try:
             for item in iter_shard(url, spec, opts, options):

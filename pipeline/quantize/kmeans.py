@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import storage
+from pipeline.metrics import progress
 from pipeline.ingest.preprocess import ImageSpec
 from pipeline.quantize.spec import QuantizerSpec, fingerprint
 from schemas.base import InputError, StorageOptions
@@ -53,7 +54,7 @@ def _kmeans_pp(x, k: int, gen):
     first = int(torch.randint(x.shape[0], (1,), generator=gen))
     centroids = [x[first]]
     d2 = ((x - x[first]) ** 2).sum(1)
-    for _ in range(1, k):
+    for _ in progress(range(1, k), "k-means++ seeding", stage="quantize", unit="code"):
         total = float(d2.sum())
         if total > 0:
             i = int(torch.multinomial(d2 / total, 1, generator=gen))
@@ -76,7 +77,7 @@ def fit_centroids(x: np.ndarray, k: int, iterations: int, seed: int, init_points
     centroids = _kmeans_pp(init, k, gen)
     inertia_prev = float("inf")
     done = 0
-    for done in range(1, iterations + 1):
+    for done in progress(range(1, iterations + 1), "k-means iterations (at most)", stage="quantize", unit="iteration"):
         assign, dist = nearest(xt, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, xt)
         counts = torch.bincount(assign, minlength=k)

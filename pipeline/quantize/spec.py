@@ -26,6 +26,21 @@ class QuantizerSpec:
     arch: dict[str, Any] = field(default_factory=dict)
     bf16_ok: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "fingerprint": self.fingerprint, "codebook_size": self.codebook_size,
+                "image_size": self.image.size, "resample": self.image.resample, "grid": list(self.grid),
+                "arch": self.arch, "bf16_ok": self.bf16_ok}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "QuantizerSpec":
+        return QuantizerSpec(str(d["kind"]), str(d["fingerprint"]), int(d["codebook_size"]),
+                             ImageSpec(int(d["image_size"]), str(d["resample"])), tuple(int(x) for x in d["grid"]),
+                             dict(d.get("arch", {})), bool(d.get("bf16_ok", False)))
+
+    def recompute_fingerprint(self, tensors: Mapping[str, np.ndarray]) -> str:
+        """The fingerprint these tensors give under this spec (equal to `fingerprint` unless something changed)."""
+        return fingerprint(self.kind, self.arch, self.image, tensors)
+
     def describe(self) -> str:
         h, w = self.grid
         return (

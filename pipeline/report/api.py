@@ -23,6 +23,7 @@ from pipeline.metrics import StageMetrics, log_event
 from pipeline.report import tokens as T
 from pipeline.report.analyze import analyze
 from pipeline.report.cards import build_cards, choose_tokens
+from pipeline.report.kinds import kind_shares
 from pipeline.report.sample import read_holdout
 from schemas.base import InputError
 from schemas.report import ReportConfig
@@ -77,6 +78,29 @@ def _quantizer_input(cfg: ReportConfig, grid_files: list[str]) -> tuple[int, str
         return cfg.image_size, cfg.resample, "flag"
     found = quantizer_input(grid_files, cfg.storage)
     return (found[0], found[1], "quantize manifest") if found else (DEFAULT_IMAGE_SIZE, cfg.resample, "default")
+
+
+def _kinds_line(kinds: dict[str, dict], names: tuple[str, ...]) -> str:
+    ids = sum(kinds[n]["ids"] for n in names)
+    vocab_share = sum(kinds[n]["share_of_vocabulary"] for n in names)
+    token_share = sum(kinds[n]["share_of_tokens"] for n in names)
+    return f"{ids} learned ids ({vocab_share:.0%} of the vocabulary), {token_share:.0%} of the sample's tokens"
+
+
+def _appearance(cfg: ReportConfig, vocab: Vocabulary, cards) -> tuple[dict[int, np.ndarray] | None, str]:
+    """Decoded patches of the codes on the cards (from the tokenizer's decoder), and how cells are drawn."""
+    if not cfg.tokenizer:
+        return None, "one colour per code (pass --tokenizer for decoded appearance)"
+    from pipeline.report.appearance import code_patches
+    from vbpe.tokenizer import VisualTokenizer
+
+    tok = VisualTokenizer.from_pretrained(cfg.tokenizer, storage=cfg.storage)
+    vocab.check_codebook(tok.codebook_size, what=f"tokenizer {cfg.tokenizer}")
+    vocab.check_quantizer(tok.quantizer.fingerprint, what=f"codes of tokenizer {cfg.tokenizer}")
+    if not tok.has_decoder:
+        return None, f"one colour per code ({cfg.tokenizer} has no decoder)"
+    codes = {c for card in cards for shape in card.shapes for c in (shape.codes or [])}
+    return code_patches(tok, codes), f"decoded by the {tok.quantizer.kind} quantizer's decoder"
 
 
 def run(cfg: ReportConfig) -> dict[str, Any]:
@@ -135,9 +159,13 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
 
     t = time.perf_counter()
     image_size, resample, size_source = _quantizer_input(cfg, [f.path for f in corpus.files])
-    ids = choose_tokens(vocab, an.usage, cfg.atlas_tokens)
+    chosen = choose_tokens(vocab, an.usage, cfg.atlas_tokens)
+    ids = [i for _, section in chosen for i in section]
     cards, ex_note = build_cards(vocab, an, grids, encoder, ids, sizes, cfg.exemplars, shards, image_size,
                                  resample, cfg.storage)
+    by_id = {c.id: c for c in cards}
+    sections = [(title, [by_id[i] for i in section]) for title, section in chosen]
+    patches, appearance = _appearance(cfg, vocab, cards)
     seconds["cards"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -145,10 +173,13 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     files = {name: os.path.join(local, name) for name in
              ("atlas.png", "compression.png", "merge_scores.png", "token_sizes.png", "dead_tokens.png")}
     n_ex = cfg.exemplars if shards else 0
-    what = "most used learned tokens" if M else "most used base codes (the vocabulary has no merges)"
-    title = (f"vbpe atlas: {len(cards)} {what}  |  vocabulary {vocab.fingerprint()}, V={V}, {M} merges  |  "
-             f"{an.grids} held-out grids")
-    render_atlas(cards, title, n_ex, files["atlas.png"])
+    kinds = kind_shares(vocab, an.usage)
+    if M:
+        sections = [(f"{title}: {_kinds_line(kinds, ('mixed', 'repeat') if i == 0 else ('flat',))}", cs)
+                    for i, (title, cs) in enumerate(sections)]
+    title = (f"vbpe atlas: {len(cards)} tokens  |  vocabulary {vocab.fingerprint()}, V={V}, {M} merges  |  "
+             f"{an.grids} held-out grids  |  cells: {appearance}")
+    render_atlas(sections, title, n_ex, files["atlas.png"], patches)
     plots.compression(train_curve, holdout_curve, an.grids, files["compression.png"])
     freq = np.array([m.frequency for m in vocab.merges], np.float64)
     cons = np.array([m.consistency for m in vocab.merges], np.float64)
@@ -196,8 +227,10 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
             "base_ids": V, "base_unused": int(np.count_nonzero(an.usage[:V] == 0)), "base_dead_rate": base_rate,
             "by_vocabulary_size": by_size if M else [],
         },
+        "merge_kinds": kinds,
         "atlas": {
-            "tokens": [c.to_json() for c in cards], "exemplars": ex_note,
+            "tokens": [c.to_json() for c in cards], "exemplars": ex_note, "appearance": appearance,
+            "sections": [{"title": t, "ids": [c.id for c in cs]} for t, cs in sections],
             "image_size": image_size, "resample": resample, "image_size_source": size_source,
         },
         "usage_top": [[int(i), int(an.usage[i])] for i in np.lexsort((np.arange(vocab.size), -an.usage))[:100] if an.usage[i]],

@@ -13,6 +13,7 @@ from pipeline.bpe.vocab import Vocabulary
 from pipeline.codegrids import Grids
 from pipeline.report.analyze import Analysis, segment_grids, unpack_pos
 from pipeline.report.images import crop_instance, find_images, preprocess
+from pipeline.report.kinds import KINDS, merge_kinds
 from pipeline.report.tokens import canonical_shape
 from schemas.base import StorageOptions
 
@@ -52,6 +53,7 @@ class Card:
     shapes: list[Shape]  # most common first (the canonical shape alone when the token is unused)
     canonical: list[tuple[int, int]] | None
     exemplars: list[Exemplar] = field(default_factory=list)
+    kind: str | None = None  # pipeline.report.kinds.KINDS for learned ids, None for base codes
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -82,18 +84,29 @@ class Card:
             "shape_variants": [{"cells": [list(c) for c in v.cells], "codes": v.codes, "share": v.share}
                                for v in self.shapes],
             "canonical_shape": None if self.canonical is None else [list(c) for c in self.canonical],
-            "top_shape_is_canonical": self.canonical_matches,
+            "top_shape_is_canonical": self.canonical_matches, "kind": self.kind,
             "exemplars": [e.to_json() for e in self.exemplars],
         }
 
 
-def choose_tokens(vocab: Vocabulary, usage: np.ndarray, n: int) -> list[int]:
-    """The n most used learned tokens (ties: smaller id); base codes when there are no merges."""
-    V = vocab.codebook_size
-    lo, hi = (V, vocab.size) if vocab.merges else (0, V)
-    ids = np.arange(lo, hi)
-    order = np.lexsort((ids, -usage[lo:hi]))
+def _most_used(ids: np.ndarray, usage: np.ndarray, n: int) -> list[int]:
+    order = np.lexsort((ids, -usage[ids]))
     return [int(i) for i in ids[order[:n]]]
+
+
+def choose_tokens(vocab: Vocabulary, usage: np.ndarray, n: int) -> list[tuple[str, list[int]]]:
+    """Atlas sections: the most used multi-code tokens and the most used same-code (flat) tokens, half of
+    `n` each (a kind with fewer tokens leaves its places to the other); ties: smaller id. Base codes when
+    there are no merges."""
+    V = vocab.codebook_size
+    if not vocab.merges:
+        return [("most used base codes (the vocabulary has no merges)", _most_used(np.arange(V), usage, n))]
+    kinds = merge_kinds(vocab)
+    multi = V + np.flatnonzero(kinds != 0)
+    flat = V + np.flatnonzero(kinds == 0)
+    n_multi = min(len(multi), max(n - len(flat), n // 2 + n % 2))
+    return [("multi-code tokens (mixed shapes and repeats), most used", _most_used(multi, usage, n_multi)),
+            ("same-code tokens (flat runs of one code), most used", _most_used(flat, usage, n - n_multi))]
 
 
 def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: BpeEncoder, ids: list[int],
@@ -124,6 +137,7 @@ def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: Bp
         ar, ac = divmod(anchor, int(grids.widths[g]))
         return Shape(cells, [int(grid[ar + dr, ac + dc]) for dr, dc in cells], share)
 
+    kinds = merge_kinds(vocab)
     cards = []
     for t in ids:
         m = vocab.merges[t - V] if t >= V else None
@@ -135,7 +149,8 @@ def build_cards(vocab: Vocabulary, analysis: Analysis, grids: Grids, encoder: Bp
         else:
             shapes, count = [Shape(canon or [], None, None)], 0
         cards.append(Card(t, t >= V, m.pair if m else None, m.offset if m else None, m.frequency if m else None,
-                          m.consistency if m else None, int(analysis.usage[t]), int(sizes[t]), count, shapes, canon))
+                          m.consistency if m else None, int(analysis.usage[t]), int(sizes[t]), count, shapes, canon,
+                          kind=KINDS[kinds[t - V]] if t >= V else None))
     note = _attach_exemplars(cards, pools, grids, cells_of, exemplars, shards, image_size, resample, options)
     return cards, note
 

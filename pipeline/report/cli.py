@@ -7,9 +7,9 @@ from pipeline.configargs import add_config_flag, build_config
 
 # argparse dest -> ReportConfig field: a flag given on the command line overrides the YAML config
 FLAGS = {name: name for name in (
-    "vocab", "grids", "shards", "out", "codebook_size", "holdout_fraction", "holdout_salt", "max_holdout_grids",
-    "batch_grids", "atlas_tokens", "exemplars", "image_size", "resample", "dead_rate_points", "rare_below",
-    "evaluation")}
+    "vocab", "grids", "shards", "tokenizer", "out", "codebook_size", "holdout_fraction", "holdout_salt",
+    "max_holdout_grids", "batch_grids", "atlas_tokens", "exemplars", "image_size", "resample", "dead_rate_points",
+    "rare_below", "evaluation")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab", help="vocabulary JSON")
     p.add_argument("--grids", nargs="+", help="code-grid Parquet files, directories, globs or s3:// URLs")
     p.add_argument("--shards", nargs="+", help="WebDataset tar shards with the source images (exemplar crops)")
+    p.add_argument("--tokenizer", help="tokenizer directory (vbpe export): draw tokens with their codes' decoded "
+                   "appearance (default: one colour per code)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--codebook-size", dest="codebook_size", type=int, help="only for grids without vbpe.codebook_size")
     p.add_argument("--holdout-fraction", dest="holdout_fraction", type=float,

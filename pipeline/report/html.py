@@ -23,7 +23,7 @@ def _overlap(match: bool | None) -> str:
         return ("<b>these are the training grids</b>: the sample was seen by the learner, so usage and "
                 "dead-token figures are optimistic")
     if match is False:
-        return "the grids differ from the training corpus"
+        return "not the training grids (their fingerprint differs from the vocabulary's corpus)"
     return "overlap with the training corpus unknown"
 
 
@@ -43,12 +43,17 @@ def page(summary: dict[str, Any], images: dict[str, str], sections: str = "") ->
         ("exemplars", html.escape(str(summary["atlas"]["exemplars"].get("status")))),
     ]
     table = "\n".join(f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows)
+    kinds = "\n".join(
+        f"<tr><td>{html.escape(name)}</td><td>{k['ids']}</td><td>{_pct(k['share_of_vocabulary'])}</td>"
+        f"<td>{k['occurrences']}</td><td>{_pct(k['share_of_tokens'])}</td></tr>"
+        for name, k in summary.get("merge_kinds", {}).items())
     tok_rows = []
     for rank, t in enumerate(summary["atlas"]["tokens"], 1):
         ex = sum(e["status"] == "ok" for e in t["exemplars"])
         s_val = "" if t["consistency"] is None else f"{t['consistency']:.3f}"
         tok_rows.append(
-            f"<tr><td>{rank}</td><td>{t['id']}</td><td>{t['pair'] or ''}</td><td>{t['offset'] or ''}</td>"
+            f"<tr><td>{rank}</td><td>{t['id']}</td><td>{t.get('kind') or 'base'}</td><td>{t['pair'] or ''}</td>"
+            f"<td>{t['offset'] or ''}</td>"
             f"<td>{t['frequency'] if t['frequency'] is not None else ''}</td><td>{s_val}</td><td>{t['usage']}</td>"
             f"<td>{t['size']}</td><td>{t['distinct_shapes']}</td><td>{_pct(t['top_shape_share'])}</td>"
             f"<td>{t['top_shape_is_canonical']}</td><td>{ex}</td></tr>")
@@ -64,10 +69,17 @@ img {{ max-width: 100%; border: 1px solid #e4e4e0; }}
 </style></head><body>
 <h1>vbpe vocabulary report</h1>
 <table>{table}</table>
+<h2>What the learned tokens are</h2>
+<p>flat: every code in the token is the same (runs and patches of one code, e.g. (a, a));
+repeat: two copies of one multi-code token; mixed: two or more distinct codes. Atlas cells are drawn
+{html.escape(str(summary["atlas"].get("appearance", "")))}.</p>
+<table><tr><th>kind</th><th>learned ids</th><th>of the vocabulary</th><th>occurrences on the sample</th>
+<th>of all tokens</th></tr>
+{kinds}</table>
 {figures}
 {sections}
 <h2>Atlas tokens</h2>
-<table><tr><th>#</th><th>id</th><th>pair</th><th>u*</th><th>F</th><th>S</th><th>used</th><th>cells</th>
+<table><tr><th>#</th><th>id</th><th>kind</th><th>pair</th><th>u*</th><th>F</th><th>S</th><th>used</th><th>cells</th>
 <th>shapes</th><th>top shape</th><th>canonical</th><th>crops</th></tr>
 {chr(10).join(tok_rows)}</table>
 <p>Figures as JSON: summary.json. Shapes are read from the encoder's segmentation of the held-out

@@ -105,3 +105,26 @@ def save_full_chameleon(dirpath: str, seed: int = 0):
         model.model.vqmodel.quantize.embedding.weight.normal_()
     model.save_pretrained(dirpath, max_shard_size="200KB")
     return model.eval()
+
+
+def save_chameleon_decoder(path: str, vq, seed: int = 0) -> str:
+    """The original-format VQ-GAN checkpoint of a tiny Chameleon: taming key names, decoder included.
+
+    transformers' ChameleonVQVAE has no decoder, so its weights are made here with taming's Decoder
+    (the architecture Chameleon's VQ-GAN shares) and stored next to the model's own codebook.
+    """
+    import torch
+    from taming.modules.diffusionmodules.model import Decoder
+
+    from pipeline.quantize.decode import chameleon_ddconfig
+
+    torch.manual_seed(seed)
+    arch = vq.config.to_dict()
+    decoder = Decoder(**chameleon_ddconfig(arch))
+    state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    for k, v in vq.state_dict().items():
+        if k.startswith(("encoder.", "quant_conv.", "quantize.", "post_quant_conv.")):
+            state[k] = v
+    state["loss.discriminator.main.0.weight"] = torch.zeros(4, 3, 4, 4)
+    torch.save({"state_dict": state, "global_step": 1}, path)
+    return path
