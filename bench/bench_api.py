@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from bench.bench_learn import V
-from pipeline.synthetic import synthetic_grids
+from bench.synthetic import synthetic_grids
 
 
 def _tokenizer(vocab, spec, tensors):

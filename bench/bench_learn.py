@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from pipeline.synthetic import synthetic_grids
+from bench.synthetic import synthetic_grids
 
 V = 8192
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -96,7 +96,7 @@ def _op_cpu_seconds(stats: str, op: str) -> float:
 
 def _pipeline(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
     """One fresh run: images, seconds (encode phase incl. start-up), actor and reader CPU ms/image."""
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import QuantizeConfig
 
     shutil.rmtree(out, ignore_errors=True)
@@ -105,7 +105,7 @@ def _pipeline(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
     summary = run_quantize(cfg)
     n = summary.rows_written
     stats = summary.trace.dataset_stats
-    return {"images": n, "seconds": summary.encode_seconds, "steady_ips": summary.trace.steady_images_per_second(),
+    return {"images": n, "seconds": summary.encode_seconds, "steady_ips": summary.trace.steady_rate(),
             "actor_cpu_ms": 1000 * _op_cpu_seconds(stats, "EncodeActor") / n,
             "reader_cpu_ms": 1000 * _op_cpu_seconds(stats, "read_shards") / n}
 
@@ -127,7 +127,7 @@ def _measure(q, shards: list[str], out: str, batch: int) -> dict[str, float]:
 def run(out_dir: str) -> dict:
     from pipeline.demo.photos import build_demo_shards
     from pipeline.quantize.fit import ensure_codebook
-    from pipeline.quantize.dataset import ensure_ray
+    from pipeline.execution import ensure_ray
     from schemas.quantize import IngestOptions, KMeansQuantizerConfig, TamingQuantizerConfig
 
     os.makedirs(out_dir, exist_ok=True)

@@ -34,7 +34,7 @@ def main() -> None:
     import numpy as np
 
     from pipeline.codegrids import Grids, write_grids
-    from pipeline.synthetic import synthetic_grids
+    from bench.synthetic import synthetic_grids
 
     os.makedirs(args.out, exist_ok=True)
     grids_path = os.path.join(args.out, "grids.parquet")

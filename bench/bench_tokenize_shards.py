@@ -40,7 +40,7 @@ def _cpu_ms(stats: str, n: int) -> dict[str, float]:
 
 
 def _quantize(q, shards: list[str], out: str) -> dict:
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import QuantizeConfig
 
     shutil.rmtree(out, ignore_errors=True)
@@ -58,7 +58,7 @@ def _tokenize(q, shards: list[str], vocab: str, out: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     s = run(TokenizeConfig(inputs=shards, vocab=vocab, out=out, layout=IdLayout(codebook_size=512),
-                           quantize={"quantizer": q.model_dump(), **RESOURCES}, cpus_per_task=0.5))
+                           quantize={"quantizer": q.model_dump(), **RESOURCES}, cpus=0.5))
     assert s.ok, s.failed
     return {"images": s.rows_written, "ips": s.rows_written / s.work_seconds, "first_last": _first_last(s.trace.arrivals, start),
             "cpu_ms": _cpu_ms(s.trace.dataset_stats, s.rows_written), "cells_per_token": s.cells / max(s.tokens, 1)}
@@ -66,9 +66,9 @@ def _tokenize(q, shards: list[str], vocab: str, out: str) -> dict:
 
 def run(out_dir: str, images: int = 1536, merges: int = 1024, rounds: int = 2) -> dict:
     from pipeline.demo.photos import build_demo_shards
-    from pipeline.learn.api import run as learn
+    from pipeline.learn.api import learn_vocabulary as learn
     from pipeline.quantize.fit import ensure_codebook
-    from pipeline.tokenize.execute import ensure_ray
+    from pipeline.execution import ensure_ray
     from schemas.learn import LearnConfig
     from schemas.quantize import IngestOptions, KMeansQuantizerConfig
 

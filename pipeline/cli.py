@@ -1,7 +1,9 @@
 """`vbpe`: one command, a sub-command per stage.
 
-Each stage module exposes `register(subparsers)`; it must import only light modules at import
-time (heavy ones inside its handler) so `vbpe learn` does not pay for torch.
+The stages of the shared contract (pipeline/stage.py) get their sub-command from their config
+class (flags derived from its fields, run by pipeline/runner.py). Other commands come from a
+`register(subparsers)` in their module, which imports only light modules at import time (heavy
+ones inside its handler) so `vbpe learn` does not pay for torch.
 """
 from __future__ import annotations
 
@@ -10,13 +12,9 @@ import importlib
 import logging
 import sys
 
-from schemas.base import ConfigError, InputError
-
-# In data-flow order. A stage that is missing (not yet built) is simply not offered.
-STAGE_MODULES = [
+# In data-flow order, after the shared stages (quantize, learn, tokenize).
+COMMAND_MODULES = [
     "pipeline.quantize.cli",
-    "pipeline.learn.cli",
-    "pipeline.tokenize.cli",
     "pipeline.train.cli",
     "pipeline.report.cli",
     "vbpe.export",
@@ -28,21 +26,23 @@ STAGE_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.runner import register_stage_command
+    from pipeline.stage import STAGES
+
     parser = argparse.ArgumentParser(prog="vbpe", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and name.startswith(err.name):
-                continue
-            raise
-        module.register(sub)
+    for stage in STAGES.values():
+        if not stage.own_command:
+            register_stage_command(sub, stage)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.runner import error_line
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, InputError, FileNotFoundError) as err:
-        # Expected user errors: one clear line, no traceback.
-        if args.verbose:
+    except Exception as err:
+        known = error_line(err)
+        if known is None or args.verbose:
             raise
-        print(f"vbpe {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"vbpe {args.command}: error: {known[1]}", file=sys.stderr)
+        return known[0]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.bpe.constants import MAX_SIDE
+from pipeline.rejects import Reject, rejects_table, write_rejects  # noqa: F401  (one Reject type for every stage)
 from schemas.base import InputError, StorageOptions
 from schemas.grids import CODEBOOK_SIZE_KEY, QUANTIZER_FINGERPRINT_KEY, REJECTS_SUFFIX, REQUIRED_COLUMNS
 
@@ -50,14 +51,6 @@ class Corpus:
         """Split [0, rows) into `parts` contiguous ranges of near-equal size."""
         bounds = np.linspace(0, self.rows, parts + 1).round().astype(int)
         return [(int(bounds[i]), int(bounds[i + 1])) for i in range(parts)]
-
-
-@dataclass
-class Reject:
-    key: str | None
-    source: str
-    row: int
-    reason: str
 
 
 @dataclass
@@ -140,34 +133,65 @@ def select(grids: Grids, keep: np.ndarray) -> Grids:
                  [grids.captions[i] for i in idx] if grids.captions else [], grids.rejects, grids.rows[keep])
 
 
-def _meta_int(meta: dict[bytes, bytes] | None, key: bytes) -> int | None:
-    if meta and key in meta:
-        return int(meta[key].decode())
-    return None
+class UnreadableFile(InputError):
+    """One input file cannot be read at all (corrupt bytes): a stage may fail just that input."""
+
+
+def _meta_int(meta: dict[bytes, bytes] | None, key: bytes, path: str) -> int | None:
+    if not meta or key not in meta:
+        return None
+    raw = meta[key].decode("utf-8", errors="replace")
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"{path}: metadata {key.decode()} is {raw!r}, not an integer") from None
+
+
+def inspect_file(path: str, options: StorageOptions | None = None) -> GridFile:
+    """One code-grid file's row count, schema and metadata (no rows read).
+
+    Raises UnreadableFile for bytes that are not Parquet, InputError for a Parquet file that is not
+    code grids (missing columns) or declares nonsense metadata.
+    """
+    fs, p = storage.get_fs(path, options)
+    try:
+        with fs.open(p, "rb") as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            rows = pf.metadata.num_rows
+    except (pa.ArrowInvalid, pa.ArrowException) as err:
+        raise UnreadableFile(f"{path}: not a readable Parquet file: {err}") from None
+    except OSError as err:
+        if storage.unavailable_cause(err) is not None:
+            raise
+        raise UnreadableFile(f"{path}: not a readable Parquet file: {err}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise InputError(f"{path}: not a code-grid file, missing column(s) {missing}")
+    meta = schema.metadata or {}
+    fp = meta.get(QUANTIZER_FINGERPRINT_KEY)
+    return GridFile(path, rows, _meta_int(meta, CODEBOOK_SIZE_KEY, path), fp.decode() if fp else None,
+                    "source" in schema.names, "caption" in schema.names)
+
+
+def grid_paths(paths: list[str], options: StorageOptions | None = None, fresh: bool = False) -> list[str]:
+    """The code-grid files named by `paths`, rejects files left out."""
+    out = []
+    for path in storage.expand(paths, (".parquet",), options, fresh=fresh):
+        if path.endswith(REJECTS_SUFFIX):
+            log.info("skipping %s: a rejects file, not code grids", path)
+            continue
+        out.append(path)
+    return out
 
 
 def open_corpus(paths: list[str], codebook_size: int | None = None, options: StorageOptions | None = None) -> Corpus:
     """List the files, check their schema and agree on V (and the quantizer) before any work."""
-    files = []
-    for path in storage.expand(paths, (".parquet",), options):
-        if path.endswith(REJECTS_SUFFIX):
-            log.info("skipping %s: a rejects file, not code grids", path)
-            continue
-        fs, p = storage.get_fs(path, options)
-        try:
-            with fs.open(p, "rb") as f:
-                pf = pq.ParquetFile(f)
-                schema = pf.schema_arrow
-                rows = pf.metadata.num_rows
-        except (pa.ArrowInvalid, OSError) as err:
-            raise InputError(f"{path}: not a readable Parquet file: {err}") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-        if missing:
-            raise InputError(f"{path}: not a code-grid file, missing column(s) {missing}")
-        meta = schema.metadata or {}
-        fp = meta.get(QUANTIZER_FINGERPRINT_KEY)
-        files.append(GridFile(path, rows, _meta_int(meta, CODEBOOK_SIZE_KEY), fp.decode() if fp else None,
-                              "source" in schema.names, "caption" in schema.names))
+    files = [inspect_file(path, options) for path in grid_paths(paths, options)]
+    return corpus_of(files, paths, codebook_size)
+
+
+def corpus_of(files: list[GridFile], paths: list[str], codebook_size: int | None = None) -> Corpus:
     if not files:
         raise InputError(f"no code-grid files in {paths}")
     declared = {f.codebook_size for f in files if f.codebook_size is not None}
@@ -283,27 +307,6 @@ def read_rows(corpus: Corpus, start: int, stop: int, options: StorageOptions | N
     return Grids.concat(parts)
 
 
-def rejects_table(rejects: list[Reject], stage: str) -> pa.Table:
-    """Rejects as the Arrow table every stage writes (schemas.grids.REJECTS_SCHEMA)."""
-    from schemas.grids import REJECTS_SCHEMA
-
-    return pa.table(
-        {
-            "key": [r.key for r in rejects],
-            "source": [r.source for r in rejects],
-            "row": [r.row for r in rejects],
-            "stage": [stage] * len(rejects),
-            "reason": [r.reason for r in rejects],
-        },
-        schema=REJECTS_SCHEMA,
-    )
-
-
-def write_rejects(path: str, rejects: list[Reject], stage: str, options: StorageOptions | None = None) -> None:
-    with storage.open_file(path, "wb", options) as f:
-        pq.write_table(rejects_table(rejects, stage), f)
-
-
 def write_grids(path: str, grids: Grids, codebook_size: int, quantizer_fingerprint: str | None = None,
                 options: StorageOptions | None = None) -> None:
     """Write code-grid Parquet with the schema every stage reads (used by tests, demo, synthetic data)."""
@@ -322,5 +325,4 @@ def write_grids(path: str, grids: Grids, codebook_size: int, quantizer_fingerpri
     }
     if with_caption:
         cols["caption"] = pa.array(grids.captions, pa.string())
-    with storage.open_file(path, "wb", options) as f:
-        pq.write_table(pa.table(cols, schema=schema), f)
+    storage.write_parquet(pa.table(cols, schema=schema), path, options, compression="snappy")

@@ -7,7 +7,7 @@ and `workers: {num_workers: 8, use_gpu: true}`.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -56,6 +56,9 @@ class LLMConfig(Config):
     init_rule: Literal["he", "mean", "normal"] = Field("he", description="new rows: He-initialised, as the authors did")
 
 
+PRESET_SECTIONS = ("scenes", "stage1", "stage2", "stage3", "workers")  # sections whose preset differs from their defaults
+
+
 class AblationConfig(Config):
     out: str = Field("ablation-out", description="run directory (local or s3://); a re-run resumes what is there")
     seed: int = Field(0, description="seeds the corpus (unless scenes.seed is given), the models and the curriculum")
@@ -88,6 +91,19 @@ class AblationConfig(Config):
     eval_batch_size: int = Field(64, ge=1)
     parallel_arms: bool = Field(True, description="train the arms side by side (each a Ray task driving its Ray Train runs)")
     storage: StorageOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_onto_preset(cls, data: Any) -> Any:
+        """A section given in part (`scenes: {images: 500}`, `--stage1-epochs 2`) changes those fields of the
+        preset, not the preset back to the section's own defaults."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in PRESET_SECTIONS:
+                given = data.get(name)
+                if isinstance(given, dict):
+                    data[name] = {**cls.model_fields[name].default.model_dump(exclude_unset=True), **given}
+        return data
 
     @field_validator("merges")
     @classmethod

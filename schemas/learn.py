@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import Config, StorageOptions
+from schemas.base import JobConfig
 
 DEFAULT_ALPHA_REL = 0.01
 
 
-class LearnConfig(Config):
+class LearnConfig(JobConfig):
+    """The stage's workers are Ray actors holding the grids (`workers`, `cpus` each; `actor_cpus` is the old name)."""
+
     inputs: list[str] = Field(min_length=1, description="code-grid Parquet files, directories, globs or s3:// URLs")
     out: str = Field(description="vocabulary JSON to write")
     merges: int = Field(8192, ge=0, description="merges to learn (Being-VL found 8K the best trade-off)")
@@ -20,9 +22,6 @@ class LearnConfig(Config):
     sigma: float = Field(1.0, gt=0, description="width of the Gaussian kernel over offsets, in cells")
     min_frequency: int = Field(2, ge=1)
     codebook_size: int | None = Field(None, ge=1, description="V; overrides the files' vbpe.codebook_size")
-    workers: int = Field(0, ge=0, description="Ray actors holding the shards; 0 = in this process, no Ray")
-    actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
-    ray_address: str | None = Field(None, description="Ray cluster to join; default: the job's cluster or a new local one")
     checkpoint_dir: str | None = Field(None, description="default: <out>.checkpoint")
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")
     resume: bool = Field(False, description="continue from the checkpoint (same inputs and settings)")
@@ -34,7 +33,6 @@ class LearnConfig(Config):
     holdout_salt: str = "vbpe-holdout"
     shard_cells: int = Field(1 << 24, ge=1024, description="cells per in-process shard (bounds temporary memory)")
     progress: bool = True
-    storage: StorageOptions = StorageOptions()
 
     @model_validator(mode="after")
     def _one_alpha(self) -> "LearnConfig":
@@ -54,6 +52,10 @@ class LearnConfig(Config):
         if self.alpha is not None:
             return None
         return DEFAULT_ALPHA_REL if self.alpha_rel is None else self.alpha_rel
+
+    @property
+    def actor_cpus(self) -> float:
+        return self.cpus
 
     @property
     def checkpoint_path(self) -> str:

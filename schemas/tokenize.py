@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.base import Config, StorageOptions
+from schemas.base import JobConfig
 from schemas.layout import IdLayout
 from schemas.quantize import QuantizeOptions
 
@@ -20,10 +20,14 @@ SHARDS_NEED_QUANTIZER = (
 )
 
 InputKind = Literal["auto", "grids", "shards"]
-Executor = Literal["auto", "local", "ray"]
 
 
-class TokenizeConfig(Config):
+class TokenizeConfig(JobConfig):
+    """The stage's workers are its tokenize tasks: one per grid file, or per batch of encoded images.
+
+    `cpus_per_task` is the old name of `cpus`.
+    """
+
     inputs: list[str] = Field(min_length=1, description="code-grid Parquet or WebDataset tar shards: files, dirs, globs, s3:// URLs")
     vocab: str = Field(description="vocabulary JSON written by `vbpe learn`")
     out: str = Field(description="corpus root; each vocabulary + layout gets its own version directory under it")
@@ -35,25 +39,12 @@ class TokenizeConfig(Config):
         None, description="image shards only: the quantizer (its fingerprint must be the vocabulary's) and how shards "
         "are read and quantized, as in `vbpe quantize` (schemas/quantize.py)"
     )
-    executor: Executor = Field(
-        "auto", description="auto: Ray when workers > 0, ray_address or RAY_ADDRESS is set (e.g. under `ray job submit`)"
-    )
-    workers: int = Field(0, ge=0, description="Ray: files (shards: batches of grids) in flight at once (0: as many as "
-                         "the cluster has CPUs)")
-    cpus_per_task: float = Field(1.0, gt=0, description="CPUs per tokenize task (one grid file, or one batch of grids)")
-    ray_address: str | None = None
-    storage: StorageOptions = StorageOptions()
 
     @model_validator(mode="after")
     def _shards_need_quantizer(self) -> "TokenizeConfig":
         if self.input_kind == "shards" and not self.quantize:
             raise ValueError(SHARDS_NEED_QUANTIZER)
         return self
-
-    def wants_ray(self) -> bool:
-        if self.executor != "auto":
-            return self.executor == "ray"
-        return self.workers > 0 or bool(self.ray_address) or bool(os.environ.get("RAY_ADDRESS"))
 
     def local_relative_paths(self) -> list[str]:
         """Relative local paths: fine on this machine, wrong inside a submitted job's temporary working dir."""

@@ -67,13 +67,13 @@ def test_ablation_json_has_both_arms_with_finite_heldout_figures(ablation):
     # same budget in steps; BPE sequences are shorter, so fewer tokens
     assert arms["vq"]["steps"] == arms["bpe12"]["steps"] == 6
     assert saved["checks"]["equal_steps"] is True
-    assert arms["bpe12"]["tokens_per_image"] < arms["vq"]["tokens_per_image"] == 144
+    assert arms["bpe12"]["tokens_per_image"] < arms["vq"]["tokens_per_image"] == 81  # the preset's 36 px: 9 x 9 codes
     assert arms["bpe12"]["train_tokens"] < arms["vq"]["train_tokens"]
     assert 0 <= saved["baselines"]["majority_answer"]["answer_accuracy"] <= 1
     for name in ("ablation.png", "ablation.md"):
         assert os.path.getsize(os.path.join(cfg.out, name)) > 0
     md = open(os.path.join(cfg.out, "ablation.md")).read()
-    assert "| VQ only (0 merges) | 144.0 |" in md and "visual BPE, 12 merges" in md and "McNemar p" in md
+    assert "| VQ only (0 merges) | 81.0 |" in md and "visual BPE, 12 merges" in md and "McNemar p" in md
     (comparison,) = saved["comparisons"]
     assert (comparison["first"], comparison["second"]) == ("vq", "bpe12")
     assert comparison["questions"] == arms["vq"]["heldout"]["answers"] == arms["bpe12"]["heldout"]["answers"]
@@ -149,6 +149,22 @@ def test_cli_refuses_a_bad_config(tmp_path):
     r = _vbpe("eval", "ablation", "--config", str(path), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "merges > 0" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_section_given_in_part_changes_only_those_preset_fields(tmp_path):
+    from pipeline.cli import build_parser
+    from pipeline.configargs import config_from_args
+    from schemas.evaluate import AblationConfig
+
+    preset = AblationConfig()
+    path = tmp_path / "a.yaml"
+    path.write_text("stage2: {epochs: 4}\n")
+    args = build_parser().parse_args(["eval", "ablation", "--config", str(path), "--images", "40", "--stage1-lr", "0.01"])
+    cfg = config_from_args(args)
+    assert (cfg.scenes.images, cfg.scenes.image_size) == (40, preset.scenes.image_size)
+    assert (cfg.stage1.lr, cfg.stage1.epochs, cfg.stage1.batch_size) == (0.01, preset.stage1.epochs, preset.stage1.batch_size)
+    assert (cfg.stage2.epochs, cfg.stage2.lr) == (4, preset.stage2.lr)
+    assert cfg.stage3 == preset.stage3 and cfg.workers == preset.workers
 
 
 def test_report_shows_the_heldout_table_and_plot(ablation, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.codegrids import open_corpus, read_rows, write_rejects
 from schemas.base import InputError
-from tests.helpers_grids import write_raw, write_synthetic
+from tests.helpers.grids import write_raw, write_synthetic
 
 
 def test_bad_rows_are_rejected_with_reasons(tmp_path):

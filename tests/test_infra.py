@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.submit.render import read_params, render_all, render_text, templates
-from pipeline.submit.stages import STAGES
+from pipeline.stage import STAGES
 from schemas.base import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,14 +122,25 @@ def test_raycronjob_schedules_tokenize(docs):
     assert "ray.io/cluster" in tmpl["clusterSelector"]
 
 
-def test_plain_cronjob_creates_a_rayjob_with_rbac(docs):
-    (cj,) = _kind(docs, "CronJob", "batch/v1")
-    assert CRON.match(cj["spec"]["schedule"]) and cj["spec"]["concurrencyPolicy"] == "Forbid"
-    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+def _cronjob(docs, name: str) -> dict:
+    (cj,) = [c for c in _kind(docs, "CronJob", "batch/v1") if c["metadata"]["name"] == name]
+    return cj
+
+
+def _role_of(docs, pod: dict) -> dict:
     sa = pod["serviceAccountName"]
     (binding,) = [b for b in _kind(docs, "RoleBinding") if any(s["name"] == sa for s in b["subjects"])]
     (role,) = [r for r in _kind(docs, "Role") if r["metadata"]["name"] == binding["roleRef"]["name"]]
-    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
+    return role
+
+
+def test_plain_cronjob_creates_a_rayjob_with_rbac(docs):
+    cj = _cronjob(docs, "vbpe-tokenize")
+    assert CRON.match(cj["spec"]["schedule"]) and cj["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    role = _role_of(docs, pod)
+    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and {"create", "delete"} <= set(r["verbs"])
+               for r in role["rules"])
     script = pod["containers"][0]["args"][0]
     assert "kubectl create -f -" in script
     subprocess.run(["sh", "-n", "-c", script], check=True)  # the script at least parses
@@ -163,3 +174,102 @@ def test_render_cli_writes_files(tmp_path, capsys):
     assert len(written) == len(templates(INFRA))
     rc = yaml.safe_load_all(open(tmp_path / "out" / "k8s" / "raycluster.yaml"))
     assert {d["metadata"]["namespace"] for d in rc} == {"team-a"}
+
+
+def test_kubernetes_manifests_render_without_aws_parameters(tmp_path, capsys):
+    k8s_only = {k: v for k, v in PARAMS.items() if not k.startswith("AWS_")}
+    with pytest.raises(ConfigError, match="no value for AWS_"):
+        render_all(INFRA, k8s_only)
+    rendered = render_all(INFRA, k8s_only, only=["k8s"])
+    assert rendered and all(r.path.startswith("k8s" + os.sep) for r in rendered)
+    render_all(INFRA, PARAMS, only=["k8s"])  # AWS values present but unused this time: not a typo
+    with pytest.raises(ConfigError, match="no such template directory"):
+        render_all(INFRA, PARAMS, only=["kube"])
+    params = tmp_path / "p.env"
+    params.write_text("IMAGE=registry.example.com/vbpe:1\nS3_BUCKET=b\n")
+    assert cli.main(["infra", "render", "--params", str(params), "--only", "k8s", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "k8s" / "raycluster.yaml").exists() and not (tmp_path / "o" / "aws").exists()
+
+
+def _uses_token(container: dict, pod: dict) -> bool:
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if env.get("RAY_AUTH_MODE") != "token" or not env.get("RAY_AUTH_TOKEN_PATH"):
+        return False
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    mounted = [name for name in mounts if name in secrets and env["RAY_AUTH_TOKEN_PATH"].startswith(mounts[name])]
+    return bool(mounted) and all(secrets[n] == "vbpe-ray-auth" for n in mounted)
+
+
+def test_every_ray_process_and_submitter_uses_token_auth(docs):
+    (rc,) = _kind(docs, "RayCluster")
+    pods = [rc["spec"]["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in rc["spec"]["workerGroupSpecs"]]
+    for pod in pods:
+        assert all(_uses_token(c, pod) for c in pod["containers"])
+    specs = [d["spec"] for d in _kind(docs, "RayJob")] + [c["spec"]["jobTemplate"] for c in _kind(docs, "RayCronJob")]
+    cm = next(d for d in _kind(docs, "ConfigMap") if d["metadata"]["name"] == "vbpe-scheduled-rayjob")
+    specs.append(yaml.safe_load(cm["data"]["rayjob.yaml"].replace("__RAYJOB_NAME__", "x"))["spec"])
+    assert len(specs) >= 6
+    for spec in specs:
+        pod = spec["submitterPodTemplate"]["spec"]
+        assert all(_uses_token(c, pod) for c in pod["containers"])
+    assert not any("RAY_AUTH_MODE" in r.text and "disabled" in r.text for r in render_all(INFRA, PARAMS))
+
+
+FAKE_KUBECTL = """#!/bin/sh
+# get rayjob NAME -> missing; get rayjobs ... -> the listing; delete rayjob NAME -> recorded
+case "$1 $2" in
+  "get rayjob") exit 1 ;;
+  "get rayjobs") cat "$LISTING" ;;
+  "create -f") cat > /dev/null ;;
+  "delete rayjob") echo "$3" >> "$DELETED" ;;
+esac
+"""
+
+
+def _run_with_fake_kubectl(tmp_path, script: str, listing: str, env: dict | None = None) -> list[str]:
+    import datetime as dt
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL)
+    (bin_dir / "kubectl").chmod(0o755)
+    (tmp_path / "listing").write_text(listing)
+    deleted = tmp_path / "deleted"
+    deleted.write_text("")
+    full = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LISTING": str(tmp_path / "listing"),
+            "DELETED": str(deleted), **(env or {})}
+    subprocess.run(["sh", "-c", script], check=True, env=full, cwd=tmp_path)
+    assert dt
+    return deleted.read_text().split()
+
+
+def _listing() -> str:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    old = (now - dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = (now - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (f"old-ok SUCCEEDED {old}\nold-failed FAILED {old}\nrecent-ok SUCCEEDED {recent}\n"
+            f"running RUNNING\nold-pending PENDING {old}\n")
+
+
+def test_finished_rayjobs_are_deleted_after_their_ttl(docs, tmp_path):
+    cleanup = _cronjob(docs, "vbpe-rayjob-cleanup")
+    pod = cleanup["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert any({"list", "delete"} <= set(r["verbs"]) for r in _role_of(docs, pod)["rules"])
+    script = pod["containers"][0]["args"][0]
+    assert sorted(_run_with_fake_kubectl(tmp_path, script, _listing())) == ["old-failed", "old-ok"]
+    scheduled = _cronjob(docs, "vbpe-tokenize")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    templates_dir = tmp_path / "templates"
+    templates_dir.mkdir()
+    (templates_dir / "rayjob.yaml").write_text("kind: RayJob\nmetadata: {name: __RAYJOB_NAME__}\n")
+    script = scheduled["containers"][0]["args"][0].replace("/templates/", f"{templates_dir}/")
+    deleted = _run_with_fake_kubectl(tmp_path, script, _listing(), {"JOB_NAME": "vbpe-tokenize-29000000"})
+    assert sorted(deleted) == ["old-failed", "old-ok"]
+
+
+def test_cluster_doc_says_what_is_exposed():
+    text = open(os.path.join(REPO, "docs", "cluster.md")).read()
+    for needle in ("RAY_AUTH_MODE=token", "vbpe-ray-auth", "8265", "6379", "ClusterIP", "--only k8s", "RAYJOB_TTL_SECONDS"):
+        assert needle in text, needle

@@ -4,11 +4,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tarfile
 
 import pytest
 
 from pipeline.ingest.preprocess import ImageSpec
-from pipeline.ingest.reader import Decoded, Rejected, caption_of, iter_shard
+from pipeline.ingest.reader import Decoded, caption_of, iter_shard
+from pipeline.rejects import Reject
 from pipeline.ingest.tarshards import Sample, ShardUnreadable, TarDamage, iter_samples, split_name
 from pipeline.ingest.writer import tar_bytes, write_shard
 from schemas.quantize import IngestOptions
@@ -99,7 +101,7 @@ def test_iter_shard_rejects_with_reasons(tmp_path):
 def test_iter_shard_member_too_large(tmp_path):
     path = _shard(tmp_path, [("big", {"jpg": encode(photo(1, 400, 400), "JPEG")})])
     (got,) = iter_shard(path, ImageSpec(32), IngestOptions(max_member_bytes=100))
-    assert isinstance(got, Rejected) and got.reason.startswith("member too large")
+    assert isinstance(got, Reject) and got.reason.startswith("member too large")
 
 
 @pytest.mark.parametrize(
@@ -115,3 +117,44 @@ def test_iter_shard_member_too_large(tmp_path):
 )
 def test_caption_extraction(members, expected):
     assert caption_of(Sample("k", members), ["txt", "json"]) == expected
+
+
+def _special_members_tar() -> bytes:
+    """Regular samples around a symlink, a hard link, a directory, a fifo and a device: each must be accounted for."""
+    buf = io.BytesIO()
+    img = encode(photo(3), "PNG")
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        def add(name: str, data: bytes | None = None, **attrs) -> None:
+            info = tarfile.TarInfo(name)
+            for k, v in attrs.items():
+                setattr(info, k, v)
+            if data is not None:
+                info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        add("a.png", img)
+        add("link.png", type=tarfile.SYMTYPE, linkname="a.png")
+        add("hard.png", type=tarfile.LNKTYPE, linkname="a.png")
+        add("photos", type=tarfile.DIRTYPE)
+        add("pipe.png", type=tarfile.FIFOTYPE)
+        add("dev.png", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add("withcap.png", type=tarfile.SYMTYPE, linkname="a.png")
+        add("withcap.txt", b"a caption")
+        add("z.png", img)
+    return buf.getvalue()
+
+
+def test_members_that_are_not_regular_files_are_rejected_not_lost(tmp_path):
+    path = tmp_path / "special.tar"
+    path.write_bytes(_special_members_tar())
+    got = list(iter_shard(str(path), ImageSpec(32), IngestOptions()))
+    assert [g.key for g in got] == ["a", "link", "hard", "photos", "pipe", "dev", "withcap", "z"]
+    assert isinstance(got[0], Decoded) and isinstance(got[-1], Decoded)
+    reasons = {r.key: r.reason for r in got[1:-1]}
+    assert all(isinstance(r, Reject) and r.source == str(path) for r in got[1:-1])
+    assert reasons == {
+        "link": "not a regular file: link.png is a symlink", "hard": "not a regular file: hard.png is a hard link",
+        "photos": "not a regular file: photos is a directory", "pipe": "not a regular file: pipe.png is a fifo",
+        "dev": "not a regular file: dev.png is a device", "withcap": "not a regular file: withcap.png is a symlink",
+    }
+    assert [r.row for r in got[1:-1]] == [1, 2, 3, 4, 5, 6]

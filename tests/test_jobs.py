@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -9,9 +10,9 @@ import sys
 
 import pytest
 
-import jobs._entry as entry
-from pipeline.submit import stages
-from tests.tokenize_support import V, grids, learn_vocab, write_grid_file
+from pipeline import stage as stages
+from pipeline.runner import job_main
+from tests.helpers.corpus import V, grids, learn_vocab, write_grid_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,9 +42,8 @@ def test_every_stage_has_a_thin_entrypoint(name):
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     assert [d.name for d in defs] == ["main"] and isinstance(defs[0], ast.FunctionDef), "logic belongs in pipeline/"
     assert len(defs[0].body) <= 8, "an entrypoint parses and delegates, nothing more"
-    generic = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "run_stage"]
-    if generic:  # the shared entry (jobs/_entry.py); train delegates to its own CLI instead
-        assert [c.args[0].value for c in generic] == [name]
+    generic = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "job_main"]
+    assert [c.args[0].value for c in generic] == [name]  # the shared runner (pipeline/runner.py)
 
 
 def test_tokenize_job_runs_and_reports_json(tok_config):
@@ -58,10 +58,10 @@ def test_tokenize_job_runs_and_reports_json(tok_config):
 def test_config_from_environment_variable(tok_config, tmp_path, capsys, monkeypatch):
     _, text = tok_config
     monkeypatch.setenv("MY_CFG", text.replace("/out\n", "/out-env\n"))
-    assert entry.run_stage("tokenize", ["--config", "env:MY_CFG"]) == 0
+    assert job_main("tokenize", ["--config", "env:MY_CFG"]) == 0
     assert json.loads(capsys.readouterr().out)["rows_written"] == 20
     monkeypatch.delenv("MY_CFG")
-    assert entry.run_stage("tokenize", ["--config", "env:MY_CFG"]) == 2
+    assert job_main("tokenize", ["--config", "env:MY_CFG"]) == 2
     assert "MY_CFG is not set" in capsys.readouterr().err
 
 
@@ -69,20 +69,48 @@ def test_invalid_config_fails_before_any_work(tok_config, tmp_path, capsys):
     root, text = tok_config
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace("out:", "output:").replace(str(root / "out"), str(tmp_path / "never")))
-    assert entry.run_stage("tokenize", ["--config", str(bad)]) == 2
+    assert job_main("tokenize", ["--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "output: Extra inputs are not permitted" in err and "out: Field required" in err
     assert not os.path.exists(tmp_path / "never")
 
 
-def test_missing_stage_code_is_a_clear_error(monkeypatch, tok_config, capsys):
+@pytest.mark.parametrize("name", sorted(stages.STAGES))
+def test_the_registry_names_only_code_that_exists(name):
+    stage = stages.STAGES[name]
+    assert isinstance(stage.config_class(), type)
+    if stage.run is not None:
+        assert callable(stage.run_function())
+    assert importlib.import_module(stage.entry_module).main
+
+
+def test_a_summary_that_is_not_json_safe_is_made_safe(monkeypatch, tok_config, capsys):
+    """The job prints the summary as JSON whatever the stage put in it (counters keyed by tuples, numpy, NaN)."""
+    import collections
+
+    import numpy as np
+
+    from pipeline import runner
+
+    class Odd:
+        ok = True
+
+        def to_json(self):
+            return {"reasons": collections.Counter({("decode", "corrupt"): 2}), "n": np.int64(3), "x": float("nan")}
+
+        def lines(self):
+            return ["odd"]
+
+        def metrics(self):
+            return {"rows_in": 3, "rows_out": 3}
+
     root, _ = tok_config
-    ghost = stages.Stage("tokenize", "schemas.tokenize:TokenizeConfig", "pipeline.ghoststage.api:run")
-    monkeypatch.setitem(stages.STAGES, "tokenize", ghost)
-    assert entry.run_stage("tokenize", ["--config", str(root / "tokenize.yaml")]) == 2
-    assert "stage 'tokenize' is not available in this build: no module pipeline.ghoststage.api" in capsys.readouterr().err
-    absent = stages.Stage("x", "schemas.nothing_here:Cfg", "pipeline.tokenize.api:run")
-    assert not absent.available()
+    monkeypatch.setitem(stages.STAGES, "tokenize", stages.Stage("tokenize", "schemas.tokenize:TokenizeConfig",
+                                                                "tests.test_jobs:_odd_run"))
+    monkeypatch.setattr(sys.modules[__name__], "_odd_run", lambda cfg: Odd(), raising=False)
+    assert job_main("tokenize", ["--config", str(root / "tokenize.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"reasons": {"decode|corrupt": 2}, "n": 3, "x": None}
+    assert runner.summary_json(Odd())["n"] == 3
 
 
 def test_stage_with_failures_exits_3(tok_config, tmp_path, capsys):
@@ -94,7 +122,7 @@ def test_stage_with_failures_exits_3(tok_config, tmp_path, capsys):
     pq.write_table(pa.table({"key": ["k"], "height": [1], "width": [1], "codes": ["x"]}), tmp_path / "g" / "broken.parquet")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text.replace(f"[{root}/g]", f"[{tmp_path}/g]").replace(f"{root}/out", f"{tmp_path}/out"))
-    assert entry.run_stage("tokenize", ["--config", str(cfg)]) == 3
+    assert job_main("tokenize", ["--config", str(cfg)]) == 3
     assert json.loads(capsys.readouterr().out)["failed"]
 
 
@@ -104,10 +132,10 @@ def test_learn_then_tokenize_jobs_chain(tmp_path, capsys):
     codes = grids(60, seed=7)
     write_grid_file(str(tmp_path / "g" / "a.parquet"), codes, "a")
     (tmp_path / "learn.yaml").write_text(f"inputs: [{tmp_path}/g]\nout: {tmp_path}/v.json\nmerges: 10\nprogress: false\n")
-    assert entry.run_stage("learn", ["--config", str(tmp_path / "learn.yaml")]) == 0
+    assert job_main("learn", ["--config", str(tmp_path / "learn.yaml")]) == 0
     vocab = json.loads(capsys.readouterr().out)
     assert len(vocab["merges"]) == 10 and vocab["codebook_size"] == V
     (tmp_path / "tok.yaml").write_text(f"inputs: [{tmp_path}/g]\nvocab: {tmp_path}/v.json\nout: {tmp_path}/out\n")
-    assert entry.run_stage("tokenize", ["--config", str(tmp_path / "tok.yaml")]) == 0
+    assert job_main("tokenize", ["--config", str(tmp_path / "tok.yaml")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_written"] == 60 and summary["tokens"] < summary["cells"]

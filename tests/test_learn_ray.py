@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.learn import LearnConfig
-from tests.helpers_grids import write_synthetic
+from tests.helpers.grids import write_synthetic
 
 pytestmark = pytest.mark.ray
 

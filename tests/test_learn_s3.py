@@ -7,11 +7,11 @@ import pytest
 
 from pipeline import storage
 from pipeline.codegrids import open_corpus, read_rows, write_grids
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.base import StorageOptions
 from schemas.learn import LearnConfig
 from tests.helpers.s3 import moto_s3
-from tests.helpers_grids import write_synthetic
+from tests.helpers.grids import write_synthetic
 
 BUCKET = "vbpe-learn"
 
@@ -20,7 +20,6 @@ BUCKET = "vbpe-learn"
 def s3():
     with moto_s3(BUCKET) as endpoint:
         yield StorageOptions(endpoint_url=endpoint)
-    storage.set_default_storage(None)
 
 
 def test_learn_from_and_to_s3_with_resume(s3, tmp_path):

@@ -14,10 +14,10 @@ from pipeline.bpe.encoder import BpeEncoder
 from pipeline.bpe.vocab import Vocabulary
 from pipeline.cli import main
 from pipeline.codegrids import open_corpus, read_rows
-from pipeline.learn.api import run
+from pipeline.learn.api import learn_vocabulary as run
 from schemas.base import InputError
 from schemas.learn import LearnConfig
-from tests.helpers_grids import write_raw, write_synthetic
+from tests.helpers.grids import write_raw, write_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +150,10 @@ def test_cli_reports_bad_config_fields(tmp_path, capsys):
 def test_holdout_grids_are_left_out_and_counted(tmp_path, grids_dir):
     from pipeline.codegrids import holdout_mask
 
-    vocab = run(_cfg(tmp_path, merges=20, holdout_fraction=0.25))
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    vocab = execute(get_stage("learn"), _cfg(tmp_path, merges=20, holdout_fraction=0.25)).vocab  # as the CLI and jobs run it
     corpus = open_corpus([str(grids_dir)])
     keys = read_rows(corpus, 0, corpus.rows).keys
     held = int(holdout_mask(keys, 0.25, "vbpe-holdout").sum())

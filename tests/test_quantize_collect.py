@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.ingest.preprocess import ImageSpec
-from pipeline.ingest.records import END, IMAGE, REJECT, STREAM_SCHEMA
+from pipeline.ingest.stream_rows import END, IMAGE, REJECT, STREAM_SCHEMA
 from pipeline.quantize.actor import encode_table
 from pipeline.quantize.collect import Collector
 from pipeline.quantize.spec import QuantizerSpec

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main as vbpe
+from pipeline.configargs import load_config
 from pipeline.ingest.preprocess import ImageSpec
 from pipeline.ingest.reader import Decoded, iter_shard
 from pipeline.ingest.writer import write_shard
@@ -50,6 +51,19 @@ def manifest(out):
         return json.load(f)
 
 
+def committed(out) -> dict:
+    """Shards whose entry says done, read from the entry files alone (a killed run never rewrote manifest.json)."""
+    found = {}
+    for f in glob.glob(os.path.join(out, "manifest.d", "*.json")):
+        try:
+            e = json.load(open(f))
+        except ValueError:
+            continue
+        if e["status"] == "done":
+            found[e["input"]] = e
+    return found
+
+
 def all_grids(out):
     files = sorted(glob.glob(os.path.join(out, "grids", "*.parquet")))
     return files, [pq.read_table(f) for f in files]
@@ -77,7 +91,7 @@ def test_every_bad_input_is_recorded_and_counts_balance(first_run, corpus, capfd
     code, out, _ = first_run
     assert code == 0
     m = manifest(out)
-    entries = m["shards"]
+    entries = m["inputs"]
     assert len(entries) == 3 and all(e["status"] == "done" for e in entries.values())
     for e in entries.values():
         assert e["rows_in"] == e["rows_written"] + e["rows_rejected"]
@@ -103,7 +117,7 @@ def test_grids_are_the_quantizer_codes(first_run, corpus):
     enc = KMeansEncoder(cb.spec(), {"centroids": cb.centroids})
     m = manifest(out)
     assert m["quantizer"]["fingerprint"] == cb.fingerprint
-    for url, entry in m["shards"].items():
+    for url, entry in m["inputs"].items():
         t = pq.read_table(os.path.join(out, entry["output"]))
         meta = t.schema.metadata
         assert meta[CODEBOOK_SIZE_KEY] == b"16" and meta[QUANTIZER_FINGERPRINT_KEY] == cb.fingerprint.encode()
@@ -135,11 +149,11 @@ def test_unreadable_shard_fails_alone_then_is_retried(first_run, corpus, capsys)
     assert vbpe(["quantize", "--config", cfg]) == 3
     text = capsys.readouterr().out
     assert "FAILED" in text and "1 failed" in text
-    entry = manifest(out)["shards"][bad]
+    entry = manifest(out)["inputs"][bad]
     assert entry["status"] == "failed" and "not a readable tar" in entry["error"]
     write_shard(bad, good_samples("fixed", 4))
     assert vbpe(["quantize", "--config", cfg]) == 0
-    entry = manifest(out)["shards"][bad]
+    entry = manifest(out)["inputs"][bad]
     assert entry["status"] == "done" and entry["rows_written"] == 4
     text = capsys.readouterr().out
     assert "1 done now, 3 already done" in text
@@ -170,18 +184,17 @@ def test_killed_run_resumes_without_duplicates_or_gaps(ray_local, tmp_path):
     done_at_kill = 0
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        try:
-            done_at_kill = sum(e["status"] == "done" for e in manifest(out)["shards"].values())
-        except (FileNotFoundError, ValueError):
-            done_at_kill = 0
+        done_at_kill = len(committed(out))
         if done_at_kill >= 1:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait()
     assert 1 <= done_at_kill < n_shards, f"run was not caught mid-way ({done_at_kill} shards done)"
+    at_kill = committed(out)  # what the killed run committed (entry files are written as each shard commits)
     assert vbpe(["quantize", "--config", cfg]) == 0
-    m = manifest(out)["shards"]
+    assert {u: e for u, e in committed(out).items() if u in at_kill} == at_kill, "a committed shard was redone"
+    m = manifest(out)["inputs"]
     assert len(m) == n_shards and all(e["status"] == "done" for e in m.values())
     keys = [k for t in all_grids(out)[1] for k in t.column("key").to_pylist()]
     assert len(keys) == len(set(keys)) == n_shards * per_shard
@@ -198,7 +211,7 @@ def test_taming_actors_rebuild_the_model_from_the_object_store(ray_local, tmp_pa
     write_shard(str(tmp_path / "t.tar"), good_samples("tm", 5))
     cfg = {"inputs": [str(tmp_path / "t.tar")], "out": str(tmp_path / "out"), "batch_size": 2, "cpus_per_actor": 0.5,
            "cpus_per_reader": 0.5, "quantizer": {"kind": "taming", "config": ycfg, "checkpoint": ckpt}}
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import QuantizeConfig
 
     summary = run_quantize(QuantizeConfig.from_dict(cfg))
@@ -221,8 +234,8 @@ def test_decoding_stays_out_of_the_encoder_actors(first_run, corpus):
     from schemas.quantize import QuantizeConfig
 
     _, _, cfg_path = first_run
-    cfg = QuantizeConfig.from_yaml(cfg_path)
-    cfg.cpus_per_reader = cfg.cpus_per_actor
+    cfg = load_config(QuantizeConfig, cfg_path)
+    cfg.cpus_per_reader = cfg.actor_cpus
     spec, tensors = prepare(cfg.quantizer)
     urls = sorted(glob.glob(str(corpus["root"] / "shards" / "s-00[01].tar")))
     ds = build_dataset(cfg, spec, ray.put(tensors), urls)
@@ -230,3 +243,20 @@ def test_decoding_stays_out_of_the_encoder_actors(first_run, corpus):
     stats = ds.stats()
     assert rows == 11 + 11 + 2  # samples + one end marker per shard
     assert "MapBatches(read_shards)->" not in stats and "MapBatches(EncodeActor)" in stats
+
+
+def test_job_entrypoint_prints_a_json_summary_when_samples_were_rejected(first_run, corpus, tmp_path, capsys):
+    """`python -m jobs.quantize` once crashed after writing everything: the reject counter had tuple keys."""
+    from jobs.quantize import main as job
+
+    _, _, cfg = first_run
+    text = yaml.safe_load(open(cfg))
+    text["out"] = str(tmp_path / "job-out")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(text))
+    assert job(["--config", str(tmp_path / "job.yaml")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] and summary["rows_rejected"] > 0
+    assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"]
+    assert sum(summary["reject_reasons"].values()) == summary["rows_rejected"]
+    metrics = json.load(open(tmp_path / "job-out" / "metrics.json"))
+    assert metrics["status"] == "ok" and metrics["rows_rejected"] == summary["rows_rejected"] and metrics["rows_accounted"]

@@ -14,7 +14,7 @@ from pipeline.report.cards import Shape
 from schemas.base import InputError
 from schemas.report import ReportConfig
 from tests.helpers.tokenizers import tokenizer_parts
-from tests.helpers_report import grids_from_array, learn_vocab, write_corpus
+from tests.helpers.report import grids_from_array, learn_vocab, write_corpus
 from vbpe import VisualTokenizer, directory
 
 V = 10

@@ -16,8 +16,8 @@ from pipeline.report import tokens as T
 from pipeline.report.analyze import analyze, unpack_pos
 from pipeline.report.sample import holdout_mask, key_hash, read_holdout
 from pipeline.report.segment import instance_table, segment
-from pipeline.synthetic import synthetic_grids
-from tests.helpers_report import grids_from_array, learn_vocab, write_corpus
+from bench.synthetic import synthetic_grids
+from tests.helpers.report import grids_from_array, learn_vocab, write_corpus
 
 V = 6
 
@@ -198,7 +198,7 @@ def test_analysis_does_not_depend_on_batch_size(small):
 
 def test_read_holdout_counts_rejects(tmp_path):
     from pipeline.codegrids import open_corpus
-    from tests.helpers_grids import write_raw
+    from tests.helpers.grids import write_raw
 
     rows = [{"key": f"k{i}", "height": 2, "width": 2, "codes": [1, 2, 3, 4]} for i in range(20)]
     rows += [{"key": "big", "height": 2, "width": 2, "codes": [1, 2, 3, 99]},

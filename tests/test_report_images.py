@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.report.images import cell_box, crop_instance, find_images, preprocess, quantizer_input, split_name
-from tests.helpers_report import png_bytes, write_shard
+from tests.helpers.report import png_bytes, write_shard
 
 
 def _cell_picture(width: int, height: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,10 @@ from PIL import Image
 from pipeline import cli
 from pipeline.bpe import reference
 from pipeline.bpe.encoder import BpeEncoder
-from pipeline.learn.api import run as learn
+from pipeline.learn.api import learn_vocabulary as learn
 from pipeline.report.api import run
 from pipeline.report.atlas import MAX_WIDTH, PAD, SECTION, TITLE, card_size
-from tests.helpers_report import learn_vocab, photo_corpus, write_corpus
+from tests.helpers.report import learn_vocab, photo_corpus, write_corpus
 from schemas.learn import LearnConfig
 from schemas.report import ReportConfig
 

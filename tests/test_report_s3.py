@@ -9,7 +9,7 @@ import pytest
 from pipeline import storage
 from pipeline.codegrids import write_grids
 from pipeline.report.api import run
-from tests.helpers_report import learn_vocab, photo_corpus
+from tests.helpers.report import learn_vocab, photo_corpus
 from schemas.base import StorageOptions
 from tests.helpers.s3 import moto_s3
 from schemas.report import ReportConfig
@@ -21,7 +21,6 @@ BUCKET = "vbpe-report"
 def s3():
     with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    storage.set_default_storage(None)
 
 def test_report_on_s3(s3, tmp_path):
     opts = StorageOptions(endpoint_url=s3)

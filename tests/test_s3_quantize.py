@@ -47,7 +47,7 @@ def test_quantize_from_s3_to_s3(ray_s3, tmp_path, capsys):
     assert "3 done now" in text
     assert storage.exists(f"s3://{BUCKET}/models/cb.safetensors", opts)
     manifest = json.loads(storage.read_text(f"s3://{BUCKET}/out/manifest.json", opts))
-    entries = manifest["shards"]
+    entries = manifest["inputs"]
     assert set(entries) == {f"s3://{BUCKET}/shards/s-000.tar", f"s3://{BUCKET}/shards/s-001.tar", f"s3://{BUCKET}/shards/t-000.tar"}
     fs, _ = storage.get_fs(f"s3://{BUCKET}/out", opts)
     total = 0
@@ -73,7 +73,7 @@ def test_tokenize_image_shards_from_s3_to_s3(ray_s3, tmp_path, capsys):
     from pipeline.quantize.fit import ensure_codebook
     from pipeline.quantize.kmeans import KMeansEncoder, load_codebook
     from schemas.quantize import IngestOptions, KMeansQuantizerConfig
-    from tests.tokenize_support import learn_vocab
+    from tests.helpers.corpus import learn_vocab
 
     opts = StorageOptions(endpoint_url=ray_s3)
     for i in range(2):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.submit import ids
-from pipeline.submit.stages import get_stage
+from pipeline.stage import get_stage
 from pipeline.submit.submit import (
     CONFIG_ENV, DEFAULT_EXCLUDES, SubmitRequest, build_entrypoint, build_runtime_env, config_argument, read_and_validate,
 )
@@ -84,7 +84,7 @@ def test_cli_needs_an_address(tmp_path, capsys, monkeypatch):
 
 def test_unreachable_cluster_is_one_clear_line(tmp_path, capsys):
     from pipeline import cli
-    from tests.tokenize_support import free_port
+    from tests.helpers.ports import free_port
 
     (tmp_path / "t.yaml").write_text(CFG)
     code = cli.main(["submit", "tokenize", "--config", str(tmp_path / "t.yaml"), "--address", f"http://127.0.0.1:{free_port()}"])

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from tests.tokenize_support import V, LocalRayCluster, grids, learn_vocab, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_grid_file
+from tests.helpers.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def test_submit_waits_streams_logs_and_the_job_wrote_the_rows(cluster, corpus, m
     assert _submit(monkeypatch, cluster, "--config", cfg) == 0
     out = capfd.readouterr().out
     assert "rows in 30 = written 30 + rejected 0" in out  # the job's own log lines, streamed
-    assert "Ray: 2 files" in out  # the files went out as Ray tasks
+    assert "Ray: 2 items" in out  # the files went out as Ray tasks
     manifest = json.load(open(next((corpus / "out-adhoc").glob("v1-*/manifest.json"))))
     assert manifest["totals"]["rows_written"] == 30 and manifest["totals"]["inputs_done"] == 2
     assert pq.read_table(next((corpus / "out-adhoc").glob("v1-*/data"))).num_rows == 30

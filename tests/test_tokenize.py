@@ -11,12 +11,13 @@ import pytest
 
 from pipeline import cli
 from pipeline.bpe import reference
+from pipeline.configargs import load_config
 from pipeline.tokenize.api import run
 from schemas.base import ConfigError, InputError
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
 from schemas.tokens import LAYOUT_FINGERPRINT_KEY, VOCAB_FINGERPRINT_KEY
-from tests.tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_bad_rows, write_grid_file
 
 LAYOUT = IdLayout(text_vocab_size=1000, codebook_size=V, num_merges=20)
 
@@ -80,7 +81,7 @@ def test_plain_arrow_schema_metadata_and_captions(corpus, tmp_path):
     caps = dict(zip(table.column("key").to_pylist(), table.column("caption").to_pylist()))
     assert caps["a-0003"] == "caption of a-0003" and caps["b-0003"] is None
     # The layout and vocabulary travel with the corpus.
-    assert IdLayout.from_yaml(os.path.join(s.root, "layout.yaml")) == LAYOUT
+    assert load_config(IdLayout, os.path.join(s.root, "layout.yaml")) == LAYOUT
     assert json.load(open(os.path.join(s.root, "vocab.json")))["fingerprint"] == corpus["vocab"].fingerprint()
 
 
@@ -225,10 +226,10 @@ def test_overlapping_runs_of_one_version_keep_each_others_entries(corpus, tmp_pa
     s = run(cfg_for(corpus, out))
     paths = versions.VersionPaths(str(out), s.version)
     meta = json.load(open(paths.manifest))
-    stale = versions.Manifest(paths, json.loads(json.dumps(meta)))  # a run that loaded the manifest earlier
-    del stale.data["inputs"][next(iter(meta["inputs"]))]
-    stale.record("/elsewhere/c.parquet", status="failed", identity={}, error="x")
-    stale.save()
+    first = versions.open_manifest(paths, meta["vocab"], LAYOUT)  # a run that opened the manifest earlier ...
+    other = versions.open_manifest(paths, meta["vocab"], LAYOUT)  # ... and another run of the same version
+    other.commit("/elsewhere/c.parquet", "failed", identity={}, error="x")
+    first.save()
     merged = json.load(open(paths.manifest))["inputs"]
     assert set(merged) == set(meta["inputs"]) | {"/elsewhere/c.parquet"}
 
@@ -265,15 +266,136 @@ def test_tokenize_writes_run_metrics(tmp_path):
 
     from pipeline.tokenize.api import run
     from schemas.tokenize import TokenizeConfig
-    from tests.helpers_grids import write_synthetic
-    from pipeline.learn.api import run as learn
+    from tests.helpers.grids import write_synthetic
+    from pipeline.learn.api import learn_vocabulary as learn
     from schemas.learn import LearnConfig
 
     (tmp_path / "g").mkdir()
     write_synthetic(tmp_path / "g", 20, parts=1, side=8, codebook_size=32)
     learn(LearnConfig(inputs=[str(tmp_path / "g")], out=str(tmp_path / "v.json"), merges=10, progress=False,
                       checkpoint_every=0))
-    summary = run(TokenizeConfig(inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "v.json"), out=str(tmp_path / "t")))
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    summary = execute(get_stage("tokenize"), TokenizeConfig(inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "v.json"),
+                                                            out=str(tmp_path / "t")))
     m = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert m["stage"] == "tokenize" and m["status"] == "ok" and m["rows_accounted"]
     assert m["rows_in"] == 20 == m["rows_out"] + m["rows_rejected"] and m["tokens"] == summary.tokens
+
+
+def test_an_unreadable_grid_file_fails_alone_and_the_run_exits_3(corpus, tmp_path, capsys):
+    """docs/tokenize.md: a bad input is recorded as failed, the others go on, the run exits 3."""
+    grid_dir = tmp_path / "g"
+    write_grid_file(str(grid_dir / "ok.parquet"), corpus["codes"][40:45], "ok")
+    (grid_dir / "corrupt.parquet").write_bytes(b"PAR1 but not really" * 10)
+    out = tmp_path / "out"
+    code = cli.main(["tokenize", str(grid_dir), "--vocab", str(corpus["root"] / "vocab.json"), "--out", str(out), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 3 and summary["done"] == 1 and summary["rows_written"] == 5
+    assert list(summary["failed"]) == [str(grid_dir / "corrupt.parquet")]
+    assert "not a readable Parquet file" in summary["failed"][str(grid_dir / "corrupt.parquet")]
+    entries = json.load(open(os.path.join(summary["root"], "manifest.json")))["inputs"]
+    assert entries[str(grid_dir / "corrupt.parquet")]["status"] == "failed"
+    write_grid_file(str(grid_dir / "corrupt.parquet"), corpus["codes"][45:47], "fixed")
+    again = run(cfg_for(corpus, out, inputs=[str(grid_dir)], layout=None))
+    assert again.ok and (again.done, again.skipped) == (1, 1)
+
+
+def test_non_integer_codebook_metadata_is_one_line(corpus, tmp_path, capsys):
+    t = pa.table({"key": ["k"], "height": pa.array([1], pa.int32()), "width": pa.array([1], pa.int32()),
+                  "codes": pa.array([[1]], pa.list_(pa.int32()))})
+    (tmp_path / "g").mkdir()
+    pq.write_table(t.replace_schema_metadata({b"vbpe.codebook_size": b"many"}), tmp_path / "g" / "x.parquet")
+    code = cli.main(["tokenize", str(tmp_path / "g"), "--vocab", str(corpus["root"] / "vocab.json"), "--out",
+                     str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "vbpe.codebook_size is 'many', not an integer" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_duplicate_keys_and_unstamped_grids_are_counted_and_warned(corpus, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    vocab = learn_vocab(corpus["codes"][:40], num_merges=4, quantizer_fingerprint="q-aaaa")
+    vocab.save(str(tmp_path / "vq.json"))
+    write_grid_file(str(tmp_path / "g" / "a.parquet"), corpus["codes"][40:46], "dup")
+    write_grid_file(str(tmp_path / "g" / "b.parquet"), corpus["codes"][46:50], "dup")  # keys dup-0000..0003 again
+    s = run(cfg_for(corpus, tmp_path / "out", inputs=[str(tmp_path / "g")], vocab=str(tmp_path / "vq.json"), layout=None))
+    assert s.ok and s.rows_written == 10 and s.duplicate_keys == 4 and s.without_quantizer == 2
+    assert any("repeat another row's key" in line for line in s.lines())
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "4 rows written in this run repeat the key" in warned
+    assert "do not say which quantizer made them" in warned and "q-aaaa" in warned
+
+
+def test_stale_temp_files_of_dead_runs_are_removed_live_ones_kept(corpus, tmp_path):
+    import socket
+    import subprocess
+
+    from pipeline import storage
+
+    out = tmp_path / "out"
+    s = run(cfg_for(corpus, out))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = storage._HOST
+    stale = os.path.join(s.data, f".part-0-abc.parquet.tmp-{host}-{dead.pid}-0a1b2c3d")
+    live = os.path.join(s.data, f".part-1-abc.parquet.tmp-{host}-{os.getpid()}-0a1b2c3d")
+    other_host = os.path.join(s.data, f".part-2-abc.parquet.tmp-elsewhere-{dead.pid}-0a1b2c3d")
+    for p in (stale, live, other_host):
+        open(p, "wb").close()
+    assert socket.gethostname()
+    run(cfg_for(corpus, out))
+    assert not os.path.exists(stale) and os.path.exists(live) and os.path.exists(other_host)
+    os.utime(other_host, (0, 0))  # an hour-old temp of another host is stale too
+    run(cfg_for(corpus, out))
+    assert not os.path.exists(other_host) and os.path.exists(live)
+
+
+def test_a_killed_run_redoes_nothing_it_committed(corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid_dir = tmp_path / "many"
+    for i in range(60):
+        write_grid_file(str(grid_dir / f"p-{i:03d}.parquet"), grids(30, seed=100 + i), f"p{i}")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline.cli", "tokenize", str(grid_dir), "--vocab", str(corpus["root"] / "vocab.json"),
+           "--out", str(out), "--executor", "local"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed: dict = {}
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        committed = _committed(out)
+        if committed:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    committed = _committed(out)
+    assert 1 <= len(committed) < 60, f"run was not caught mid-way ({len(committed)} inputs committed)"
+    outputs = {url: os.stat(os.path.join(str(next(out.glob("v1-*"))), e["output"])).st_mtime_ns for url, e in committed.items()}
+    again = run(cfg_for(corpus, out, inputs=[str(grid_dir)], layout=None))
+    assert again.ok and again.skipped == len(committed) and again.done == 60 - len(committed)
+    root = str(next(out.glob("v1-*")))
+    assert {u: os.stat(os.path.join(root, committed[u]["output"])).st_mtime_ns for u in committed} == outputs
+    assert pq.read_table(os.path.join(root, "data")).num_rows == 60 * 30
+    assert not [n for n in os.listdir(os.path.join(root, "data")) if n.startswith(".")]
+
+
+def _committed(out) -> dict:
+    """Inputs whose entry file says done: what a run committed, even if it was killed before rewriting manifest.json."""
+    found = {}
+    for f in out.glob("v1-*/manifest.d/*.json"):
+        try:
+            e = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if e["status"] == "done":
+            found[e["input"]] = e
+    return found

@@ -10,7 +10,7 @@ import pytest
 from pipeline.tokenize.api import run
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
-from tests.tokenize_support import V, grids, learn_vocab, write_bad_rows, write_grid_file
+from tests.helpers.corpus import V, grids, learn_vocab, write_bad_rows, write_grid_file
 
 pytestmark = pytest.mark.ray
 

@@ -13,7 +13,7 @@ from schemas.base import StorageOptions
 from tests.helpers.s3 import moto_s3
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
-from tests.tokenize_support import V, grids, learn_vocab
+from tests.helpers.corpus import V, grids, learn_vocab
 
 BUCKET = "corpus"
 

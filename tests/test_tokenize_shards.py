@@ -15,7 +15,7 @@ import yaml
 from pipeline import cli
 from pipeline.bpe.encoder import BpeEncoder
 from pipeline.ingest.reader import Decoded, iter_shard
-from pipeline.ingest.records import ENCODED_SCHEMA, END, IMAGE, REJECT
+from pipeline.ingest.stream_rows import ENCODED_SCHEMA, END, IMAGE, REJECT
 from pipeline.ingest.writer import write_shard
 from pipeline.quantize.fit import ensure_codebook
 from pipeline.quantize.kmeans import KMeansEncoder, load_codebook
@@ -25,7 +25,7 @@ from schemas.layout import IdLayout
 from schemas.quantize import IngestOptions, KMeansQuantizerConfig
 from schemas.tokenize import TokenizeConfig
 from tests.helpers.shards import good_samples, write_bad_corpus
-from tests.tokenize_support import grids, learn_vocab
+from tests.helpers.corpus import grids, learn_vocab
 
 MAX_PIXELS = 1_000_000
 V = 16
@@ -129,7 +129,7 @@ def test_refused_before_any_work(setup, tmp_path, capsys):
 
 @pytest.mark.ray
 def test_shards_give_the_tokens_of_quantize_then_tokenize(ray_local, setup, tmp_path, capsys):
-    from pipeline.quantize.run import run_quantize
+    from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import QuantizeConfig
 
     root = setup["root"]
@@ -146,7 +146,7 @@ def test_shards_give_the_tokens_of_quantize_then_tokenize(ray_local, setup, tmp_
     assert code == 0 and direct["ok"] and direct["input_kind"] == "shards" and direct["version"] == via_grids.version
     assert (direct["done"], direct["rows_in"], direct["rows_written"], direct["rows_rejected"]) == (3, 18, 18, 0)
 
-    quantized = json.load(open(os.path.join(qout, "manifest.json")))["shards"]
+    quantized = json.load(open(os.path.join(qout, "manifest.json")))["inputs"]
     grid_entries = version_manifest(via_grids)["inputs"]
     shard_entries = json.load(open(os.path.join(direct["root"], "manifest.json")))["inputs"]
     assert set(shard_entries) == set(quantized) == {str(root / "shards" / f"s-{i}.tar") for i in range(3)}

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.configargs import load_config
 from pipeline.train import chat, curriculum, tiny
 from pipeline.train.batches import Geometry, Sequences, global_batch, worker_micro_batches
 from pipeline.train.prepare import IGNORE, prepare
@@ -240,7 +241,7 @@ def test_config_defaults_and_errors(tmp_path):
     assert [cfg.stage3.mixture.weights()[c] for c in CATEGORIES] == [15, 15, 30, 40] and cfg.output == "o"
     (tmp_path / "bad.yaml").write_text("model: m\noutput: o\ndata: {conversations: [{path: c}], corpus: [t]}\nstage1: {lr: -1, mixture: {foundation: 0}}\nbogus: 1\n")
     with pytest.raises(ConfigError) as err:
-        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+        load_config(TrainConfig, tmp_path / "bad.yaml")
     assert "stage1.lr" in str(err.value) and "bogus" in str(err.value) and "positive weight" in str(err.value)
 
 

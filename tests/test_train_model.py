@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from pipeline.configargs import load_config
 from pipeline.train import state as ckpt
 from pipeline.train import tiny
 from pipeline.train.freeze import apply_stage, decoder_layers, layers_to_unfreeze
@@ -54,7 +55,7 @@ def test_init_extends_vocab_by_layout(sources, tmp_path, tied):
         assert torch.allclose(new[n:].mean(0), mean, atol=0.1 * std.max().item())
         assert 0.05 < ((new[n:] - mean) / std).std().item() < 0.2
     assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) is tied
-    assert IdLayout.from_yaml(tmp_path / "base" / "layout.yaml") == layout
+    assert load_config(IdLayout, tmp_path / "base" / "layout.yaml") == layout
     assert json.loads((tmp_path / "base" / "vbpe_init.json").read_text())["layout_fingerprint"] == layout.fingerprint()
 
 

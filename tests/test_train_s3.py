@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.train import tiny
-from pipeline.train.files import local_dir, publish_dir
+from pipeline.storage import local_dir, put_dir as publish_dir
 from schemas.base import StorageOptions
 from tests.helpers.s3 import moto_s3
 from schemas.layout import IdLayout

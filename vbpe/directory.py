@@ -18,7 +18,6 @@ layout must fit the vocabulary): an edited or mixed-up directory is refused with
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,23 +101,6 @@ def _tensors(data: bytes, source: str) -> dict[str, np.ndarray]:
         raise InputError(f"{source}: not a readable safetensors file ({type(err).__name__}: {err})") from None
 
 
-def _write_bytes(path: str, data: bytes, options: StorageOptions | None) -> None:
-    if storage.is_remote(path):
-        with storage.open_file(path, "wb", options) as f:
-            f.write(data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _read_bytes(path: str, options: StorageOptions | None) -> bytes:
-    with storage.open_file(path, "rb", options) as f:
-        return f.read()
-
-
 def save(parts: Parts, out: str, options: StorageOptions | None = None) -> None:
     """Write every part, then the manifest: a directory whose manifest is there is complete."""
     parts.check(out)
@@ -131,10 +113,10 @@ def save(parts: Parts, out: str, options: StorageOptions | None = None) -> None:
     storage.write_text(storage.join(out, LAYOUT), parts.layout.to_yaml(), options)
     spec = {"encoder": parts.spec.to_json(), "decoder": None if parts.decoder is None else parts.decoder.to_json()}
     storage.write_text(storage.join(out, QUANTIZER), json.dumps(spec, indent=1) + "\n", options)
-    _write_bytes(storage.join(out, WEIGHTS), _tensor_bytes(parts.tensors), options)
+    storage.write_bytes(storage.join(out, WEIGHTS), _tensor_bytes(parts.tensors), options)
     decoder = storage.join(out, DECODER)
     if parts.decoder is not None:
-        _write_bytes(decoder, _tensor_bytes(parts.decoder_tensors or {}), options)
+        storage.write_bytes(decoder, _tensor_bytes(parts.decoder_tensors or {}), options)
     elif storage.exists(decoder, options):
         fs, p = storage.get_fs(decoder, options)
         fs.rm(p)
@@ -168,13 +150,13 @@ def load(path: str, options: StorageOptions | None = None) -> Parts:
         _same("vocabulary", m["vocab"]["fingerprint"], vocab.fingerprint(), path)
         specs = _json(storage.join(path, QUANTIZER), options)
         spec = QuantizerSpec.from_json(specs["encoder"])
-        tensors = _tensors(_read_bytes(storage.join(path, WEIGHTS), options), storage.join(path, WEIGHTS))
+        tensors = _tensors(storage.read_bytes(storage.join(path, WEIGHTS), options), storage.join(path, WEIGHTS))
         _same("quantizer", m["quantizer"]["fingerprint"], spec.recompute_fingerprint(tensors), path)
         _same("quantizer spec", spec.fingerprint, m["quantizer"]["fingerprint"], path)
         decoder = decoder_tensors = None
         if m.get("decoder"):
             decoder = DecoderSpec.from_json(specs["decoder"])
-            decoder_tensors = _tensors(_read_bytes(storage.join(path, DECODER), options), storage.join(path, DECODER))
+            decoder_tensors = _tensors(storage.read_bytes(storage.join(path, DECODER), options), storage.join(path, DECODER))
             _same("decoder", m["decoder"]["fingerprint"],
                   decoder_fingerprint(decoder.kind, decoder.arch, spec.image, decoder_tensors), path)
             _same("decoder spec", decoder.fingerprint, m["decoder"]["fingerprint"], path)
@@ -203,7 +185,7 @@ def from_sources(vocab_path: str, quantizer, layout: IdLayout | str | None = Non
     from pipeline.quantize.registry import prepare
     from pipeline.tokenize.layout import resolve_layout
 
-    vocab = Vocabulary.load(vocab_path)
+    vocab = Vocabulary.load(vocab_path, options)
     spec, tensors = prepare(quantizer, options)
     if not vocab.quantizer_fingerprint:
         import logging
@@ -212,7 +194,7 @@ def from_sources(vocab_path: str, quantizer, layout: IdLayout | str | None = Non
             "%s records no quantizer fingerprint: cannot check that it was learned on %s's codes", vocab_path, spec.kind)
     found = prepare_decoder(quantizer, spec, tensors)
     decoder, decoder_tensors = found if found is not None else (None, None)
-    layout = resolve_layout(layout) or default_layout(vocab)
+    layout = resolve_layout(layout, options) or default_layout(vocab)
     parts = Parts(vocab, layout, spec, tensors, decoder, decoder_tensors)
     parts.check(f"{vocab_path} + {spec.kind} quantizer")
     return parts

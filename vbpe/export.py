@@ -30,34 +30,17 @@ def quantizer_config(q: Any):
 
 def export(cfg) -> "VisualTokenizer":  # noqa: F821
     """Build the tokenizer from its sources, check it, write it to `cfg.out`."""
-    from pipeline import storage
     from vbpe import directory
     from vbpe.tokenizer import VisualTokenizer
 
-    storage.set_default_storage(cfg.storage)
     parts = directory.from_sources(cfg.vocab, cfg.quantizer, cfg.layout, cfg.storage)
     directory.save(parts, cfg.out, cfg.storage)
     return VisualTokenizer(parts)
 
 
-FLAGS = {"vocab": "vocab", "layout": "layout", "out": "out"}
-
-
-def config_from_args(args: argparse.Namespace):
-    from pipeline.configargs import build_config
-    from schemas.export import ExportConfig
-
-    sections: dict[str, dict[str, Any]] = {}
-    if args.endpoint_url:
-        sections["storage"] = {"endpoint_url": args.endpoint_url}
-    cfg_fields = dict(FLAGS)
-    if args.quantizer:
-        args.quantizer_section = quantizer_config(args.quantizer).model_dump(mode="json")
-        cfg_fields["quantizer_section"] = "quantizer"
-    return build_config(ExportConfig, args, cfg_fields, sections)
-
-
 def handle(args: argparse.Namespace) -> int:
+    from pipeline.configargs import config_from_args
+
     cfg = config_from_args(args)
     tok = export(cfg)
     fp = tok.fingerprints
@@ -69,16 +52,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.configargs import add_config_flag
+    from pipeline.configargs import add_config_arguments
+    from schemas.export import ExportConfig
 
     p = subparsers.add_parser(
         "export", help="vocabulary + quantizer + id layout -> a tokenizer directory (vbpe.VisualTokenizer)",
         description="Write one directory holding the vocabulary, the quantizer (config, encoder and decoder weights) "
         "and the id layout, with fingerprints checked on load: vbpe.VisualTokenizer.from_pretrained(DIR).")
-    p.add_argument("--vocab", help="vocabulary JSON (vbpe learn)")
-    p.add_argument("--quantizer", help="YAML with the quantizer section (as for vbpe quantize --quantizer)")
-    p.add_argument("--layout", help="id layout YAML (default: Llama-3 text ids + 5 specials, sized to the vocabulary)")
-    p.add_argument("--out", help="tokenizer directory to write (local or s3://)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (MinIO, moto, ...)")
-    add_config_flag(p)
+    # One flag per config field (--quantizer takes the YAML with the quantizer section); flags override --config.
+    add_config_arguments(p, ExportConfig, aliases={"--endpoint-url": "storage.endpoint_url"})
     p.set_defaults(handler=handle)

@@ -63,7 +63,7 @@ class VisualProcessor:
         from transformers import AutoTokenizer
 
         from pipeline import storage
-        from pipeline.train.files import local_dir
+        from pipeline.storage import local_dir
         from schemas.layout import IdLayout
 
         path = str(path)
@@ -82,7 +82,9 @@ class VisualProcessor:
                 visual_tokenizer = VisualTokenizer.from_pretrained(str(visual_tokenizer), **visual_kwargs)
             layout_path = os.path.join(local, LAYOUT)
             if os.path.exists(layout_path):
-                model_layout = IdLayout.from_yaml(layout_path)
+                from pipeline.configargs import load_config
+
+                model_layout = load_config(IdLayout, layout_path)
                 if model_layout.fingerprint() != visual_tokenizer.layout.fingerprint():
                     raise InputError(f"{storage.join(path, LAYOUT)} is layout {model_layout.fingerprint()} but the "
                                      f"visual tokenizer uses {visual_tokenizer.layout.fingerprint()}: its ids would "

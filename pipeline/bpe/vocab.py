@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import storage
-from schemas.base import InputError
+from schemas.base import InputError, StorageOptions
 
 FORMAT_NAME = "vbpe-vocab"
 FORMAT_VERSION = 1
@@ -173,13 +173,13 @@ class Vocabulary:
             if not (0 <= m.pair[0] < m.id and 0 <= m.pair[1] < m.id):
                 raise InputError(f"{source}: merge {m.id} uses pair {m.pair} with an id not yet defined")
 
-    def save(self, path: str) -> None:
-        storage.write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+    def save(self, path: str, options: StorageOptions | None = None) -> None:
+        storage.write_text(path, json.dumps(self.to_json(), indent=1) + "\n", options)
 
     @staticmethod
-    def load(path: str) -> "Vocabulary":
+    def load(path: str, options: StorageOptions | None = None) -> "Vocabulary":
         try:
-            data = json.loads(storage.read_text(path))
+            data = json.loads(storage.read_text(path, options))
         except json.JSONDecodeError as err:
             raise InputError(f"{path} is not valid JSON: {err}") from None
         return Vocabulary.from_json(data, source=path)

@@ -35,7 +35,7 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
     from pipeline.demo.photos import build_demo_shards
     from pipeline.quantize.fit import ensure_codebook
     from pipeline.quantize.kmeans import load_codebook
-    from pipeline.quantize.outputs import Layout
+    from pipeline.quantize.outputs import OutputDirs
     from pipeline.quantize.api import run as run_quantize
     from schemas.quantize import KMeansQuantizerConfig, QuantizeConfig
 
@@ -57,11 +57,11 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
     t = time.perf_counter()
     _stage(3, STAGES, "quantizing on a local Ray (reader tasks + an encoder actor)")
     cfg = QuantizeConfig(inputs=corpus.shards, out=storage.join(out, "codes"), quantizer=q, batch_size=32,
-                         num_actors=1, cpus_per_actor=1.0, cpus_per_reader=1.0)
+                         workers=1, cpus=1.0, cpus_per_reader=1.0)
     summary = run_quantize(cfg)
     seconds["quantize"] = time.perf_counter() - t
 
-    layout = Layout(cfg.out)
+    layout = OutputDirs(cfg.out)
     downstream = run_downstream(layout.grids_dir, out, q, corpus.train_shards, corpus.heldout_shards, merges=merges,
                                 stage=_stage)
     seconds.update(downstream["seconds"])
@@ -77,8 +77,8 @@ def run_demo(out: str, samples: int = 384, shards: int = 4, seed: int = 0, image
         "quantizer": {"file": q.codebook, "fingerprint": cb.fingerprint, "codebook_size": codebook_size,
                       "patch_size": patch_size, "image_size": image_size, "grid": list(cb.spec().grid), "fit": cb.fit_info},
         "quantize": {"grids_dir": layout.grids_dir, "rejects_dir": layout.rejects_dir, "manifest": layout.manifest,
-                     **summary.totals, "rejects_by_reason": rejects_by_reason(layout.rejects_dir),
-                     "lines": summary.lines()},
+                     **summary.totals, "done": summary.totals["inputs_done"], "failed": summary.totals["inputs_failed"],
+                     "rejects_by_reason": rejects_by_reason(layout.rejects_dir), "lines": summary.lines()},
         "downstream": downstream,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }

@@ -16,7 +16,7 @@ STAGES = 7
 
 def run_downstream(grids_dir: str, out_dir: str, quantizer, train_shards: list[str], heldout_shards: list[str],
                    merges: int = 1000, stage=lambda n, total, text: None) -> dict[str, Any]:
-    from pipeline.learn.api import run as learn
+    from pipeline.learn.api import learn_vocabulary as learn
     from pipeline.report.api import run as report
     from pipeline.tokenize.api import run as tokenize
     from schemas.export import ExportConfig

@@ -109,9 +109,21 @@ def arms_of(cfg: AblationConfig) -> list[Arm]:
 
 
 def _ensure_ray(cfg: AblationConfig) -> None:
-    from pipeline.quantize.dataset import ensure_ray
+    from pipeline.execution import ensure_ray
 
     ensure_ray(None)
+
+
+def _storage(cfg: AblationConfig) -> dict:
+    return {"storage": cfg.storage} if cfg.storage else {}
+
+
+def _stage(name: str, cfg):
+    """A product stage run as `vbpe <stage>` runs it (the runner writes its metrics file next to its output)."""
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
+
+    return execute(get_stage(name), cfg)
 
 
 # ---------------------------------------------------------------- shared parts
@@ -160,8 +172,7 @@ def training_records(records, fraction: float, salt: str):
 
 def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
     from pipeline.evaluate.llm import build_tiny_llm
-    from pipeline.quantize.api import run as quantize
-    from pipeline.quantize.outputs import Layout
+    from pipeline.quantize.outputs import OutputDirs
     from pipeline.scenes.corpus import generate
     from pipeline.scenes.dialogues import WORDS
     from schemas.quantize import QuantizeConfig
@@ -178,8 +189,8 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
     t = time.time()
     _ensure_ray(cfg)
     qcfg = QuantizeConfig(inputs=corpus["shards"], out=storage.join(cfg.out, "codes"), quantizer=q, batch_size=64,
-                          num_actors=1, cpus_per_actor=1.0, cpus_per_reader=1.0)
-    summary = quantize(qcfg)
+                          workers=1, cpus=1.0, cpus_per_reader=1.0, **_storage(cfg))
+    summary = _stage("quantize", qcfg)
     written = summary.totals.get("rows_written", summary.rows_written)  # all runs: a re-run writes nothing new
     if summary.failed or written != corpus["images"]:
         raise InputError(f"quantize wrote {written} of {corpus['images']} images "
@@ -198,7 +209,7 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
     qinfo = {"kind": q.kind, "fingerprint": summary.fingerprint,
              **({"codebook": q.codebook, "codebook_size": q.codebook_size, "patch_size": q.patch_size}
                 if q.kind == "kmeans" else {})}
-    return Shared(corpus, qinfo, Layout(qcfg.out).grids_dir, llm_dir, llm_info, seconds)
+    return Shared(corpus, qinfo, OutputDirs(qcfg.out).grids_dir, llm_dir, llm_info, seconds)
 
 
 # ---------------------------------------------------------------- per vocabulary
@@ -206,17 +217,13 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
 def _text_vocab_size(llm_dir: str) -> int:
     from transformers import AutoConfig
 
-    from pipeline.train.files import local_dir
-
-    with local_dir(llm_dir) as d:
+    with storage.local_dir(llm_dir) as d:
         return int(AutoConfig.from_pretrained(d).get_text_config().vocab_size)
 
 
 def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings: Timings) -> dict:
     """Learn (held-out images excluded), tokenize, extend the LLM: the arm's base model."""
-    from pipeline.learn.api import run as learn
     from pipeline.bpe.vocab import Vocabulary
-    from pipeline.tokenize.api import run as tokenize
     from pipeline.train.driver import run_init
     from schemas.layout import IdLayout
     from schemas.learn import LearnConfig
@@ -230,16 +237,17 @@ def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings
     if not learned:
         vocab = Vocabulary.load(vocab_path)
     else:
-        vocab = learn(LearnConfig(inputs=[shared.grids], out=vocab_path, merges=merges, alpha_rel=cfg.alpha_rel,
+        vocab = _stage("learn", LearnConfig(inputs=[shared.grids], out=vocab_path, merges=merges, alpha_rel=cfg.alpha_rel,
                                   sigma=cfg.sigma, holdout_fraction=cfg.heldout_fraction,
-                                  holdout_salt=cfg.heldout_salt, checkpoint_every=0, progress=False))
+                                  holdout_salt=cfg.heldout_salt, checkpoint_every=0, progress=False,
+                                  **_storage(cfg))).vocab
     seconds["learn"] = timings.record(f"M{merges}/learn", time.time() - t, learned)
 
     t = time.time()
     layout = IdLayout(text_vocab_size=_text_vocab_size(shared.llm), codebook_size=vocab.codebook_size,
                       num_merges=len(vocab.merges))
-    tok = tokenize(TokenizeConfig(inputs=[shared.grids], vocab=vocab_path, out=storage.join(root, "tokens"),
-                                  layout=layout))
+    tok = _stage("tokenize", TokenizeConfig(inputs=[shared.grids], vocab=vocab_path, out=storage.join(root, "tokens"),
+                                            layout=layout, **_storage(cfg)))
     if tok.failed or tok.totals.get("rows_written", tok.rows_written) != shared.corpus["images"]:
         raise InputError(f"tokenize ({merges} merges) failed or lost rows: {tok.to_json()}")
     seconds["tokenize"] = timings.record(f"M{merges}/tokenize", time.time() - t, tok.done > 0)

@@ -5,8 +5,6 @@ import argparse
 import json
 from typing import Any
 
-from pipeline.configargs import add_config_flag, build_config
-
 TYPE_ABBREV = {"foundation": "FD", "perception": "PD", "reasoning": "RD", "instruction": "ID"}
 
 
@@ -47,31 +45,26 @@ def train_eval(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
-ABLATION_FLAGS = {"out": "out", "merges": "merges", "seed": "seed", "images": "images"}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from pipeline.configargs import add_config_arguments
+    from schemas.evaluate import AblationConfig
+
     p = sub.add_parser("eval", help="evaluation: the with/without visual-BPE ablation")
     steps = p.add_subparsers(dest="eval_step", required=True, metavar="STEP")
     a = steps.add_parser("ablation", help="VQ-only vs visual BPE: same corpus, model, curriculum and budget",
                          description="Run one corpus through arms that differ only in the vocabulary (0 merges = "
                                      "VQ only, and M merges) and compare them on held-out images. Without --config: "
                                      "the CPU preset (minutes on 2 cores).")
-    a.add_argument("--out", help="run directory: DIR/ablation.json, ablation.png, ablation.md")
-    a.add_argument("--merges", type=int, nargs="+", help="visual-BPE arm(s): merges to learn (the 0-merge arm is always run)")
-    a.add_argument("--images", dest="images", type=int, help="scenes to generate (preset: see schemas/evaluate.py)")
-    a.add_argument("--seed", type=int, help="one seed for the corpus, the models and the curriculum")
-    add_config_flag(a)
+    add_config_arguments(a, AblationConfig, aliases={"--images": "scenes.images", "--endpoint-url": "storage.endpoint_url"})
     a.set_defaults(handler=_ablation)
 
 
 def _ablation(args: argparse.Namespace) -> int:
     from pipeline.evaluate.ablation import run_ablation
     from pipeline.evaluate.report import table_text
-    from schemas.evaluate import AblationConfig
+    from pipeline.configargs import config_from_args
 
-    sections = {"scenes": {"images": args.images}} if args.images is not None else None
-    cfg = build_config(AblationConfig, args, {k: v for k, v in ABLATION_FLAGS.items() if k != "images"}, sections)
+    cfg = config_from_args(args)
     result = run_ablation(cfg)
     print(table_text(result))
     print(json.dumps({"ablation": result["files"]["ablation.json"], "seconds": result["seconds"]}))

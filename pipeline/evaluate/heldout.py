@@ -95,10 +95,8 @@ def score_model(model_dir: str, table, layout, batch_size: int, device) -> dict[
     from transformers.utils import logging as hf_logging
 
     from pipeline.evaluate.scoring import score
-    from pipeline.train.files import local_dir
-
     hf_logging.disable_progress_bar()
-    with local_dir(model_dir) as d:
+    with storage.local_dir(model_dir) as d:
         tokenizer = AutoTokenizer.from_pretrained(d)
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
     model.generation_config.use_cache = True
@@ -123,7 +121,7 @@ def _score(cfg: TrainConfig, model_dir: str, heldout: str, table, layout, batch_
         return score_model(model_dir, table, layout, batch_size, "cpu")
     import ray
 
-    from pipeline.quantize.dataset import ensure_ray
+    from pipeline.execution import ensure_ray
 
     ensure_ray(None)
     task = ray.remote(num_gpus=1, num_cpus=1, max_retries=0)(_score_on_gpu)

@@ -79,7 +79,6 @@ def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Reco
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.train.files import publish_dir
     from pipeline.train.tiny import build_tokenizer
 
     info_path = storage.join(out, "vbpe_llm.json")
@@ -112,7 +111,7 @@ def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Reco
         }
         with open(os.path.join(tmp, "vbpe_llm.json"), "w") as f:
             json.dump(info, f, indent=1)
-        publish_dir(tmp, out)
+        storage.put_dir(tmp, out)
     log.info("tiny LLM (%d parameters, warm-up loss %s -> %s) in %s", info["parameters"], info["warmup_first_loss"],
              info["warmup_final_loss"], out)
     return info

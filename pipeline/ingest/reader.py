@@ -16,8 +16,9 @@ import pyarrow as pa
 from pipeline import storage
 from pipeline.ingest.images import BadImage, ImageLimits, decode_rgb
 from pipeline.ingest.preprocess import ImageSpec, resize_crop
-from pipeline.ingest.records import END, IMAGE, REJECT, BlockBuilder
+from pipeline.ingest.stream_rows import END, IMAGE, REJECT, BlockBuilder
 from pipeline.ingest.tarshards import Sample, TarDamage, iter_samples
+from pipeline.rejects import Reject
 from schemas.base import StorageOptions
 from schemas.quantize import IngestOptions
 
@@ -27,13 +28,6 @@ class Decoded:
     key: str
     pixels: np.ndarray
     caption: str | None
-
-
-@dataclass
-class Rejected:
-    key: str | None
-    stage: str
-    reason: str
 
 
 def caption_of(sample: Sample, exts: list[str]) -> str | None:
@@ -58,39 +52,52 @@ def caption_of(sample: Sample, exts: list[str]) -> str | None:
     return None
 
 
-def decode_sample(sample: Sample, spec: ImageSpec, opts: IngestOptions, limits: ImageLimits) -> Decoded | Rejected:
+def _reject(key: str | None, stage: str, reason: str, source: str = "") -> Reject:
+    return Reject(key, source, -1, reason, stage)
+
+
+def decode_sample(sample: Sample, spec: ImageSpec, opts: IngestOptions, limits: ImageLimits) -> Decoded | Reject:
+    """A decoded image, or the sample's Reject (source and row are filled in by the caller)."""
     ext = next((e for e in opts.image_extensions if e in sample.members), None)
     if ext is None:
         big = next((e for e in opts.image_extensions if e in sample.oversize), None)
         if big is not None:
-            return Rejected(sample.key, "ingest", f"member too large: {big} is {sample.oversize[big]} bytes > limit {opts.max_member_bytes}")
+            return _reject(sample.key, "ingest", f"member too large: {big} is {sample.oversize[big]} bytes > limit {opts.max_member_bytes}")
+        special = next((e for e in opts.image_extensions if e in sample.not_regular), None)
+        if special is not None or (sample.not_regular and not sample.members):
+            special = special if special is not None else next(iter(sample.not_regular))
+            name = f"{sample.key}.{special}" if special else sample.key
+            return _reject(sample.key, "ingest", f"not a regular file: {name} is a {sample.not_regular[special]}")
         fields = ", ".join(sorted(sample.members)) or "none"
-        return Rejected(sample.key, "ingest", f"no image member: fields {fields}")
+        return _reject(sample.key, "ingest", f"no image member: fields {fields}")
     try:
         im = decode_rgb(sample.members[ext], limits, shortest_side=spec.size)
     except BadImage as err:
-        return Rejected(sample.key, "decode", str(err))
+        return _reject(sample.key, "decode", str(err))
     try:
         pixels = resize_crop(im, spec)
     except Exception as err:
-        return Rejected(sample.key, "preprocess", f"preprocess failed: {type(err).__name__}: {err}")
+        return _reject(sample.key, "preprocess", f"preprocess failed: {type(err).__name__}: {err}")
     return Decoded(sample.key, pixels, caption_of(sample, opts.caption_extensions))
 
 
-def iter_shard(url: str, spec: ImageSpec, opts: IngestOptions, options: StorageOptions | None = None) -> Iterator[Decoded | Rejected]:
-    """Every sample of one shard, decoded or rejected, in tar order. Raises only if the shard is unreadable."""
+def iter_shard(url: str, spec: ImageSpec, opts: IngestOptions, options: StorageOptions | None = None) -> Iterator[Decoded | Reject]:
+    """Every sample of one shard, decoded or rejected, in tar order (row = position). Raises only if the shard is unreadable."""
     limits = ImageLimits(opts.max_pixels, opts.min_side, opts.max_aspect)
     seen: set[str] = set()
     fs, path = storage.get_fs(url, options)
     with fs.open(path, "rb") as f:
-        for item in iter_samples(f, opts.max_member_bytes):
+        for row, item in enumerate(iter_samples(f, opts.max_member_bytes)):
             if isinstance(item, TarDamage):
-                yield Rejected(item.key, "ingest", item.reason)
+                out: Decoded | Reject = _reject(item.key, "ingest", item.reason)
             elif item.key in seen:
-                yield Rejected(item.key, "ingest", "duplicate key in shard")
+                out = _reject(item.key, "ingest", "duplicate key in shard")
             else:
                 seen.add(item.key)
-                yield decode_sample(item, spec, opts, limits)
+                out = decode_sample(item, spec, opts, limits)
+            if isinstance(out, Reject):
+                out.source, out.row = url, row
+            yield out
 
 
 def read_shard(shard: int, url: str, spec: ImageSpec, opts: IngestOptions, options: StorageOptions | None = None) -> Iterator[pa.Table]:

@@ -30,6 +30,21 @@ class Sample:
     members: dict[str, bytes] = field(default_factory=dict)
     oversize: dict[str, int] = field(default_factory=dict)
     repeated: list[str] = field(default_factory=list)
+    not_regular: dict[str, str] = field(default_factory=dict)  # field -> "symlink", "directory", ...
+
+
+def member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hard link"
+    if member.isdir():
+        return "directory"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "fifo"
+    return "special file"
 
 
 @dataclass
@@ -72,8 +87,6 @@ def iter_samples(fileobj: BinaryIO, max_member_bytes: int) -> Iterator[Sample | 
     current: Sample | None = None
     try:
         for member in tf:
-            if not member.isfile():
-                continue
             key, ext = split_name(member.name)
             if current is not None and key != current.key:
                 yield current
@@ -81,8 +94,11 @@ def iter_samples(fileobj: BinaryIO, max_member_bytes: int) -> Iterator[Sample | 
                 tf.members.clear()
             if current is None:
                 current = Sample(key)
-            if ext in current.members or ext in current.oversize:
+            if ext in current.members or ext in current.oversize or ext in current.not_regular:
                 current.repeated.append(ext)
+                continue
+            if not member.isfile():  # no data to read: the sample is rejected (never silently lost)
+                current.not_regular[ext] = member_kind(member)
                 continue
             if member.size > max_member_bytes:
                 current.oversize[ext] = member.size

@@ -24,15 +24,15 @@ def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
 
 
 def write_shard(path: str, samples: Iterable[tuple[str, dict[str, bytes]]], options: StorageOptions | None = None) -> int:
-    """Write one shard (local or s3://); returns its size in bytes."""
+    """Write one shard (local or s3://), whole or not at all; returns its size in bytes.
+
+    A local shard that already holds exactly these bytes is left alone, so rebuilding a corpus does not
+    make every stage that tracks its inputs' identity (size + mtime) redo it.
+    """
     data = tar_bytes(samples)
-    if storage.is_remote(path):
-        with storage.open_file(path, "wb", options) as f:
-            f.write(data)
-        return len(data)
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    if not storage.is_remote(path) and os.path.isfile(path) and os.path.getsize(path) == len(data):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return len(data)
+    storage.write_bytes(path, data, options)
     return len(data)

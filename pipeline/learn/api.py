@@ -8,16 +8,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline import storage
+from pipeline import execution, storage
 from pipeline.bpe.constants import MAX_ID
 from pipeline.bpe.learner import merge_loop, start_stats
 from pipeline.bpe.vocab import CorpusStats, Merge, Vocabulary
 from pipeline.codegrids import Corpus, open_corpus, write_rejects
 from pipeline.learn.checkpoint import Checkpoint, Saved, check_compatible
 from pipeline.learn.shard_group import ShardGroup
-from pipeline.metrics import StageMetrics
 from schemas.base import InputError
 from schemas.learn import LearnConfig
 
@@ -48,17 +48,45 @@ def _software() -> dict[str, str]:
 
 def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
     holdout = (cfg.holdout_fraction, cfg.holdout_salt) if cfg.holdout_fraction else None
-    if cfg.workers == 0:
+    placement = execution.plan(cfg)
+    if not placement.on_ray:
         return ShardGroup.read(corpus, 0, corpus.rows, cfg.shard_cells, cfg.storage, state_dir, holdout)
     from pipeline.learn.distributed import RayShards
 
-    return RayShards(corpus, cfg.workers, cfg.shard_cells, cfg.actor_cpus, cfg.storage, state_dir, cfg.ray_address,
-                     holdout)
+    execution.ensure_ray(placement.address)
+    return RayShards(corpus, execution.worker_count(placement), cfg.shard_cells, cfg.cpus, cfg.storage, state_dir,
+                     placement.address, holdout)
 
 
-def run(cfg: LearnConfig) -> Vocabulary:
+@dataclass
+class LearnSummary:
+    """What a learn run did (the stage contract's summary); the vocabulary itself is `vocab` (also on disk)."""
+
+    vocab: Vocabulary
+    out: str
+    rows_in: int
+    new_merges: int
+    workers: int
+
+    ok = True
+
+    def to_json(self) -> dict[str, Any]:
+        return self.vocab.to_json()
+
+    def metrics(self) -> dict[str, Any]:
+        c = self.vocab.corpus
+        return {"rows_in": self.rows_in, "rows_out": c.grids + c.held_out, "rows_rejected": c.rejected,
+                "merges": self.new_merges, "grids": c.grids, "held_out": c.held_out, "cells": c.cells,
+                "tokens_after": c.tokens_after, "vocabulary": self.out, "workers": self.workers}
+
+    def lines(self) -> list[str]:
+        c = self.vocab.corpus
+        return [f"wrote {self.out}: {len(self.vocab.merges)} merges over {c.grids} grids, tokens per grid "
+                f"{c.cells / max(c.grids, 1):.1f} -> {c.tokens_after / max(c.grids, 1):.1f}"]
+
+
+def run(cfg: LearnConfig) -> LearnSummary:
     t_start = time.time()
-    storage.set_default_storage(cfg.storage)
     corpus = open_corpus(cfg.inputs, cfg.codebook_size, cfg.storage)
     V = corpus.codebook_size
     if V + cfg.merges > MAX_ID:
@@ -75,20 +103,20 @@ def run(cfg: LearnConfig) -> Vocabulary:
             log.info("resuming after %d merges from %s", len(saved.merges), saved.state_dir)
 
     log.info("reading %d rows from %d file(s), V=%d, workers=%s", corpus.rows, len(corpus.files), V, cfg.workers or "local")
-    with StageMetrics("learn", cfg.metrics_path) as metrics:
-        group = _build_group(cfg, corpus, saved.state_dir if saved else None)
-        try:
-            vocab = _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
-        finally:
-            close = getattr(group, "close", None)
-            if close:
-                close()
-        metrics.add(rows_in=corpus.rows, rows_out=vocab.corpus.grids + vocab.corpus.held_out,
-                    rows_rejected=vocab.corpus.rejected)
-        metrics.set(merges=len(vocab.merges) - (len(saved.merges) if saved else 0), grids=vocab.corpus.grids,
-                    held_out=vocab.corpus.held_out, cells=vocab.corpus.cells, tokens_after=vocab.corpus.tokens_after,
-                    vocabulary=cfg.out, workers=cfg.workers)
-    return vocab
+    group = _build_group(cfg, corpus, saved.state_dir if saved else None)
+    try:
+        vocab = _learn(cfg, corpus, group, saved, checkpoint, settings, t_start)
+    finally:
+        close = getattr(group, "close", None)
+        if close:
+            close()
+    return LearnSummary(vocab, cfg.out, corpus.rows, len(vocab.merges) - (len(saved.merges) if saved else 0),
+                        cfg.workers)
+
+
+def learn_vocabulary(cfg: LearnConfig) -> Vocabulary:
+    """The vocabulary `run` learns, for callers that want only it (no metrics file: that is the runner's)."""
+    return run(cfg).vocab
 
 
 def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabulary:
@@ -124,7 +152,7 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start) -> Vocabula
         quantizer_fingerprint=corpus.quantizer_fingerprint, stopped=stopped, software=_software(),
         holdout={"fraction": cfg.holdout_fraction, "salt": cfg.holdout_salt} if cfg.holdout_fraction else None,
     )
-    vocab.save(cfg.out)
+    vocab.save(cfg.out, cfg.storage)
     elapsed = time.time() - t_start
     log.info("%d merges (%s); tokens per grid %.1f -> %.1f; %.1fs; wrote %s", len(merges), stopped,
              report.cells / report.grids, vocab.corpus.tokens_after / report.grids, elapsed, cfg.out)

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.ingest.records import ENCODED_SCHEMA, IMAGE
-from pipeline.quantize.spec import Encoder, QuantizerSpec
+from pipeline.ingest.stream_rows import ENCODED_SCHEMA, IMAGE
+from pipeline.quantize.spec import ImageEncoder, QuantizerSpec
 
 log = logging.getLogger(__name__)
 
 
-def encode_table(batch: pa.Table, encoder: Encoder, spec: QuantizerSpec) -> pa.Table:
+def encode_table(batch: pa.Table, encoder: ImageEncoder, spec: QuantizerSpec) -> pa.Table:
     kinds = batch.column("kind").to_numpy(zero_copy_only=False)
     img = np.flatnonzero(kinds == IMAGE)
     n = batch.num_rows

@@ -26,8 +26,23 @@ DEFAULT_NORM = {"rescale_factor": 0.0078, "image_mean": [1.0, 1.0, 1.0], "image_
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _safe_open(file: str):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(file, framework="pt")
+    except Exception as err:  # safetensors raises its own error type for a damaged header
+        raise InputError(f"{file}: not a readable safetensors file ({err})") from None
 
 
 def read_vq_config(path: str) -> tuple[dict[str, Any], bool]:
@@ -45,21 +60,20 @@ def read_vq_config(path: str) -> tuple[dict[str, Any], bool]:
 
 def _weight_files(path: str) -> dict[str, str]:
     """tensor name -> safetensors file, from the index when the checkpoint is sharded."""
-    from safetensors import safe_open
-
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
-        return {k: os.path.join(path, v) for k, v in _read_json(index)["weight_map"].items()}
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise InputError(f"{index}: no weight_map")
+        return {k: os.path.join(path, v) for k, v in weight_map.items()}
     single = os.path.join(path, "model.safetensors")
     if not os.path.exists(single):
         raise InputError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    with safe_open(single, framework="pt") as f:
+    with _safe_open(single) as f:
         return {k: single for k in f.keys()}
 
 
 def load_vq_tensors(path: str, full_model: bool) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
     files = _weight_files(path)
     strip = ""
     if full_model:
@@ -72,7 +86,7 @@ def load_vq_tensors(path: str, full_model: bool) -> dict[str, np.ndarray]:
             wanted.setdefault(file, []).append(name)
     out: dict[str, np.ndarray] = {}
     for file, names in sorted(wanted.items()):
-        with safe_open(file, framework="pt") as f:
+        with _safe_open(file) as f:
             for name in names:
                 t = f.get_tensor(name)
                 out[name[len(strip):]] = (t.float() if t.is_floating_point() else t).numpy()

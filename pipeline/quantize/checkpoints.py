@@ -58,6 +58,9 @@ def load_torch_checkpoint(path: str) -> dict[str, Any]:
             f"{path}: refused to load (it holds objects outside the weights-only allow-list: {first}). "
             "If you trust the file, extract its state_dict to .safetensors once in a sandbox and pass that instead."
         ) from None
+    except (RuntimeError, EOFError, ValueError) as err:  # truncated or not a torch file at all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable torch checkpoint ({first[:200]})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a state dict or a Lightning checkpoint, got {type(obj).__name__}")
     return obj
@@ -72,7 +75,10 @@ def load_state_dict(path: str) -> dict[str, Any]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # safetensors raises its own error type for a damaged header
+            raise InputError(f"{path}: not a readable safetensors file ({err})") from None
     obj = load_torch_checkpoint(path)
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

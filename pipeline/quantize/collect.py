@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.ingest.records import END, IMAGE, REJECT
+from pipeline.ingest.stream_rows import END, IMAGE, REJECT
 from pipeline.quantize.spec import QuantizerSpec
 from schemas.grids import REJECTS_SCHEMA, code_grid_schema
 

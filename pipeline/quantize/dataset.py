@@ -1,30 +1,15 @@
 """The Ray part of a quantize run: shard list -> reader tasks -> encoder actor pool -> finished shards."""
 from __future__ import annotations
 
-import os
-import time
 from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.ingest.records import IMAGE
+from pipeline.execution import StreamTrace, collect_stream, ensure_ray
+from pipeline.ingest.stream_rows import IMAGE
 from pipeline.quantize.collect import Collector, ShardResult
 from pipeline.quantize.spec import QuantizerSpec
-from pipeline.quantize.summary import RunTrace
 from schemas.quantize import QuantizeConfig
-
-
-def ensure_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    # A private local cluster on this machine only.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
 
 
 def _num_gpus(cfg: QuantizeConfig) -> float:
@@ -35,6 +20,20 @@ def _num_gpus(cfg: QuantizeConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def _actors(cfg: QuantizeConfig, gpus: float) -> int:
+    """Configured encoder actors; 0 = one per GPU of the cluster (one on a cluster without GPUs)."""
+    import ray
+
+    if cfg.actor_count:
+        return cfg.actor_count
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    return max(1, int(cluster_gpus // gpus)) if gpus else 1
+
+
+def image_rows(block: Any) -> int:
+    return int(np.count_nonzero(block.column("kind").to_numpy(zero_copy_only=False) == IMAGE))
+
+
 def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, urls: list[str]):
     """Shard list -> read/decode tasks -> encoder actor pool. Rows carry their shard index."""
     import ray
@@ -43,11 +42,12 @@ def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, ur
     from pipeline.quantize.actor import EncodeActor
 
     gpus = _num_gpus(cfg)
-    threads = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
+    actors = _actors(cfg, gpus)
+    threads = cfg.torch_threads or max(1, int(cfg.actor_cpus))
     pool = (
-        ray.data.ActorPoolStrategy(min_size=cfg.num_actors, max_size=cfg.max_actors)
+        ray.data.ActorPoolStrategy(min_size=actors, max_size=cfg.max_actors)
         if cfg.max_actors
-        else ray.data.ActorPoolStrategy(size=cfg.num_actors)
+        else ray.data.ActorPoolStrategy(size=actors)
     )
     items = [{"shard": i, "url": u} for i, u in enumerate(urls)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -68,27 +68,17 @@ def build_dataset(cfg: QuantizeConfig, spec: QuantizerSpec, tensors_ref: Any, ur
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=pool,
-        num_cpus=cfg.cpus_per_actor,
+        num_cpus=cfg.actor_cpus,
         num_gpus=gpus or None,
         udf_modifying_row_count=False,
     )
 
 
 def encoded_shards(cfg: QuantizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], urls: list[str],
-                   trace: RunTrace | None = None) -> Iterator[ShardResult]:
+                   trace: StreamTrace | None = None) -> Iterator[ShardResult]:
     """Run the pipeline over `urls`; yield each shard's result as soon as all its rows are back."""
     import ray
 
     ensure_ray(cfg.ray_address)
     ds = build_dataset(cfg, spec, ray.put(tensors), urls)
-    collector = Collector(dict(enumerate(urls)), spec)
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if trace is not None:
-            images = int(np.count_nonzero(block.column("kind").to_numpy(zero_copy_only=False) == IMAGE))
-            trace.arrivals.append((time.perf_counter(), images))
-        yield from collector.add(block)
-    if trace is not None:
-        trace.dataset_stats = ds.stats()
-    missing = collector.unfinished()
-    if missing:
-        raise RuntimeError(f"stream ended before {len(missing)} shards were complete: {missing[:3]}")
+    yield from collect_stream(ds, Collector(dict(enumerate(urls)), spec), trace, count=image_rows)

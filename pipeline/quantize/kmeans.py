@@ -151,18 +151,7 @@ class KMeansCodebook:
 
 
 def save_codebook(cb: KMeansCodebook, path: str, options: StorageOptions | None = None) -> None:
-    data = cb.to_bytes()
-    if storage.is_remote(path):
-        with storage.open_file(path, "wb", options) as f:
-            f.write(data)
-        return
-    import os
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    storage.write_bytes(path, cb.to_bytes(), options)
 
 
 def load_codebook(path: str, options: StorageOptions | None = None) -> KMeansCodebook:

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from pipeline.quantize.spec import Encoder, QuantizerSpec
+from pipeline.quantize.spec import ImageEncoder, QuantizerSpec
 from schemas.base import ConfigError, InputError, StorageOptions
 from schemas.quantize import KMeansQuantizerConfig
 
@@ -54,7 +54,7 @@ def resolve_precision(precision: str, spec: QuantizerSpec, device: str) -> str:
     return precision
 
 
-def build_encoder(spec: QuantizerSpec, tensors: dict[str, np.ndarray], device: str = "cpu", precision: str = "auto") -> Encoder:
+def build_encoder(spec: QuantizerSpec, tensors: dict[str, np.ndarray], device: str = "cpu", precision: str = "auto") -> ImageEncoder:
     precision = resolve_precision(precision, spec, device)
     if spec.kind == "kmeans":
         from pipeline.quantize.kmeans import KMeansEncoder

@@ -49,7 +49,9 @@ class QuantizerSpec:
         )
 
 
-class Encoder(Protocol):
+class ImageEncoder(Protocol):
+    """A quantizer's model on one device: images in, code grids out."""
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, h, w) int32 codes in [0, codebook_size)."""
 

@@ -1,28 +1,16 @@
-"""What a quantize run did, for the console and for callers (demo, bench)."""
+"""What a quantize run did: for the console, the job's JSON, the metrics file and callers (demo, bench)."""
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from typing import Any
 
-from pipeline.quantize.outputs import Layout
-
-
-@dataclass
-class RunTrace:
-    """Timing of the Ray part: when encoded blocks reached the driver, and Ray Data's own stats."""
-
-    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, images in block)
-    dataset_stats: str = ""
-
-    def steady_images_per_second(self) -> float:
-        """Images after the first block / time from the first to the last block: start-up excluded."""
-        if len(self.arrivals) < 2 or self.arrivals[-1][0] <= self.arrivals[0][0]:
-            return float("nan")
-        return sum(n for _, n in self.arrivals[1:]) / (self.arrivals[-1][0] - self.arrivals[0][0])
+from pipeline.execution import StreamTrace
+from pipeline.quantize.outputs import OutputDirs
 
 
 @dataclass
-class RunSummary:
+class QuantizeSummary:
     out: str
     quantizer: str
     fingerprint: str
@@ -30,6 +18,7 @@ class RunSummary:
     skipped: int = 0
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    not_attempted: int = 0  # left for the next run after the store became unreachable
     rows_in: int = 0
     rows_written: int = 0
     rows_rejected: int = 0
@@ -38,19 +27,43 @@ class RunSummary:
     fitted_codebook: bool = False
     seconds: float = 0.0
     encode_seconds: float = 0.0
-    trace: RunTrace = field(default_factory=RunTrace)
+    trace: StreamTrace = field(default_factory=StreamTrace)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.not_attempted
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows_written / max(self.encode_seconds, 1e-9)
+
+    def to_json(self) -> dict[str, Any]:
+        dirs = OutputDirs(self.out)
+        return {
+            "ok": self.ok, "out": self.out, "quantizer": self.quantizer, "fingerprint": self.fingerprint,
+            "shards": self.shards, "done": self.done, "skipped": self.skipped, "failed": dict(self.failed),
+            "not_attempted": self.not_attempted, "rows_in": self.rows_in, "rows_written": self.rows_written,
+            "rows_rejected": self.rows_rejected, "reject_reasons": dict(self.reasons.most_common()),
+            "totals": self.totals, "fitted_codebook": self.fitted_codebook, "seconds": round(self.seconds, 3),
+            "encode_seconds": round(self.encode_seconds, 3), "grids": dirs.grids_dir, "rejects": dirs.rejects_dir,
+            "manifest": dirs.manifest,
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_written, "rows_rejected": self.rows_rejected,
+                "reject_reasons": dict(self.reasons.most_common()), "shards": self.shards, "shards_done": self.done,
+                "shards_skipped": self.skipped, "shards_failed": len(self.failed),
+                "shards_not_attempted": self.not_attempted, "quantizer": self.quantizer,
+                "encode_seconds": round(self.encode_seconds, 3), "images_per_s": round(self.images_per_second, 2)}
 
     def lines(self) -> list[str]:
-        layout = Layout(self.out)
+        dirs = OutputDirs(self.out)
         out = [
             f"quantizer: {self.quantizer}",
-            f"shards: {self.shards} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed)",
+            f"shards: {self.shards} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed"
+            + (f", {self.not_attempted} left for the next run" if self.not_attempted else "") + ")",
             f"this run: rows in {self.rows_in} = written {self.rows_written} + rejected {self.rows_rejected}"
-            f" in {self.seconds:.1f} s ({self.rows_written / max(self.encode_seconds, 1e-9):.1f} images/s incl. start-up)",
+            f" in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s incl. start-up)",
         ]
         if self.reasons:
             out.append("rejects by reason: " + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()))
@@ -59,5 +72,5 @@ class RunSummary:
             out.append(f"all runs, these inputs: rows in {t['rows_in']} = written {t['rows_written']} + rejected {t['rows_rejected']}")
         for url, err in self.failed.items():
             out.append(f"FAILED {url}: {err}")
-        out.append(f"grids: {layout.grids_dir}  rejects: {layout.rejects_dir}  manifest: {layout.manifest}")
+        out.append(f"grids: {dirs.grids_dir}  rejects: {dirs.rejects_dir}  manifest: {dirs.manifest}")
         return out

@@ -56,6 +56,8 @@ def read_model_params(path: str) -> dict[str, Any]:
         doc = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("model", doc), dict):
+        raise ConfigError(f"{path}: expected a taming model config (a mapping with model.params)")
     model = doc.get("model", doc)
     target = model.get("target", VQMODEL_TARGETS[0])
     if target not in VQMODEL_TARGETS:

@@ -104,8 +104,7 @@ def _appearance(cfg: ReportConfig, vocab: Vocabulary, cards) -> tuple[dict[int, 
 
 
 def run(cfg: ReportConfig) -> dict[str, Any]:
-    storage.set_default_storage(cfg.storage)
-    with StageMetrics("report", storage.join(cfg.out, "metrics.json"), log) as metrics:
+    with StageMetrics("report", storage.join(cfg.out, "metrics.json"), log, storage_options=cfg.storage) as metrics:
         summary = _run(cfg, metrics)
         metrics.set(held_out_grids=summary["sample"]["held_out_grids"], vocab_merges=summary["vocab"]["merges"],
                     seconds=summary["seconds"])
@@ -123,7 +122,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    vocab = Vocabulary.load(cfg.vocab)
+    vocab = Vocabulary.load(cfg.vocab, cfg.storage)
     corpus = open_corpus(cfg.grids, cfg.codebook_size, cfg.storage)
     vocab.check_codebook(corpus.codebook_size)
     vocab.check_quantizer(corpus.quantizer_fingerprint)
@@ -254,9 +253,9 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     summary_text = json.dumps(summary, indent=1) + "\n"
     if remote:
         for name, path in files.items():
-            with open(path, "rb") as src, storage.open_file(storage.join(cfg.out, name), "wb") as dst:
+            with open(path, "rb") as src, storage.open_file(storage.join(cfg.out, name), "wb", cfg.storage) as dst:
                 dst.write(src.read())
-        storage.write_text(storage.join(cfg.out, "summary.json"), summary_text)
+        storage.write_text(storage.join(cfg.out, "summary.json"), summary_text, cfg.storage)
         shutil.rmtree(local, ignore_errors=True)
     else:
         storage.write_text(os.path.join(local, "summary.json"), summary_text)

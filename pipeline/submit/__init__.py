@@ -1,1 +1,1 @@
-"""Running stages as Ray jobs: the stage registry, `vbpe submit`, and rendering of cluster manifests."""
+"""Running stages as Ray jobs: `vbpe submit`, and rendering of the cluster manifests in infra/."""

@@ -20,7 +20,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.submit.stages import get_stage
+    from pipeline.stage import get_stage
     from pipeline.submit.submit import SubmitRequest, submit
     from schemas.base import ConfigError
 
@@ -29,7 +29,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise ConfigError("no cluster: pass --address http://HEAD:8265 (the dashboard) or set RAY_ADDRESS")
     date = args.schedule_date or (dt.datetime.now(dt.timezone.utc).date().isoformat() if args.scheduled else None)
     stage = get_stage(args.stage)
-    if args.step and not stage.takes_step:
+    if args.step and not stage.steps:
         raise ConfigError(f"--stage is only for stages with steps (train), not {stage.name}")
     req = SubmitRequest(
         stage=stage, config=args.config, address=address, working_dir=None if args.no_upload else args.working_dir,
@@ -38,7 +38,7 @@ def _submit(args: argparse.Namespace) -> int:
         entrypoint_num_cpus=args.entrypoint_num_cpus,
     )
     result = submit(req)
-    print(f"vbpe submit: {result.message}", file=sys.stderr)
+    print(f"vbpe submit: {'error: ' if result.exit_code else ''}{result.message}", file=sys.stderr)
     print(result.submission_id)
     return result.exit_code
 
@@ -48,14 +48,14 @@ def _render(args: argparse.Namespace) -> int:
 
     params = read_params(args.params) if args.params else {}
     params.update(_pairs(args.set, "--set"))
-    rendered = render_all(args.infra, params)
+    rendered = render_all(args.infra, params, args.only)
     for path in write_all(rendered, args.out):
         print(path)
     return 0
 
 
 def register(subparsers) -> None:
-    from pipeline.submit.stages import STAGES
+    from pipeline.stage import STAGES
 
     p = subparsers.add_parser(
         "submit", help="run a stage as a Ray job (job submission API); waits and streams logs",
@@ -86,5 +86,7 @@ def register(subparsers) -> None:
     r.add_argument("--infra", default="infra", help="template root (default: infra)")
     r.add_argument("--params", help="KEY=VALUE file (see infra/params.example.env)")
     r.add_argument("--set", action="append", help="KEY=VALUE, repeatable; overrides --params")
+    r.add_argument("--only", action="append", metavar="DIR",
+                   help="render only the templates under this subdirectory (k8s, aws, ...), repeatable")
     r.add_argument("--out", required=True, help="directory for the rendered files")
     r.set_defaults(handler=_render)

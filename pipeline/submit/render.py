@@ -70,14 +70,25 @@ def render_text(text: str, params: dict[str, str], where: str = "<template>") ->
     return PLACEHOLDER.sub(lambda m: params.get(m.group(1), m.group(2) or ""), text)
 
 
-def render_all(root: str, params: dict[str, str]) -> list[Rendered]:
+def render_all(root: str, params: dict[str, str], only: list[str] | None = None) -> list[Rendered]:
+    """Every template under `root`, or only those under the `only` subdirectories (e.g. ["k8s"]).
+
+    Parameters are checked against all templates (a value for a template not rendered this time is
+    not a typo); a missing value is an error only for the templates being rendered.
+    """
     files = templates(root)
+    subdirs = sorted({rel.split(os.sep, 1)[0] for rel in files if os.sep in rel})
+    for name in only or []:
+        if name not in subdirs:
+            raise ConfigError(f"--only {name}: no such template directory in {root} (have {', '.join(subdirs)})")
     used: set[str] = set()
     out = []
     for rel in files:
         with open(os.path.join(root, rel), encoding="utf-8") as f:
             text = f.read()
         used.update(placeholders(text))
+        if only and rel.split(os.sep, 1)[0] not in only:
+            continue
         r = Rendered(rel, render_text(text, params, rel))
         try:
             r.documents()

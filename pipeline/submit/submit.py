@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 
 from pipeline import storage
 from pipeline.submit import ids
-from pipeline.submit.stages import Stage
+from pipeline.stage import Stage
 from schemas.base import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,10 @@ class SubmitResult:
 
 def read_and_validate(req: SubmitRequest) -> tuple[str, Any]:
     """The config's text, validated with the stage's schema; relative local paths are refused."""
-    text = storage.read_text(req.config)
-    import yaml
+    from pipeline.configargs import read_config_text
 
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {req.config}: expected a mapping at the top level")
-    cfg = req.stage.config_class().from_dict(data, source=req.config)
+    text = read_config_text(req.config)
+    cfg = req.stage.config_class().from_yaml_text(text, req.config)
     relative = cfg.local_relative_paths() if hasattr(cfg, "local_relative_paths") else []
     if relative and req.working_dir is not None:
         raise ConfigError(
@@ -93,7 +91,7 @@ def build_entrypoint(req: SubmitRequest, config_arg: str) -> str:
     import shlex
 
     parts = [req.python, "-m", req.stage.entry_module, "--config", config_arg]
-    if req.stage.takes_step and req.step:
+    if req.stage.steps and req.step:
         parts += ["--stage", req.step]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -156,6 +154,32 @@ def follow(client: Any, submission_id: str, out: TextIO | None = None, poll_seco
         time.sleep(poll_seconds)
 
 
+_ERROR_LINE = re.compile(r"^(?:python -m )?(?:jobs\.\w+|vbpe \w+): error: .*")
+
+
+def job_error_line(client: Any, submission_id: str) -> str | None:
+    """The one-line error the job printed (every entrypoint prints one before exiting 2 or 3), if any."""
+    try:
+        logs = client.get_job_logs(submission_id)
+    except Exception:  # the logs are a courtesy; the exit status is what counts
+        return None
+    found = [line.strip() for line in logs.splitlines() if _ERROR_LINE.match(line.strip())]
+    return found[-1] if found else None
+
+
+def _outcome(client: Any, sid: str, info: Any, submitted: bool, what: str) -> SubmitResult:
+    status = str(info.status)
+    code = _exit_code(info)
+    message = f"{what}: {status}"
+    if status == "FAILED":
+        line = job_error_line(client, sid)
+        if line is None and code == 127:
+            line = ("the job's command was not found on the cluster (its `python` is the first on the PATH of the "
+                    "cluster's job agent): start the cluster from the environment vbpe is installed in, or pass --python")
+        message = f"{what}: FAILED (exit {code})" + (f": {line}" if line else "")
+    return SubmitResult(sid, submitted, status, code, message)
+
+
 def _existing_attempt(client: Any, req: SubmitRequest, digest: str) -> tuple[str, Any | None]:
     """The id to use for this scheduled run and, if it already exists, its info."""
     date = ids.parse_date(req.schedule_date)
@@ -212,7 +236,7 @@ def submit(req: SubmitRequest, client: Any = None, out: TextIO | None = None) ->
             if not req.wait:
                 return SubmitResult(sid, False, status, 0, f"{sid} is already {status}")
             info = follow(client, sid, out)
-            return SubmitResult(sid, False, str(info.status), _exit_code(info), f"{sid} (already submitted): {info.status}")
+            return _outcome(client, sid, info, False, f"{sid} (already submitted)")
     else:
         sid = ids.adhoc_id(req.stage.name, digest)
 
@@ -231,4 +255,4 @@ def submit(req: SubmitRequest, client: Any = None, out: TextIO | None = None) ->
     if not req.wait:
         return SubmitResult(sid, True, "PENDING", 0, f"submitted {sid}")
     info = follow(client, sid, out)
-    return SubmitResult(sid, True, str(info.status), _exit_code(info), f"{sid}: {info.status}")
+    return _outcome(client, sid, info, True, sid)

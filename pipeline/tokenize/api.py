@@ -1,10 +1,12 @@
-"""`run(TokenizeConfig)`: code grids (or image shards) + vocabulary + id layout -> a versioned token corpus.
+"""The tokenize stage: code grids (or image shards) + vocabulary + id layout -> a versioned token corpus.
 
 Order of work: everything that can refuse the run does so first (vocabulary, layout vs vocabulary,
 codebook and quantizer of every grid file, or of the quantizer that will encode the image shards,
 the version's manifest); then only inputs not yet done in this version are processed (grid files
 as tasks, image shards in one Ray Data pass), each committed (files, then its manifest entry) as
-soon as it is back.
+soon as it is back. An input that cannot be read, tokenized or written is recorded as failed and
+the others go on (exit 3); once the store is unreachable the remaining inputs are left for the
+next run instead of each waiting out its timeouts.
 """
 from __future__ import annotations
 
@@ -14,24 +16,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import codegrids, storage
+import numpy as np
+
+from pipeline import codegrids, execution, storage
 from pipeline.bpe.vocab import Vocabulary
-from pipeline.metrics import StageMetrics
-from pipeline.quantize.summary import RunTrace
+from pipeline.execution import Outcome, StreamTrace
+from pipeline.manifest import Manifest
 from pipeline.tokenize import versions
-from pipeline.tokenize.execute import Outcome, run_jobs
-from pipeline.tokenize.files import remove_stale_temps
 from pipeline.tokenize.layout import check_layout, resolve_layout
-from pipeline.tokenize.worker import FileJob
+from pipeline.tokenize.worker import FileJob, FileResult, tokenize_file
 from schemas.base import InputError
 from schemas.layout import IdLayout
 from schemas.tokenize import TokenizeConfig
 
 log = logging.getLogger(__name__)
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-MANIFEST_SAVE_SECONDS = 5.0
-STALE_TEMP_SECONDS = 3600.0
+SHARDS_ONLY_ON_RAY = "image shards are quantized in a Ray Data pass (executor: local only applies to code-grid input)"
 
 
 @dataclass
@@ -45,42 +45,57 @@ class TokenizeSummary:
     skipped: int = 0
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    not_attempted: int = 0  # left for the next run after the store became unreachable
     rows_in: int = 0
     rows_written: int = 0
     rows_rejected: int = 0
     tokens: int = 0
     cells: int = 0
+    duplicate_keys: int = 0  # rows written in this run whose key another written row of this run also has
+    without_quantizer: int = 0  # grid files that do not say which quantizer made them
     reasons: collections.Counter = field(default_factory=collections.Counter)
     totals: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     work_seconds: float = 0.0
     input_kind: str = "grids"
-    trace: RunTrace = field(default_factory=RunTrace)  # shard input: when token blocks reached the driver
+    trace: StreamTrace = field(default_factory=StreamTrace)  # shard input: when token blocks reached the driver
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.not_attempted
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "version": self.version, "root": self.root, "data": self.data,
             "vocab_fingerprint": self.vocab_fingerprint, "layout_fingerprint": self.layout_fingerprint,
-            "input_kind": self.input_kind, "inputs": self.inputs, "skipped": self.skipped, "done": self.done, "failed": self.failed,
-            "rows_in": self.rows_in, "rows_written": self.rows_written, "rows_rejected": self.rows_rejected,
-            "tokens": self.tokens, "cells": self.cells, "reject_reasons": dict(self.reasons), "totals": self.totals,
-            "seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_in / max(self.work_seconds, 1e-9), 1),
+            "input_kind": self.input_kind, "inputs": self.inputs, "skipped": self.skipped, "done": self.done,
+            "failed": dict(self.failed), "not_attempted": self.not_attempted, "rows_in": self.rows_in,
+            "rows_written": self.rows_written, "rows_rejected": self.rows_rejected, "tokens": self.tokens,
+            "cells": self.cells, "duplicate_keys": self.duplicate_keys, "inputs_without_quantizer": self.without_quantizer,
+            "reject_reasons": dict(self.reasons.most_common()), "totals": self.totals, "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_in / max(self.work_seconds, 1e-9), 1),
         }
+
+    def metrics(self) -> dict[str, Any]:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_written, "rows_rejected": self.rows_rejected,
+                "reject_reasons": dict(self.reasons.most_common()), "version": self.version, "inputs": self.inputs,
+                "inputs_done": self.done, "inputs_skipped": self.skipped, "inputs_failed": len(self.failed),
+                "inputs_not_attempted": self.not_attempted, "tokens": self.tokens, "cells": self.cells,
+                "duplicate_keys": self.duplicate_keys}
 
     def lines(self) -> list[str]:
         ratio = f", {self.cells / self.tokens:.2f} cells per token" if self.tokens else ""
         out = [
             f"version {self.version} (vocabulary {self.vocab_fingerprint}, layout {self.layout_fingerprint or 'none'})",
-            f"inputs: {self.inputs} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed)",
+            f"inputs: {self.inputs} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed"
+            + (f", {self.not_attempted} left for the next run" if self.not_attempted else "") + ")",
             f"this run: rows in {self.rows_in} = written {self.rows_written} + rejected {self.rows_rejected}"
             f"{ratio}; {self.rows_in / max(self.work_seconds, 1e-9):.0f} rows/s",
         ]
         if self.reasons:
             out.append("rejects: " + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()))
+        if self.duplicate_keys:
+            out.append(f"WARNING: {self.duplicate_keys} rows written in this run repeat another row's key")
         t = self.totals
         if t:
             out.append(f"version total: {t['inputs_done']} inputs, rows in {t['rows_in']} = written {t['rows_written']}"
@@ -90,129 +105,6 @@ class TokenizeSummary:
         return out
 
 
-def _input_kind(cfg: TokenizeConfig) -> tuple[str, list[str]]:
-    if cfg.input_kind == "grids":
-        return "grids", storage.expand(cfg.inputs, (".parquet",), cfg.storage)
-    urls = storage.expand(cfg.inputs, (".parquet", *SHARD_SUFFIXES), cfg.storage)
-    shards = [u for u in urls if u.endswith(SHARD_SUFFIXES)]
-    if cfg.input_kind == "shards":
-        if len(shards) != len(urls):
-            raise InputError(f"input_kind: shards, but {len(urls) - len(shards)} inputs are not tar shards, e.g. "
-                             f"{next(u for u in urls if not u.endswith(SHARD_SUFFIXES))}")
-        return "shards", shards
-    if shards and len(shards) != len(urls):
-        raise InputError("inputs mix image shards and code-grid Parquet; tokenize them in separate runs")
-    return ("shards", shards) if shards else ("grids", urls)
-
-
-def _check_inputs(corpus: codegrids.Corpus, vocab: Vocabulary) -> None:
-    """Refuse, before any work, every input whose codebook or quantizer is not the vocabulary's."""
-    for gf in corpus.files:
-        if gf.codebook_size is not None:
-            vocab.check_codebook(gf.codebook_size, what=gf.path)
-        vocab.check_quantizer(gf.quantizer_fingerprint, what=gf.path)
-    undeclared = [gf.path for gf in corpus.files if gf.codebook_size is None]
-    if undeclared:
-        log.warning("%d inputs do not declare their codebook size (e.g. %s); codes are checked against V = %d",
-                    len(undeclared), undeclared[0], vocab.codebook_size)
-
-
-def _vocab_meta(vocab: Vocabulary, path: str) -> dict[str, Any]:
-    return {"fingerprint": vocab.fingerprint(), "codebook_size": vocab.codebook_size, "merges": len(vocab.merges),
-            "quantizer_fingerprint": vocab.quantizer_fingerprint, "source": path}
-
-
-def _prepare_version(cfg: TokenizeConfig, vocab: Vocabulary, layout: IdLayout | None) -> versions.Manifest:
-    options = cfg.storage
-    paths = versions.VersionPaths(cfg.out, versions.version_name(vocab.fingerprint(), layout))
-    manifest = versions.Manifest.open(paths, _vocab_meta(vocab, cfg.vocab), layout, options)
-    storage.makedirs(paths.data_dir, options)
-    storage.makedirs(paths.rejects_dir, options)
-    if not storage.exists(paths.vocab, options):
-        storage.write_text(paths.vocab, storage.read_text(cfg.vocab, options), options)
-    if layout is not None and not storage.exists(paths.layout, options):
-        storage.write_text(paths.layout, layout.to_yaml(), options)
-    for d in (paths.data_dir, paths.rejects_dir):
-        remove_stale_temps(d, STALE_TEMP_SECONDS)
-    return manifest
-
-
-def _fresh_listings(paths: list[str], options) -> None:
-    """fsspec caches S3 listings per process: a long-lived driver would not see shards added since its last run."""
-    for path in paths:
-        if storage.is_remote(path):
-            storage.get_fs(path, options)[0].invalidate_cache()
-
-
-def _todo(paths: list[str], manifest: versions.Manifest, options, summary: TokenizeSummary) -> list[tuple[str, str, dict]]:
-    """(path, canonical URL, identity) of every input this version does not have yet (or whose file changed since)."""
-    todo = []
-    for path in paths:
-        url = versions.canonical_url(path)
-        identity = versions.input_identity(path, options)
-        if manifest.is_done(url, identity, options):
-            summary.skipped += 1
-        else:
-            todo.append((path, url, identity))
-    return todo
-
-
-def _targets(paths: versions.VersionPaths, url: str) -> tuple[str, str]:
-    name = versions.output_name(url)
-    return storage.join(paths.data_dir, name), storage.join(paths.rejects_dir, versions.rejects_name(name))
-
-
-def _grid_jobs(cfg: TokenizeConfig, corpus: codegrids.Corpus, todo: list[tuple[str, str, dict]], paths: versions.VersionPaths,
-               layout: IdLayout | None) -> list[FileJob]:
-    files = {gf.path: gf for gf in corpus.files}
-    jobs = []
-    for path, url, _ in todo:
-        output, rejects = _targets(paths, url)
-        jobs.append(FileJob(grid_file=vars(files[path]).copy(), output=output, rejects=rejects,
-                            layout=layout.model_dump(mode="json") if layout else None,
-                            storage=cfg.storage.model_dump(mode="json")))
-    return jobs
-
-
-def _commit(outcome: Outcome, identity: dict, manifest: versions.Manifest, summary: TokenizeSummary, progress: str) -> None:
-    """The outcome's files are already in place: record it (the manifest is saved by the caller)."""
-    url = versions.canonical_url(outcome.input)
-    if outcome.error is not None:
-        summary.failed[url] = outcome.error
-        manifest.record(url, status="failed", identity=identity, error=outcome.error)
-        log.warning("%s FAILED %s: %s", progress, url, outcome.error)
-        return
-    r, name = outcome.result, versions.output_name(url)
-    manifest.record(
-        url, status="done", identity=identity, output=f"data/{name}",
-        rejects=f"rejects/{versions.rejects_name(name)}" if r.rejects_written else None,
-        rows_in=r.rows_in, rows_written=r.rows_written, rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells,
-        seconds=round(r.seconds, 3),
-    )
-    summary.done += 1
-    summary.rows_in += r.rows_in
-    summary.rows_written += r.rows_written
-    summary.rows_rejected += r.rows_rejected
-    summary.tokens += r.tokens
-    summary.cells += r.cells
-    summary.reasons.update(r.reasons)
-    log.info("%s %s: %d written, %d rejected, %.0f rows/s", progress, url, r.rows_written, r.rows_rejected,
-             r.rows_in / max(r.seconds, 1e-9))
-
-
-def run(cfg: TokenizeConfig) -> TokenizeSummary:
-    """Tokenize. A run refused by its checks writes nothing; one that starts records <out>/metrics.json."""
-    started = time.perf_counter()
-    plan = _check(cfg)
-    with StageMetrics("tokenize", storage.join(cfg.out, "metrics.json")) as metrics:
-        summary = _execute(cfg, plan, started)
-        metrics.add(rows_in=summary.rows_in, rows_out=summary.rows_written, rows_rejected=summary.rows_rejected)
-        metrics.set(version=summary.version, inputs=summary.inputs, inputs_done=summary.done,
-                    inputs_skipped=summary.skipped, inputs_failed=len(summary.failed), tokens=summary.tokens,
-                    cells=summary.cells)
-    return summary
-
-
 @dataclass
 class _Plan:
     """What the checks established, before any file is written."""
@@ -220,64 +112,229 @@ class _Plan:
     vocab: Vocabulary
     layout: IdLayout | None
     kind: str
-    urls: list[str]
-    corpus: codegrids.Corpus | None = None
+    urls: list[str]  # canonical URLs of every input, in order
+    files: dict[str, codegrids.GridFile] = field(default_factory=dict)  # grid input, by URL
+    unreadable: dict[str, str] = field(default_factory=dict)  # grid files that are not Parquet at all
+    without_quantizer: int = 0
     spec: Any = None
     tensors: Any = None
 
 
-def _check(cfg: TokenizeConfig) -> _Plan:
-    storage.set_default_storage(cfg.storage)
-    _fresh_listings([*cfg.inputs, cfg.out], cfg.storage)
-    vocab = Vocabulary.load(cfg.vocab)
-    layout = resolve_layout(cfg.layout)
+def _input_kind(cfg: TokenizeConfig) -> tuple[str, list[str]]:
+    sfx = storage.SHARD_SUFFIXES
+    if cfg.input_kind == "grids":
+        return "grids", codegrids.grid_paths(cfg.inputs, cfg.storage, fresh=True)
+    urls = [u for u in storage.expand(cfg.inputs, (".parquet", *sfx), cfg.storage, fresh=True)
+            if not u.endswith(codegrids.REJECTS_SUFFIX)]
+    shards = [u for u in urls if u.endswith(sfx)]
+    if cfg.input_kind == "shards":
+        if len(shards) != len(urls):
+            raise InputError(f"input_kind: shards, but {len(urls) - len(shards)} inputs are not tar shards, e.g. "
+                             f"{next(u for u in urls if not u.endswith(sfx))}")
+        return "shards", shards
+    if shards and len(shards) != len(urls):
+        raise InputError("inputs mix image shards and code-grid Parquet; tokenize them in separate runs")
+    return ("shards", shards) if shards else ("grids", urls)
+
+
+def _check_grid_files(paths: list[str], vocab: Vocabulary, plan: _Plan, cfg: TokenizeConfig) -> None:
+    """Refuse, before any work, every input whose codebook or quantizer is not the vocabulary's.
+
+    A file that is not Parquet at all only fails itself (recorded, the run goes on).
+    """
+    for path in paths:
+        url = storage.canonical_url(path)
+        try:
+            gf = codegrids.inspect_file(path, cfg.storage)
+        except codegrids.UnreadableFile as err:
+            plan.unreadable[url] = str(err)
+            continue
+        if gf.codebook_size is not None:
+            vocab.check_codebook(gf.codebook_size, what=gf.path)
+        vocab.check_quantizer(gf.quantizer_fingerprint, what=gf.path)
+        plan.files[url] = gf
+    undeclared = [gf.path for gf in plan.files.values() if gf.codebook_size is None]
+    if undeclared:
+        log.warning("%d inputs do not declare their codebook size (e.g. %s); codes are checked against V = %d",
+                    len(undeclared), undeclared[0], vocab.codebook_size)
+    unstamped = [gf.path for gf in plan.files.values() if not gf.quantizer_fingerprint]
+    plan.without_quantizer = len(unstamped)
+    if unstamped and vocab.quantizer_fingerprint:
+        log.warning("%d inputs do not say which quantizer made them (e.g. %s): they are tokenized as codes of the "
+                    "vocabulary's quantizer %s, which nothing here can check", len(unstamped), unstamped[0],
+                    vocab.quantizer_fingerprint)
+
+
+def _check(cfg: TokenizeConfig) -> tuple[_Plan, execution.Placement]:
+    vocab = Vocabulary.load(cfg.vocab, cfg.storage)
+    layout = resolve_layout(cfg.layout, cfg.storage)
     if layout is not None:
         check_layout(layout, vocab, cfg.vocab)
-    kind, urls = _input_kind(cfg)
+    kind, paths = _input_kind(cfg)
     if kind == "shards":  # refuse a quantizer whose codes are not the vocabulary's before any work
-        from pipeline.tokenize import shards
+        from pipeline.tokenize import image_shards
 
-        spec, tensors = shards.prepare_quantizer(cfg, vocab)
-        return _Plan(vocab, layout, kind, sorted({versions.canonical_url(u) for u in urls}), spec=spec, tensors=tensors)
+        placement = execution.plan(cfg, ray_only=SHARDS_ONLY_ON_RAY)
+        spec, tensors = image_shards.prepare_quantizer(cfg, vocab)
+        return _Plan(vocab, layout, kind, sorted({storage.canonical_url(u) for u in paths}), spec=spec,
+                     tensors=tensors), placement
     if cfg.quantize is not None:
         log.info("inputs are code grids: the `quantize` section is not used")
-    corpus = codegrids.open_corpus(urls, codebook_size=vocab.codebook_size, options=cfg.storage)
-    _check_inputs(corpus, vocab)
-    return _Plan(vocab, layout, kind, [gf.path for gf in corpus.files], corpus=corpus)
+    if not paths:
+        raise InputError(f"no code-grid files in {cfg.inputs}")
+    plan = _Plan(vocab, layout, kind, sorted({storage.canonical_url(p) for p in paths}))
+    _check_grid_files(paths, vocab, plan, cfg)
+    return plan, execution.plan(cfg)
 
 
-def _execute(cfg: TokenizeConfig, plan: _Plan, started: float) -> TokenizeSummary:
+def _vocab_meta(vocab: Vocabulary, path: str) -> dict[str, Any]:
+    return {"fingerprint": vocab.fingerprint(), "codebook_size": vocab.codebook_size, "merges": len(vocab.merges),
+            "quantizer_fingerprint": vocab.quantizer_fingerprint, "source": path}
+
+
+def _prepare_version(cfg: TokenizeConfig, vocab: Vocabulary, layout: IdLayout | None) -> tuple[versions.VersionPaths, Manifest]:
     options = cfg.storage
-    vocab, layout, kind, urls, corpus = plan.vocab, plan.layout, plan.kind, plan.urls, plan.corpus
-    manifest = _prepare_version(cfg, vocab, layout)
-    paths = manifest.paths
+    paths = versions.VersionPaths(cfg.out, versions.version_name(vocab.fingerprint(), layout))
+    manifest = versions.open_manifest(paths, _vocab_meta(vocab, cfg.vocab), layout, options)
+    storage.makedirs(paths.data_dir, options)
+    storage.makedirs(paths.rejects_dir, options)
+    if not storage.exists(paths.vocab, options):
+        storage.write_text(paths.vocab, storage.read_text(cfg.vocab, options), options)
+    if layout is not None and not storage.exists(paths.layout, options):
+        storage.write_text(paths.layout, layout.to_yaml(), options)
+    for d in (paths.data_dir, paths.rejects_dir, manifest.entries_dir):
+        storage.remove_stale_temps(d)
+    return paths, manifest
+
+
+class _Committer:
+    """Records each outcome in the manifest the moment it is known, and in the summary."""
+
+    def __init__(self, manifest: Manifest, paths: versions.VersionPaths, summary: TokenizeSummary,
+                 identities: dict[str, dict], total: int):
+        self.manifest, self.paths, self.summary, self.identities, self.total = manifest, paths, summary, identities, total
+        self.count = 0
+        self.hashes: list[np.ndarray] = []
+        self.stopped = False
+
+    def fail(self, url: str, error: str, unavailable: bool = False) -> None:
+        self.summary.failed[url] = error
+        log.warning("[%d/%d] FAILED %s: %s", self.count, self.total, url, error)
+        if unavailable:
+            self.stopped = True
+            return
+        try:
+            self.manifest.commit(url, "failed", identity=self.identities.get(url), error=error)
+        except Exception as err:
+            log.warning("could not record the failure of %s: %s", url, execution.error_text(err))
+            self.stopped = storage.unavailable_cause(err) is not None
+
+    def add(self, url: str, outcome: Outcome) -> None:
+        self.count += 1
+        if outcome.error is not None:
+            self.fail(url, outcome.error, outcome.unavailable)
+            return
+        r: FileResult = outcome.result
+        _, _, out_rel, rejects_rel = self.paths.targets(url)
+        try:
+            self.manifest.commit(
+                url, "done", identity=self.identities.get(url), output=out_rel,
+                rejects=rejects_rel if r.rejects_written else None, rows_in=r.rows_in, rows_written=r.rows_written,
+                rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells, seconds=round(r.seconds, 3))
+        except Exception as err:
+            self.fail(url, f"its manifest entry could not be written: {execution.error_text(err)}",
+                      storage.unavailable_cause(err) is not None)
+            return
+        s = self.summary
+        s.done += 1
+        s.rows_in += r.rows_in
+        s.rows_written += r.rows_written
+        s.rows_rejected += r.rows_rejected
+        s.tokens += r.tokens
+        s.cells += r.cells
+        s.reasons.update(r.reasons)
+        self.hashes.append(r.key_hashes)
+        log.info("[%d/%d] %s: %d written, %d rejected, %.0f rows/s", self.count, self.total, url, r.rows_written,
+                 r.rows_rejected, r.rows_in / max(r.seconds, 1e-9))
+
+    def duplicates(self) -> int:
+        if not self.hashes:
+            return 0
+        h = np.concatenate(self.hashes)
+        return int(len(h) - len(np.unique(h)))
+
+
+def run(cfg: TokenizeConfig) -> TokenizeSummary:
+    """Tokenize. A run refused by its checks writes nothing."""
+    started = time.perf_counter()
+    plan, placement = _check(cfg)
+    options = cfg.storage
+    vocab, layout = plan.vocab, plan.layout
+    paths, manifest = _prepare_version(cfg, vocab, layout)
     summary = TokenizeSummary(paths.name, paths.root, paths.data_dir, vocab.fingerprint(),
-                              layout.fingerprint() if layout else None, inputs=len(urls), input_kind=kind)
-    todo = _todo(urls, manifest, options, summary)
-    identities = {url: identity for _, url, identity in todo}
-    log.info("%s: %d %s, %d to tokenize, %d already done", paths.name, len(urls), kind, len(todo), summary.skipped)
-    manifest.save(options)
+                              layout.fingerprint() if layout else None, inputs=len(plan.urls), input_kind=plan.kind,
+                              without_quantizer=plan.without_quantizer)
+    identities = {u: storage.identity(u, options) for u in plan.urls}
+    todo = [u for u in plan.urls if not manifest.is_done(u, identities[u])]
+    summary.skipped = len(plan.urls) - len(todo)
+    log.info("%s: %d %s, %d to tokenize, %d already done", paths.name, len(plan.urls), plan.kind, len(todo), summary.skipped)
+    manifest.save()
     versions.update_index(cfg.out, options)
-
-    if kind == "shards":
-        from pipeline.tokenize import shards
-
-        jobs = [shards.ShardJob(url, *_targets(paths, url)) for _, url, _ in todo]
-        outcomes = (shards.run_shards(cfg, plan.spec, plan.tensors, vocab, layout, jobs, paths.root, summary.trace)
-                    if jobs else iter(()))
-    else:
-        outcomes = run_jobs(_grid_jobs(cfg, corpus, todo, paths, layout), vocab.to_json(), cfg)
-    work_start = last_save = time.perf_counter()
+    committer = _Committer(manifest, paths, summary, identities, len(todo))
+    work_start = time.perf_counter()
     try:
-        for i, outcome in enumerate(outcomes, 1):
-            _commit(outcome, identities[versions.canonical_url(outcome.input)], manifest, summary, f"[{i}/{len(todo)}]")
-            if time.perf_counter() - last_save >= MANIFEST_SAVE_SECONDS:
-                manifest.save(options)
-                last_save = time.perf_counter()
-    finally:  # inputs committed before an error stay committed
+        for url in [u for u in todo if u in plan.unreadable]:
+            committer.count += 1
+            committer.fail(url, plan.unreadable[url])
+        todo = [u for u in todo if u not in plan.unreadable]
+        for url, outcome in _outcomes(cfg, plan, placement, paths, todo, summary.trace):
+            committer.add(url, outcome)
+            if committer.stopped:
+                summary.not_attempted = len(todo) - committer.count + len(plan.unreadable)
+                log.warning("storage unreachable: stopping; %d inputs left for the next run", summary.not_attempted)
+                break
+    finally:  # inputs committed before an error stay committed (each has its entry file)
         summary.work_seconds = time.perf_counter() - work_start
-        manifest.save(options)
-        versions.update_index(cfg.out, options)
+        summary.duplicate_keys = committer.duplicates()
+        if summary.duplicate_keys:
+            log.warning("%d rows written in this run repeat the key of another row of this run", summary.duplicate_keys)
+        _save_quietly(manifest, cfg)
     summary.totals = manifest.totals()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _save_quietly(manifest: Manifest, cfg: TokenizeConfig) -> None:
+    """The summary files are rebuilt from the entry files on the next run: an unreachable store must not mask the outcome."""
+    try:
+        manifest.save()
+        versions.update_index(cfg.out, cfg.storage)
+    except Exception as err:
+        if storage.unavailable_cause(err) is None:
+            raise
+        log.warning("could not rewrite %s (%s); the entries committed so far are in %s", manifest.path,
+                    execution.error_text(err), manifest.entries_dir)
+
+
+def _outcomes(cfg: TokenizeConfig, plan: _Plan, placement: execution.Placement, paths: versions.VersionPaths,
+              todo: list[str], trace: StreamTrace):
+    """(input URL, outcome) pairs in the order they finish."""
+    if not todo:
+        return
+    if plan.kind == "shards":
+        from pipeline.tokenize import image_shards
+
+        jobs = [image_shards.ShardJob(url, *paths.targets(url)[:2]) for url in todo]
+        for outcome in image_shards.run_shards(cfg, plan.spec, plan.tensors, plan.vocab, plan.layout, jobs, paths.root,
+                                               trace):
+            yield outcome.item.url, outcome
+        return
+    layout = plan.layout.model_dump(mode="json") if plan.layout else None
+    jobs = []
+    for url in todo:
+        output, rejects, _, _ = paths.targets(url)
+        jobs.append(FileJob(grid_file=vars(plan.files[url]).copy(), output=output, rejects=rejects, layout=layout,
+                            storage=cfg.storage.model_dump(mode="json")))
+    by_path = {j.grid_file["path"]: url for j, url in zip(jobs, todo)}
+    for outcome in execution.run_items(tokenize_file, jobs, placement, shared=plan.vocab.to_json()):
+        yield by_path[outcome.item.grid_file["path"]], outcome

@@ -9,17 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.bpe.vocab import Vocabulary
-from schemas.base import ConfigError
+from schemas.base import ConfigError, StorageOptions
 from schemas.layout import IdLayout
 
 INT32_MAX = (1 << 31) - 1
 
 
-def resolve_layout(layout: IdLayout | str | None) -> IdLayout | None:
+def resolve_layout(layout: IdLayout | str | None, options: StorageOptions | None = None) -> IdLayout | None:
     """An inline layout as is; a path is read as YAML (local or s3://)."""
     if layout is None or isinstance(layout, IdLayout):
         return layout
-    return IdLayout.from_yaml(layout)
+    from pipeline.configargs import load_config
+
+    return load_config(IdLayout, layout, options)
 
 
 def check_layout(layout: IdLayout, vocab: Vocabulary, vocab_path: str = "the vocabulary") -> None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pipeline import codegrids
 from pipeline.bpe.encoder import BpeEncoder
 from pipeline.bpe.vocab import Vocabulary
-from pipeline.ingest.records import ENCODED_SCHEMA, IMAGE, REJECT
+from pipeline.ingest.stream_rows import ENCODED_SCHEMA, IMAGE, REJECT
 from pipeline.tokenize.layout import wrap_images
 from schemas.layout import IdLayout
 
@@ -62,7 +62,7 @@ def _lists(values: np.ndarray, lengths: np.ndarray, valid: np.ndarray) -> pa.Lis
 
 
 def encode_rows(batch: pa.Table, encoder: BpeEncoder, layout: IdLayout | None) -> pa.Table:
-    """One batch of the quantizer's output (ingest.records.ENCODED_SCHEMA) -> TOKEN_STREAM_SCHEMA rows."""
+    """One batch of the quantizer's output (ingest.stream_rows.ENCODED_SCHEMA) -> TOKEN_STREAM_SCHEMA rows."""
     n = batch.num_rows
     kinds = batch.column("kind").to_numpy(zero_copy_only=False).astype(np.int8)
     stages = batch.column("stage").to_pylist()

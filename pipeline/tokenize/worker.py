@@ -7,19 +7,20 @@ Rows in = rows written + rows rejected is checked before the file is committed.
 """
 from __future__ import annotations
 
-import re
+import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import codegrids, storage
 from pipeline.bpe.encoder import BpeEncoder
 from pipeline.bpe.vocab import Vocabulary
-from pipeline.tokenize.files import atomic_write, remove
-from pipeline.tokenize.records import encode_to_table, output_schema
+from pipeline.rejects import count_reasons, write_rejects
+from pipeline.tokenize.token_table import encode_to_table, output_schema
 from schemas.base import StorageOptions
 from schemas.layout import IdLayout
 
@@ -48,9 +49,18 @@ class FileResult:
     seconds: float
     rejects_written: bool
     reasons: dict[str, int]
+    key_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))  # one per written row
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def duplicate_keys(self) -> int:
+        """Rows written whose key an earlier row of this input already had."""
+        return int(len(self.key_hashes) - len(np.unique(self.key_hashes)))
+
+
+def key_hashes(keys: list[str]) -> np.ndarray:
+    """64-bit hashes of keys, to find duplicates across inputs without holding the keys."""
+    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
+                    dtype=np.uint64)
 
 
 def _row_groups(gf: codegrids.GridFile, options: StorageOptions | None) -> list[tuple[int, int]]:
@@ -78,8 +88,9 @@ def tokenize_file(job: FileJob, vocab_json: dict[str, Any]) -> FileResult:
     encoder = BpeEncoder(vocab)
     schema = output_schema(vocab.fingerprint(), vocab.codebook_size, layout, vocab.quantizer_fingerprint)
     rejects: list[codegrids.Reject] = []
+    hashes: list[np.ndarray] = []
     written = tokens = cells = 0
-    with atomic_write(job.output, options) as sink:
+    with storage.atomic_write(job.output, options) as sink:
         with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
             for lo, hi in _row_groups(gf, options):
                 grids = codegrids.read_file(gf, vocab.codebook_size, lo, hi, options)
@@ -90,16 +101,13 @@ def tokenize_file(job: FileJob, vocab_json: dict[str, Any]) -> FileResult:
                     written += len(grids)
                     tokens += int(pc.sum(table.column("n_tokens")).as_py())
                     cells += int(grids.codes.shape[0])
+                    hashes.append(key_hashes(grids.keys))
             if written + len(rejects) != gf.rows:
                 raise RuntimeError(f"{gf.path}: {gf.rows} rows in but {written} written + {len(rejects)} rejected")
     if rejects:
-        with atomic_write(job.rejects, options) as sink:
-            pq.write_table(codegrids.rejects_table(rejects, STAGE), sink, compression="zstd")
+        write_rejects(job.rejects, rejects, STAGE, options)
     else:
-        remove(job.rejects, options)  # left by an earlier attempt on an older copy of this input
-    reasons: dict[str, int] = {}
-    for r in rejects:
-        kind = re.sub(r"-?\d+", "N", r.reason)  # "code 9000 outside [0, 8192)" -> "code N outside [N, N)"
-        reasons[kind] = reasons.get(kind, 0) + 1
+        storage.remove(job.rejects, options)  # left by an earlier attempt on an older copy of this input
     return FileResult(gf.path, gf.rows, written, len(rejects), tokens, cells, time.perf_counter() - started,
-                      bool(rejects), reasons)
+                      bool(rejects), count_reasons(r.reason for r in rejects),
+                      np.concatenate(hashes) if hashes else np.empty(0, np.uint64))

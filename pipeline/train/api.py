@@ -95,7 +95,6 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
 
 
 def _ensure_ray() -> None:
-    import ray
+    from pipeline.execution import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a local one
+    ensure_ray()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one

@@ -17,10 +17,11 @@ STEPS = {
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
     from pipeline.train import api
     from schemas.train import TrainConfig
 
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = load_config(TrainConfig, args.config)
     if step == "eval":  # scoring lives with the evaluation code (pipeline/evaluate)
         from pipeline.evaluate.cli import train_eval
 

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.configargs import load_config
 from schemas.base import InputError
 from schemas.layout import IdLayout
 from schemas.tokens import LAYOUT_FINGERPRINT_KEY
@@ -33,7 +34,7 @@ def _check_layout(path: str, metadata: dict | None, layout: IdLayout) -> None:
         raise InputError(f"{path} was tokenized with layout {got.decode()}, the model's layout is {want}")
     side = storage.join(path.rsplit("/", 1)[0], "layout.yaml")
     if got is None and storage.exists(side):
-        other = IdLayout.from_yaml(side)
+        other = load_config(IdLayout, side)
         if other.fingerprint() != want:
             raise InputError(f"{side} (layout {other.fingerprint()}) differs from the model's layout ({want})")
 

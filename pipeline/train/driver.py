@@ -57,7 +57,7 @@ def run_init(cfg: TrainConfig, force: bool = False) -> dict:
 def _tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     with local_dir(model_dir) as d:
         return AutoTokenizer.from_pretrained(d)

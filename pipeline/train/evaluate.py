@@ -11,7 +11,7 @@ def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | No
     from transformers.utils import logging as hf_logging
 
     from pipeline.train.batches import Sequences
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     hf_logging.disable_progress_bar()
     seqs = Sequences.read(sequences)

@@ -22,8 +22,9 @@ import tempfile
 import torch
 
 from pipeline import storage
+from pipeline.configargs import load_config
 from pipeline.train.chat import DEFAULT_CHAT_TEMPLATE
-from pipeline.train.files import local_dir, publish_dir
+from pipeline.storage import local_dir, put_dir as publish_dir
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
 from schemas.train import InitConfig
@@ -82,7 +83,7 @@ def init_base_model(icfg: InitConfig, out: str) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    layout = IdLayout.from_yaml(icfg.layout)
+    layout = load_config(IdLayout, icfg.layout)
     with local_dir(icfg.source_model) as src, local_dir(icfg.tokenizer or icfg.source_model) as tok_src:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
@@ -139,4 +140,4 @@ def read_layout(model_dir: str) -> IdLayout:
     path = storage.join(model_dir, "layout.yaml")
     if not storage.exists(path):
         raise ConfigError(f"{model_dir} has no layout.yaml: run `vbpe train init` first")
-    return IdLayout.from_yaml(path)
+    return load_config(IdLayout, path)

@@ -55,7 +55,7 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     hf_logging.disable_progress_bar()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -73,7 +73,7 @@ def _save_final(model, dtype, base: str, dest: str, info: dict) -> None:
     """Saved in the base model's dtype (as HF checkpoints are), ready for inference (KV cache on)."""
     from transformers import AutoTokenizer
 
-    from pipeline.train.files import local_dir, publish_dir
+    from pipeline.storage import local_dir, put_dir as publish_dir
 
     model.config.use_cache = True
     if model.is_activation_checkpointing:
@@ -165,7 +165,7 @@ def _barrier(run: Run) -> None:
 def _resume(run: Run) -> dict:
     """The loop's progress: fresh, or restored from the newest checkpoint complete on storage."""
     from pipeline.train import state as ckpt
-    from pipeline.train.files import local_dir
+    from pipeline.storage import local_dir
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": _geometry(run)}

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from schemas.base import InputError
 from schemas.train import CATEGORIES, CATEGORY_ALIASES, ConversationSource
 from pipeline import storage
+from pipeline.rejects import Reject
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
 _PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*\n?")
@@ -36,14 +37,6 @@ class Record:
     category: str
     source: str
     row: int
-
-
-@dataclass(frozen=True)
-class Reject:
-    key: str | None
-    source: str
-    row: int
-    reason: str
 
 
 def _rows(path: str) -> Iterator[tuple[int, Any]]:

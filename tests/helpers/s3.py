@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from typing import Iterator
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.ports import free_port
 
 
 @contextlib.contextmanager
@@ -37,3 +32,68 @@ def moto_s3(bucket: str) -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class MotoProcess:
+    """moto's S3 server in a child process (its own process group), so a test can hang it (SIGSTOP) or kill it.
+
+    The state lives in that process: `pause()` / `resume()` keep it, a restart would not.
+    """
+
+    def __init__(self, bucket: str):
+        import subprocess
+        import sys
+
+        self.bucket = bucket
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, **self.env})
+        self._wait_ready()
+        self.client().create_bucket(Bucket=bucket)
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint + "/", timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"moto server on {self.endpoint} did not start")
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, **{k.lower(): v for k, v in self.env.items()
+                                                                  if k != "AWS_DEFAULT_REGION"},
+                            region_name="us-east-1")
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def pause(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        import signal
+
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+        self.proc.wait(timeout=10)

@@ -10,24 +10,23 @@ kinds of input.
 from __future__ import annotations
 
 import logging
-import re
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.bpe.vocab import Vocabulary
-from pipeline.ingest.records import IMAGE
+from pipeline.execution import Outcome, StreamTrace, collect_stream, ensure_ray
+from pipeline.ingest.stream_rows import IMAGE
 from pipeline.quantize.collect import Collector, ShardResult
+from pipeline.quantize.dataset import image_rows
 from pipeline.quantize.spec import QuantizerSpec
-from pipeline.tokenize.execute import Outcome
-from pipeline.tokenize.files import atomic_write, remove
-from pipeline.tokenize.records import output_schema
-from pipeline.tokenize.worker import FileResult
+from pipeline.rejects import count_reasons, write_rejects
+from pipeline.tokenize.token_table import output_schema
+from pipeline.tokenize.worker import FileResult, key_hashes
 from schemas.base import ConfigError
 from schemas.layout import IdLayout
 from schemas.quantize import QuantizeConfig
@@ -49,9 +48,6 @@ def prepare_quantizer(cfg: TokenizeConfig, vocab: Vocabulary) -> tuple[Quantizer
     """Load and fingerprint the quantizer once; refuse it unless its codes are the vocabulary's codes."""
     if cfg.quantize is None:
         raise ConfigError(SHARDS_NEED_QUANTIZER)
-    if cfg.executor == "local":
-        raise ConfigError("image shards are quantized in a Ray Data pass: executor: local only applies to code-grid "
-                          "input (use auto or ray; without a cluster a private local Ray is started)")
     from pipeline.quantize.registry import prepare
 
     spec, tensors = prepare(cfg.quantize.quantizer, cfg.storage)
@@ -87,40 +83,31 @@ class TokenCollector(Collector):
         return pa.table(cols).select(self.schema.names).cast(self.schema)
 
 
-def reason_kind(reason: str) -> str:
-    """`corrupt image: cannot identify ...` -> `corrupt image`; numbers become N, so reasons group."""
-    return re.sub(r"-?\d+", "N", reason.split(":", 1)[0])
-
-
 def write_shard(res: ShardResult, job: ShardJob, options) -> FileResult:
     """One finished shard -> its tokens file and rejects file (both whole or absent)."""
     table, rejects = res.grids, res.rejects
     if res.rows_in != res.rows_written + res.rows_rejected:
         raise RuntimeError(f"{res.url}: {res.rows_in} rows in but {res.rows_written} written + {res.rows_rejected} rejected")
-    with atomic_write(job.output, options) as sink:
-        pq.write_table(table, sink, compression="zstd")
+    storage.write_parquet(table, job.output, options)
     if res.rows_rejected:
-        with atomic_write(job.rejects, options) as sink:
-            pq.write_table(rejects, sink, compression="zstd")
+        write_rejects(job.rejects, rejects, "tokenize", options)
     else:
-        remove(job.rejects, options)  # left by an earlier attempt on an older copy of this shard
-    reasons: dict[str, int] = {}
-    for r in (rejects.column("reason").to_pylist() if res.rows_rejected else []):
-        reasons[reason_kind(r)] = reasons.get(reason_kind(r), 0) + 1
+        storage.remove(job.rejects, options)  # left by an earlier attempt on an older copy of this shard
+    reasons = count_reasons(rejects.column("reason").to_pylist() if res.rows_rejected else [])
     cells = pc.sum(pc.multiply(table.column("height").cast(pa.int64()), table.column("width").cast(pa.int64()))).as_py()
     tokens = pc.sum(table.column("n_tokens")).as_py()
     return FileResult(res.url, res.rows_in, res.rows_written, res.rows_rejected, int(tokens or 0), int(cells or 0),
-                      res.read_seconds, bool(res.rows_rejected), reasons)
+                      res.read_seconds, bool(res.rows_rejected), reasons, key_hashes(table.column("key").to_pylist()))
 
 
 def _outcome(res: ShardResult, job: ShardJob, cfg: TokenizeConfig) -> Outcome:
     if res.error is not None:  # the reader could not read the shard at all
-        return Outcome(job.url, None, res.error)
+        return Outcome(job, error=res.error)
     try:
-        return Outcome(job.url, write_shard(res, job, cfg.storage), None)
+        return Outcome(job, write_shard(res, job, cfg.storage))
     except Exception as err:  # e.g. the store refused the upload: this shard fails, the others go on
         log.debug("%s failed", job.url, exc_info=True)
-        return Outcome(job.url, None, f"{type(err).__name__}: {err}")
+        return Outcome.failed(job, err)
 
 
 def build_dataset(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], vocab: Vocabulary,
@@ -139,7 +126,7 @@ def build_dataset(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, n
                    "layout": layout.model_dump(mode="json") if layout else None},
         batch_size=max(MIN_TOKENIZE_BATCH, qcfg.batch_size),
         batch_format="pyarrow",
-        num_cpus=cfg.cpus_per_task,
+        num_cpus=cfg.cpus,
         compute=ray.data.TaskPoolStrategy(size=cfg.workers) if cfg.workers else None,
         udf_modifying_row_count=False,
     )
@@ -153,32 +140,21 @@ def _warn_if_no_cpu_left(cfg: TokenizeConfig) -> None:
     q = cfg.quantize
     cpus = ray.cluster_resources().get("CPU", 0.0)
     held = q.cpus_per_reader + (q.max_actors or q.num_actors) * q.cpus_per_actor
-    if cpus and held + cfg.cpus_per_task > cpus:
+    if cpus and held + cfg.cpus > cpus:
         log.warning("the cluster has %.1f CPUs; reader tasks (%.2f) + encoder actors (%.2f) + one tokenize task (%.2f) "
                     "do not fit at once, so shards are tokenized and committed only as reading ends: lower "
-                    "quantize.cpus_per_reader / cpus_per_actor or cpus_per_task", cpus, q.cpus_per_reader,
-                    held - q.cpus_per_reader, cfg.cpus_per_task)
+                    "quantize.cpus_per_reader / cpus_per_actor or cpus", cpus, q.cpus_per_reader,
+                    held - q.cpus_per_reader, cfg.cpus)
 
 
 def run_shards(cfg: TokenizeConfig, spec: QuantizerSpec, tensors: dict[str, np.ndarray], vocab: Vocabulary,
-               layout: IdLayout | None, jobs: list[ShardJob], out: str, trace: Any = None) -> Iterator[Outcome]:
+               layout: IdLayout | None, jobs: list[ShardJob], out: str, trace: StreamTrace | None = None) -> Iterator[Outcome]:
     """Yield each shard's outcome as soon as all its rows are back and its files are written."""
-    from pipeline.tokenize.execute import ensure_ray
-
     ensure_ray(cfg.ray_address)
     _warn_if_no_cpu_left(cfg)
     urls = [j.url for j in jobs]
     ds = build_dataset(cfg, spec, tensors, vocab, layout, urls, out)
     schema = output_schema(vocab.fingerprint(), vocab.codebook_size, layout, vocab.quantizer_fingerprint)
     collector = TokenCollector(dict(enumerate(urls)), spec, schema)
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if trace is not None:
-            images = int(np.count_nonzero(block.column("kind").to_numpy(zero_copy_only=False) == IMAGE))
-            trace.arrivals.append((time.perf_counter(), images))
-        for res in collector.add(block):
-            yield _outcome(res, jobs[res.index], cfg)
-    if trace is not None:
-        trace.dataset_stats = ds.stats()
-    missing = collector.unfinished()
-    if missing:
-        raise RuntimeError(f"stream ended before {len(missing)} shards were complete: {missing[:3]}")
+    for res in collect_stream(ds, collector, trace, count=image_rows):
+        yield _outcome(res, jobs[res.index], cfg)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.codegrids import Grids, write_grids
-from pipeline.synthetic import synthetic_grids
+from bench.synthetic import synthetic_grids
 
 
 def write_synthetic(directory, n_grids: int, parts: int = 2, side: int = 16, codebook_size: int = 256,

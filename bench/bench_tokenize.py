@@ -1,4 +1,4 @@
-"""Tokenize throughput on synthetic 32 x 32 grids: `python -m pipeline.tokenize.benchmark --dir /tmp/tkb`.
+"""Tokenize throughput on synthetic 32 x 32 grids: `python -m bench.bench_tokenize --dir /tmp/tkb`.
 
 Learns a vocabulary with the real learner on `--train` grids (cached in --dir), writes `--grids`
 grids in 4 files, then times one tokenize run (a fresh version each time) and prints the figures.
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from pipeline import codegrids
-    from pipeline.learn.api import run as learn
-    from pipeline.synthetic import synthetic_grids
+    from pipeline.learn.api import learn_vocabulary as learn
+    from bench.synthetic import synthetic_grids
     from pipeline.tokenize.api import run
     from schemas.layout import IdLayout
     from schemas.learn import LearnConfig
