@@ -71,7 +71,7 @@ class AblationConfig(Config):
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="images set aside (same hash for the learner and train)")
     heldout_salt: str = "vbpe-holdout"
     budgets: list[Literal["steps", "tokens"]] = Field(
-        ["steps"], min_length=1,
+        ["steps", "tokens"], min_length=1,
         description="steps: every arm runs the same optimizer steps; tokens: each BPE arm also runs with as many "
                     "training tokens as the VQ-only arm (more steps, as its sequences are shorter)",
     )

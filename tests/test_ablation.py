@@ -23,6 +23,7 @@ MINI = {
     "scenes": {"images": 60, "shards": 2, "conversations": {"perception": 1, "reasoning": 1}},
     "kmeans": {"codebook_size": 16, "fit_images": 30, "fit_patches": 3000, "fit_iterations": 4},
     "merges": [12],
+    "budgets": ["steps"],
     "llm": {"tiny": {"hidden_size": 16, "layers": 2, "heads": 2, "kv_heads": 1, "warmup_steps": 10, "warmup_batch": 8}},
     "heldout_fraction": 0.25,
     "stage1": {"max_steps": 2, "batch_size": 4, "lr": 1e-3},
