@@ -4,6 +4,10 @@
 2. hf:     codes -> characters -> HuggingFace tokenizers (1D, frequency only), 20,000 grids x 1,000 merges.
 3. scale:  100,000 grids x 8,192 merges through `vbpe learn` (Parquet in, JSON out): time and peak RSS.
 4. encode: grids/s on one core with an 8,192-merge vocabulary.
+5. overhead: the per-merge Ray round trip with 2 workers on a corpus where merging costs ~nothing, per transport.
+6. workers: 100,000 grids x 8,192 merges in this process vs 1 and 2 Ray workers, memory over every process, and
+   the cost model (per-merge serial and parallel time, bytes sent) extrapolated to 16/64 workers, 1M/10M grids.
+7. scale300: 300,000 grids x 8,192 merges with 2 Ray workers.
 Corpora are synthetic 32 x 32 grids, V = 8192: Zipfian codes, planted motifs and textures, noise.
 """
 from __future__ import annotations
@@ -150,3 +154,156 @@ def encode(out: str, quick: bool = False, vocab_path: str | None = None) -> dict
         "grids_per_s_one_core": round(n_grids / seconds, 0),
         "tokens_per_grid": round(result.tokens.shape[0] / n_grids, 1),
     }
+
+
+# --- the learner on Ray workers (issue #9) ---------------------------------------------------------
+
+def _learn_cli(corpus: str, vocab_path: str, merges: int, workers: int, env: dict | None = None,
+               extra: tuple[str, ...] = ()) -> dict:
+    """`vbpe learn` in a child process: wall time, and what its metrics file says about every process."""
+    import json
+
+    cmd = [sys.executable, "-m", "pipeline.cli", "learn", corpus, "--out", vocab_path, "--merges", str(merges),
+           "--checkpoint-every", "0", "--no-progress", "--workers", str(workers), *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - t0
+    with open(vocab_path[: -len(".json")] + ".metrics.json") as f:
+        m = json.load(f)
+    from pipeline.bpe.vocab import Vocabulary
+
+    vocab = Vocabulary.load(vocab_path)
+    return {"wall_s": round(wall, 1), "merges": len(vocab.merges), "fingerprint": vocab.fingerprint(),
+            "cells": vocab.corpus.cells, "metrics": m}
+
+
+def _ray_env(out: str) -> dict:
+    """A temp dir of our own for the child's local Ray (short: Ray's socket paths are length-limited)."""
+    import tempfile
+
+    env = dict(os.environ)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vb", dir="/tmp")
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    return env
+
+
+def _memory(run: dict) -> dict:
+    m = run["metrics"]
+    cells = run["cells"]
+    total = m.get("peak_rss_all_processes_bytes") or m["process_peak_rss_bytes"]
+    workers = m.get("workers_resources", [])
+    structures = sum(w["shard_bytes"] + w["stats_bytes"] for w in workers)
+    return {"peak_rss_all_gb": round(total / 1e9, 2), "bytes_per_cell_all": round(total / cells, 1),
+            "driver_peak_rss_gb": round(m.get("driver_peak_rss_bytes", m["process_peak_rss_bytes"]) / 1e9, 2),
+            "worker_peak_rss_gb": [round(w["peak_rss_bytes"] / 1e9, 2) for w in workers],
+            "structures_bytes_per_cell_end": round(structures / cells, 1)}
+
+
+def overhead(out: str, quick: bool = False) -> dict:
+    """Per-merge cost of the Ray round trip: a corpus so small that merging costs ~nothing (V = 64,
+    64 grids of 16 x 16), learned in this process and with 2 actors over each transport."""
+    corpus = os.path.join(out, "overhead-grids")
+    if not os.path.exists(os.path.join(corpus, "part-0000.parquet")):
+        from pipeline.codegrids import Grids, write_grids
+
+        os.makedirs(corpus, exist_ok=True)
+        rng = np.random.default_rng(5)
+        n = 64
+        write_grids(os.path.join(corpus, "part-0000.parquet"),
+                    Grids([f"o{i:04d}" for i in range(n)], np.full(n, 16, np.int32), np.full(n, 16, np.int32),
+                          rng.integers(0, 64, size=n * 256).astype(np.int32)), 64, "synthetic")
+    merges = 300 if quick else 2000
+    env = _ray_env(out)
+    runs = {"local": _learn_cli(corpus, os.path.join(out, "overhead-local.json"), merges, 0)}
+    for transport in ("graph", "calls", "relay"):
+        runs[transport] = _learn_cli(corpus, os.path.join(out, f"overhead-{transport}.json"), merges, 2, env,
+                                     ("--transport", transport, "--actor-cpus", "1"))
+    per = {k: r["metrics"]["driver_step_s"] / max(1, r["metrics"]["steps"]) * 1e3 for k, r in runs.items()}
+    return {
+        "merges": runs["local"]["merges"], "workers": 2,
+        "ms_per_merge": {k: round(v, 3) for k, v in per.items()},
+        "overhead_ms_per_merge": {k: round(per[k] - per["local"], 3) for k in ("graph", "calls", "relay")},
+        "same_vocabulary": len({r["fingerprint"] for r in runs.values()}) == 1,
+    }
+
+
+def workers(out: str, quick: bool = False, results: dict | None = None) -> dict:
+    """100,000 grids x 8,192 merges: this process vs 1 and 2 Ray workers, one after the other; plus the
+    cost model (docs/learn.md) extrapolated from the 2-worker profile."""
+    n_grids, merges = (5000, 500) if quick else (100000, 8192)
+    corpus = os.path.join(out, f"scale-{n_grids}")
+    if not os.path.exists(os.path.join(corpus, "part-0000.parquet")):
+        _write_corpus(corpus, n_grids, 10)
+    env = _ray_env(out)
+    runs = {"local": _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-local.json"), merges, 0)}
+    for w in (1, 2):
+        runs[f"w{w}"] = _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-w{w}.json"), merges, w, env,
+                                   ("--actor-cpus", "1"))
+    out_ = {
+        "grids": n_grids, "merges": runs["local"]["merges"],
+        "wall_s": {k: r["wall_s"] for k, r in runs.items()},
+        "w2_over_w1": round(runs["w2"]["wall_s"] / runs["w1"]["wall_s"], 3),
+        "w2_over_local": round(runs["w2"]["wall_s"] / runs["local"]["wall_s"], 3),
+        "same_vocabulary": len({r["fingerprint"] for r in runs.values()}) == 1,
+        "memory": {k: _memory(r) for k, r in runs.items()},
+    }
+    latency = (results or {}).get("overhead", {}).get("overhead_ms_per_merge", {}).get("graph")
+    out_["cost_model"] = cost_model(runs["w2"], latency)
+    return out_
+
+
+def cost_model(run: dict, latency_ms: float | None) -> dict:
+    """Per merge: serial (driver: pick + round trip) and parallel (shard merge, partition reduce) time and
+    bytes sent between workers, measured at W = 2; extrapolated to 16 and 64 workers and 1M / 10M grids.
+
+    Assumptions: the work of a merge and its deltas grow with the corpus (F grows with it); the work
+    splits evenly over workers; the round trip grows linearly with W from the measured W = 2 value;
+    memory per cell stays as measured; each process adds the measured base RSS."""
+    m = run["metrics"]
+    ws = m["workers_resources"]
+    steps = max(1, m["steps"])
+    W = len(ws)
+    cells0 = run["cells"]
+    grids0 = cells0 / 1024
+    work = sum(w["merge_s"] + w["reduce_s"] for w in ws) / steps  # summed over workers, per merge
+    slowest = max(w["merge_s"] + w["reduce_s"] for w in ws) / steps
+    step = m["driver_step_s"] / steps
+    serial = latency_ms / 1e3 if latency_ms is not None else max(0.0, step - slowest)
+    sent = sum(w["sent_bytes"] for w in ws) / steps
+    count = max(w["count_s"] for w in ws) * W  # one worker's count time x W: the whole count on one
+    per_cell = sum(w["shard_bytes"] + w["stats_bytes"] for w in ws) / cells0
+    base = min(w["peak_rss_bytes"] - w["shard_bytes"] - w["stats_bytes"] for w in ws)
+    model = {
+        "measured_at": {"grids": int(grids0), "workers": W, "merges": steps},
+        "per_merge_s": {"serial_driver_round_trip": round(serial, 6), "parallel_work_summed": round(work, 6),
+                        "slowest_worker": round(slowest, 6), "driver_step": round(step, 6)},
+        "bytes_sent_per_merge": int(sent),
+        "bytes_per_cell_structures": round(per_cell, 1),
+        "process_base_gb": round(base / 1e9, 2),
+        "extrapolated": [],
+    }
+    for grids in (1_000_000, 10_000_000):
+        scale = grids / grids0
+        for workers_ in (16, 64):
+            lat = serial * (workers_ / W)
+            t_merge = lat + work * scale / workers_
+            model["extrapolated"].append({
+                "grids": grids, "workers": workers_,
+                "s_per_merge": round(t_merge, 5), "serial_share": round(lat / t_merge, 3),
+                "hours_8192_merges": round((8192 * t_merge + count * scale / workers_) / 3600, 2),
+                "gb_per_worker": round(per_cell * grids * 1024 / workers_ / 1e9 + base / 1e9, 2),
+                # all deltas of a merge = sent x W / (W - 1) (pairs spread evenly); a share (W' - 1) / W' leaves its worker
+                "mb_sent_per_merge": round(sent * W / (W - 1) * scale * (workers_ - 1) / workers_ / 1e6, 2) if W > 1 else None,
+            })
+    return model
+
+
+def scale_workers(out: str, quick: bool = False) -> dict:
+    """300,000 grids x 8,192 merges with 2 Ray workers: wall time and peak RSS over every process."""
+    n_grids, merges = (10000, 500) if quick else (300000, 8192)
+    corpus = os.path.join(out, f"scale-{n_grids}")
+    if not os.path.exists(os.path.join(corpus, "part-0000.parquet")):
+        _write_corpus(corpus, n_grids, 30)
+    run = _learn_cli(corpus, os.path.join(out, f"scale-{n_grids}-w2.json"), merges, 2, _ray_env(out),
+                     ("--actor-cpus", "1"))
+    return {"grids": n_grids, "merges": run["merges"], "wall_s": run["wall_s"], "memory": _memory(run)}

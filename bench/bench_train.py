@@ -1,69 +1,145 @@
-"""Training figures on the tiny model: seconds per stage fit on Ray Train and tokens/s per step.
+"""Training figures on the tiny model, each against a baseline measured in the same run:
 
-    python -m bench.bench_train [--out DIR] [--workers N] [--images N]
-Prints one JSON object; the per-step numbers come from the stages' metrics files.
+- strategies: tokens/s per worker of one stage (stage 3: everything trains) with 2 CPU workers over
+  gloo, DDP vs FSDP (`fully_shard`), the same steps and data;
+- preparation: records/s of `prepare` in one process (how it ran before Ray Data) vs as a Ray
+  Data map over 2 actors, same records;
+- the three stages of a 1-worker run (fit seconds, tokens/s per step).
+
+    python -m bench.bench_train [--out DIR] [--records N] [--quick]
+Prints one JSON object; per-step numbers come from the stages' metrics files.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
 
 
-def run(out: str, workers: int = 1, images: int = 64) -> dict:
-    import ray
-
+def _world(out: str, images: int, min_len: int = 64, max_len: int = 128) -> dict:
     from pipeline.train import tiny
-    from pipeline.train import api
     from schemas.layout import IdLayout
-    from schemas.train import CATEGORIES, TrainConfig
+    from schemas.train import CATEGORIES
 
     tok = tiny.build_tokenizer(os.path.join(out, "tok"))
     tiny.build_model(os.path.join(out, "src"), len(tok))
     layout = IdLayout(text_vocab_size=len(tok), codebook_size=256, num_merges=256)
-    keys = tiny.write_corpus(os.path.join(out, "corpus", "p.parquet"), layout, images, min_len=64, max_len=128)
+    keys = tiny.write_corpus(os.path.join(out, "corpus", "p.parquet"), layout, images, min_len=min_len, max_len=max_len)
     tiny.write_conversations(os.path.join(out, "conv", "c.jsonl"), keys, list(CATEGORIES))
-    stage = {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "log_every": 1000}
-    cfg = TrainConfig.from_dict({
+    return {
         "model": os.path.join(out, "base"),
-        "output": os.path.join(out, "run"),
-        "init": {"source_model": os.path.join(out, "src"), "tokenizer": os.path.join(out, "tok"), "layout": os.path.join(out, "corpus", "layout.yaml")},
+        "init": {"source_model": os.path.join(out, "src"), "tokenizer": os.path.join(out, "tok"),
+                 "layout": os.path.join(out, "corpus", "layout.yaml")},
         "data": {"conversations": [{"path": os.path.join(out, "conv")}], "corpus": [os.path.join(out, "corpus")], "image_key": "stem"},
-        "stage1": stage, "stage2": stage, "stage3": stage,
-        "workers": {"num_workers": workers},
         "gradient_checkpointing": False,
-    })
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    }
+
+
+def _steady(rows: list[dict]) -> list[dict]:
+    return rows[1:] or rows  # the first step pays for warm-up
+
+
+def strategies(out: str, steps: int) -> dict:
+    from pipeline.train import api
+    from schemas.train import TrainConfig
+
+    world = _world(os.path.join(out, "world-s"), 128)
+    result = {}
+    for strategy in ("ddp", "fsdp"):
+        stage = {"max_steps": steps, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "log_every": 1000, "strategy": strategy,
+                 "checkpoint_every": 10_000}
+        cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"run-{strategy}"),
+                                     "stage1": {**stage, "max_steps": 1}, "stage2": {**stage, "max_steps": 1}, "stage3": stage,
+                                     "workers": {"num_workers": 2, "cpus_per_worker": 0.75}})
+        summary = api.run(cfg, "all").results["stage3"]
+        rows = _steady([json.loads(line) for line in open(summary["metrics"])])
+        result[strategy] = {
+            "steps": summary["steps"],
+            "tokens_per_s_per_worker_median": round(statistics.median(r["tokens_per_s"] for r in rows) / 2),
+            "step_ms_median": round(1000 * statistics.median(r["step_s"] for r in rows), 1),
+            "final_loss": round(summary["final_loss"], 4),
+            "worker_peak_rss_mib": [round(b / 2**20) for b in summary["worker_peak_rss_bytes"]],
+        }
+    result["fsdp_over_ddp"] = round(result["fsdp"]["tokens_per_s_per_worker_median"] / result["ddp"]["tokens_per_s_per_worker_median"], 2)
+    return result
+
+
+def preparation(out: str, records: int) -> dict:
+    """records/s of `prepare`: in process vs Ray Data with 1 and 2 actors. Ray's fixed start-up (pipeline,
+    actors loading the tokenizer) is measured on a small corpus in the same run and reported apart."""
+    from pipeline.train import api
+    from schemas.train import TrainConfig
+
+    big = _world(os.path.join(out, "world-p"), records // 4, min_len=200, max_len=400)
+    small = _world(os.path.join(out, "world-p-small"), 50, min_len=200, max_len=400)
+    result = {}
+    for name, prep in (("local", {"executor": "local"}), ("ray_1_actor", {"executor": "ray", "workers": 1, "cpus": 0.9}),
+                       ("ray_2_actors", {"executor": "ray", "workers": 2, "cpus": 0.9})):
+        seconds = {}
+        for size, world in (("small", small), ("big", big)):
+            cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"prep-{name}-{size}"), "prepare": prep})
+            api.run(cfg, "init")
+            t0 = time.perf_counter()
+            stats = api.run(cfg, "prepare").results["prepare"]
+            seconds[size] = (time.perf_counter() - t0, stats["records"])
+        (t_big, n_big), (t_small, n_small) = seconds["big"], seconds["small"]
+        result[name] = {"records": n_big, "seconds": round(t_big, 2), "records_per_s": round(n_big / t_big),
+                        "startup_s": round(t_small, 2), "steady_records_per_s": round((n_big - n_small) / max(t_big - t_small, 1e-9))}
+    local = result["local"]["records_per_s"]
+    result["ray_2_actors_over_local"] = round(result["ray_2_actors"]["records_per_s"] / local, 2)
+    result["ray_2_over_1_actor_steady"] = round(result["ray_2_actors"]["steady_records_per_s"] / result["ray_1_actor"]["steady_records_per_s"], 2)
+    return result
+
+
+def stages(out: str, images: int) -> dict:
+    from pipeline.train import api
+    from schemas.train import TrainConfig
+
+    world = _world(os.path.join(out, "world-1"), images)
+    stage = {"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 3e-3, "log_every": 1000}
+    cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, "run-1"), "stage1": stage, "stage2": stage, "stage3": stage})
     t0 = time.time()
     summary = api.run(cfg, "all")
-    stages = [summary.results[s] for s in ("stage1", "stage2", "stage3")]
-    result = {"workers": workers, "images": images, "total_s": round(time.time() - t0, 1), "stages": {}}
-    for s in stages:
+    result = {"workers": 1, "images": images, "total_s": round(time.time() - t0, 1), "stages": {}}
+    for name in ("stage1", "stage2", "stage3"):
+        s = summary.results[name]
         rows = [json.loads(line) for line in open(s["metrics"])]
-        steady = rows[1:] or rows
-        result["stages"][s["stage"]] = {
+        result["stages"][name] = {
             "fit_s": round(s["fit_seconds"], 1),
             "steps": s["steps"],
-            "train_s": round(s["seconds_this_attempt"], 2),
-            "tokens_per_s_median": round(statistics.median(r["tokens_per_s"] for r in steady)),
-            "step_ms_median": round(1000 * statistics.median(r["step_s"] for r in steady), 1),
+            "tokens_per_s_median": round(statistics.median(r["tokens_per_s"] for r in _steady(rows))),
             "loss_first_last": [round(rows[0]["loss"], 3), round(rows[-1]["loss"], 3)],
         }
     return result
 
 
+def run(out: str, records: int = 20_000, quick: bool = False) -> dict:
+    from pipeline.train.api import ensure_ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    ensure_ray()
+    return {
+        "strategies": strategies(out, steps=8 if quick else 24),
+        "preparation": preparation(out, records=2_000 if quick else records),
+        "one_worker": stages(out, images=32 if quick else 64),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    out = args.out or tempfile.mkdtemp(prefix="vbpe-bench-train-")
-    print(json.dumps(run(out, args.workers, args.images), indent=1))
+    out = os.path.abspath(args.out or tempfile.mkdtemp(prefix="vbpe-bench-train-"))
+    print(json.dumps(run(out, args.records, args.quick), indent=1))
 
 
 if __name__ == "__main__":

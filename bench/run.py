@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print a table, write bench-out/results.json.
 
-    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,api,quantize,shards,train,ablation] [--quick]
+    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,api,overhead,workers,scale300,quantize,shards,train,ablation] [--quick]
 
 Speed is reported as ratios against a baseline measured in the same run (the machines are noisy).
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-ALL = ["naive", "hf", "scale", "encode", "api", "quantize", "shards", "train", "ablation"]
+ALL = ["naive", "hf", "scale", "encode", "api", "overhead", "workers", "scale300", "quantize", "shards", "train", "ablation"]
 
 
 def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
@@ -27,6 +27,12 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
         return getattr(bench_learn, name)(quick)
     if name == "scale":
         return bench_learn.scale(out, quick)
+    if name == "overhead":
+        return bench_learn.overhead(out, quick)
+    if name == "workers":
+        return bench_learn.workers(out, quick, results)
+    if name == "scale300":
+        return bench_learn.scale_workers(out, quick)
     if name == "encode":
         return bench_learn.encode(out, quick, results.get("scale", {}).get("vocab"))
     if name == "api":
@@ -44,7 +50,7 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
     if name == "train":
         from bench import bench_train
 
-        return bench_train.run(os.path.join(out, "train"))
+        return bench_train.run(os.path.join(out, "train"), quick=quick)
     if name == "ablation":
         from bench import bench_ablation
 

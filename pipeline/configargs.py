@@ -3,8 +3,8 @@
 `load_config(cls, spec)` reads a YAML config from a path, an s3:// URL or `env:NAME` (YAML text in
 an environment variable) and validates it. `add_config_arguments(parser, cls)` gives a command one
 flag per field (`--field-name`; `--section-field` for the scalar fields of a nested section such
-as `storage`; `--section FILE.yaml` for a whole nested section), typed and documented from the
-pydantic field; `config_from_args(args)` then merges: the `--config` file, then the flags given.
+as `storage`; `--section FILE.yaml` for a whole nested section; `--name`, `--no-name` and
+`--name-WORD` for a `bool | Literal["WORD"]` field), typed and documented from the pydantic field; `config_from_args(args)` then merges: the `--config` file, then the flags given.
 """
 from __future__ import annotations
 
@@ -67,9 +67,13 @@ def _is_config(t: Any) -> bool:
 
 
 def _kind(annotation: Any) -> tuple[str, dict[str, Any]]:
-    """How a field becomes a flag: ("value", argparse kwargs), ("section", {}), ("file", {}) or ("skip", {})."""
+    """How a field becomes a flag: ("value", argparse kwargs), ("switch", {"words": ...}), ("section", {}),
+    ("file", {}) or ("skip", {})."""
     t, _ = _strip(annotation)
     if isinstance(t, tuple):  # a union
+        words = [w for a in t if typing.get_origin(a) is typing.Literal for w in typing.get_args(a)]
+        if bool in t and words and len(words) == sum(len(typing.get_args(a)) for a in t if a is not bool):
+            return "switch", {"words": words}  # e.g. `bool | Literal["auto"]`: --resume, --no-resume, --resume-auto
         if str in t:
             return "value", {"type": str}  # e.g. `IdLayout | str`: a path on the command line
         if all(_is_config(a) for a in t):
@@ -128,6 +132,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], pos
             return
         dest = _DEST + ".".join(path)
         if kind == "section":  # its scalar fields get their own flags
+            return
+        if kind == "switch":
+            for name, value in ((names[0], True), ("--no-" + names[0][2:], False),
+                                *((f"{names[0]}-{w}", w) for w in kwargs["words"])):
+                if name not in taken:
+                    parser.add_argument(name, dest=dest, action="store_const", const=value, default=None,
+                                        help=help_text if value is True else f"{path[-1]}: {str(value).lower()}")
+                    taken.add(name)
+            flags.append(_Flag(dest, path))
             return
         if kind == "file":
             parser.add_argument(*names, dest=dest + "#file", metavar="FILE.yaml", default=None,

@@ -3,7 +3,8 @@
 Around `run(config) -> summary` (pipeline/stage.py) the runner applies, once for every stage:
 - the metrics file (`pipeline.metrics.StageMetrics`, next to the stage's output), fed from the summary;
 - the exit status: 0 ok; 2 refused (bad config or input, nothing done); 3 the run ended with some
-  inputs failed, or the store became unreachable (recorded; a re-run retries them); 1 a bug;
+  inputs failed, the store became unreachable or the run was interrupted (recorded; a re-run
+  retries or continues them); 1 a bug;
 - errors users can act on as one line on stderr, never a traceback (`-v` shows it).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 from pipeline import metrics as run_metrics
 from pipeline import storage
 from pipeline.stage import Stage, Summary, get_stage
-from schemas.base import ConfigError, InputError
+from schemas.base import ConfigError, InputError, RunInterrupted
 
 EXIT_OK, EXIT_BUG, EXIT_REFUSED, EXIT_FAILURES = 0, 1, 2, 3
 REFUSALS = (ConfigError, InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -63,6 +64,8 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
     """(exit status, message) for errors a user can act on; None for bugs (they keep their traceback)."""
     if isinstance(err, REFUSALS):
         return EXIT_REFUSED, str(err) or type(err).__name__
+    if isinstance(err, RunInterrupted):
+        return EXIT_FAILURES, str(err)
     cause = storage.unavailable_cause(err)
     if cause is not None:
         return EXIT_FAILURES, f"storage unreachable: {type(cause).__name__}: {cause}; a re-run resumes where this one stopped"

@@ -22,6 +22,12 @@ class InputError(ValueError):
     """Input that cannot be used as a whole (wrong codebook, empty corpus, ...): a clear message, no traceback."""
 
 
+class RunInterrupted(RuntimeError):
+    """The run stopped partway for a cause outside its input (e.g. lost workers); a re-run continues it.
+
+    Reported as one line with exit status 3, like an unreachable store."""
+
+
 def describe_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():

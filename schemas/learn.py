@@ -1,6 +1,8 @@
 """Config of `vbpe learn` / `python -m jobs.learn`."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import JobConfig
@@ -14,20 +16,26 @@ class LearnConfig(JobConfig):
     inputs: list[str] = Field(min_length=1, description="code-grid Parquet files, directories, globs or s3:// URLs")
     out: str = Field(description="vocabulary JSON to write")
     merges: int = Field(8192, ge=0, description="merges to learn (Being-VL found 8K the best trade-off)")
-    alpha: float | None = Field(None, ge=0, description="weight of spatial consistency S, in count units")
+    alpha: float | None = Field(None, ge=0, allow_inf_nan=False, description="weight of spatial consistency S, in count units")
     alpha_rel: float | None = Field(
-        None, ge=0,
+        None, ge=0, allow_inf_nan=False,
         description=f"alpha as a share of the largest initial pair count (default {DEFAULT_ALPHA_REL} when alpha is not given)",
     )
-    sigma: float = Field(1.0, gt=0, description="width of the Gaussian kernel over offsets, in cells")
+    sigma: float = Field(1.0, gt=0, allow_inf_nan=False, description="width of the Gaussian kernel over offsets, in cells")
     min_frequency: int = Field(2, ge=1)
     codebook_size: int | None = Field(None, ge=1, description="V; overrides the files' vbpe.codebook_size")
+    transport: Literal["graph", "calls", "relay"] = Field(
+        "graph", description="how a merge step reaches the actors: a compiled Ray graph (default), actor calls passing "
+                             "deltas actor to actor, or actor calls relaying deltas through the driver")
+    restarts: int = Field(2, ge=0, description="times lost Ray workers are restarted from the last checkpoint")
     checkpoint_dir: str | None = Field(None, description="default: <out>.checkpoint")
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")
-    resume: bool = Field(False, description="continue from the checkpoint (same inputs and settings)")
+    resume: bool | Literal["auto"] = Field(
+        False, description="continue from the checkpoint: true refuses one of other inputs or settings; auto then learns "
+                           "afresh (a scheduled learn over a growing corpus)")
     rejects: str | None = Field(None, description="rejected rows Parquet; default: <out>.rejects.parquet")
     holdout_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0,
+        0.0, ge=0.0, lt=1.0, allow_inf_nan=False,
         description="grids left out of learning, chosen by a salted hash of their key (the report's held-out sample)",
     )
     holdout_salt: str = "vbpe-holdout"
@@ -60,10 +68,6 @@ class LearnConfig(JobConfig):
     @property
     def checkpoint_path(self) -> str:
         return self.checkpoint_dir or self.out[: -len(".json")] + ".checkpoint"
-
-    @property
-    def metrics_path(self) -> str:
-        return self.out[: -len(".json")] + ".metrics.json"
 
     @property
     def rejects_path(self) -> str:

@@ -76,6 +76,12 @@ class StageConfig(Config):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the whole model; fsdp: parameters, gradients and optimizer state sharded"
+    )
+    mixture_shift: bool = Field(
+        False, description="shift the mixture linearly over the stage, from this stage's at its start to the next stage's at its end"
+    )
     checkpoint_every: int = Field(500, gt=0, description="optimizer steps between checkpoints (one more at the end)")
     log_every: int = Field(1, gt=0)
 
@@ -127,6 +133,9 @@ class DataConfig(Config):
     max_length: int = Field(4096, gt=2)
     overflow: Literal["truncate", "drop"] = "truncate"
     image_loss: bool = Field(False, description="also train on the image tokens (the unified objective of VW-LMM)")
+    images: Literal["first", "inline"] = Field(
+        "first", description="where a record's images go: all before the text, or each at its <image> placeholder"
+    )
     heldout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="share of images whose conversations are set aside for evaluation (by a salted hash of the image key)",
@@ -142,16 +151,36 @@ class InitConfig(Config):
     source_model: str
     tokenizer: str | None = Field(None, description="defaults to source_model")
     layout: str = Field(description="layout.yaml (schemas.layout.IdLayout), e.g. next to the tokenized corpus")
-    rule: Literal["mean", "he", "normal"] = "mean"
+    rule: Literal["he", "mean", "normal"] = Field("he", description="how new rows start: he (the authors'), mean, normal")
     noise: float = Field(0.1, ge=0, description="rule 'mean': scale of the per-dimension noise")
     seed: int = 0
     chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none (or to replace it)")
+
+
+class PrepareConfig(Config):
+    """Where `prepare` tokenizes records: in this process or as a Ray Data map over actors."""
+
+    executor: Literal["auto", "local", "ray"] = Field(
+        "auto", description="auto: Ray when workers > 0 or a cluster is named (RAY_ADDRESS), else this process"
+    )
+    workers: int = Field(0, ge=0, description="Ray Data actors; 0: as many as the free CPUs hold at `cpus` each")
+    cpus: float = Field(1.0, gt=0, description="CPUs per actor")
+    batch_size: int = Field(256, gt=0, description="records per tokenization batch")
+
+
+class FsdpConfig(Config):
+    """Settings of the stages that use `strategy: fsdp`."""
+
+    cpu_offload: bool = Field(False, description="keep parameter, gradient and optimizer shards in host memory between uses")
 
 
 class WorkersConfig(Config):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    data_cpus: float = Field(
+        0.25, ge=0, description="CPUs per Ray Data task reading a worker's sequences (leave this much free beside the workers)"
+    )
     gpus_per_worker: float = Field(1.0, ge=0)
     max_failures: int = Field(2, ge=-1, description="automatic restarts from the last checkpoint; -1 = unlimited")
     keep_checkpoints: int = Field(2, gt=0)
@@ -166,12 +195,17 @@ class TrainConfig(Config):
     stage2: Stage2Config = Stage2Config()
     stage3: Stage3Config = Stage3Config()
     workers: WorkersConfig = WorkersConfig()
+    fsdp: FsdpConfig = FsdpConfig()
+    prepare: PrepareConfig = PrepareConfig()
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"] = Field(
         "auto", description="auto: bf16-mixed on GPU (the authors' bf16), fp32 on CPU"
     )
     tf32: bool = True
     gradient_checkpointing: bool = True
     seed: int = 0
+    shuffle_block: int = Field(
+        1024, gt=0, description="sequences per shuffle block of a category's pool (blocks in random order, each shuffled)"
+    )
     storage: StorageOptions | None = None
 
     @field_validator("output", "model")
@@ -179,7 +213,21 @@ class TrainConfig(Config):
     def _no_trailing_slash(cls, v: str) -> str:
         return v.rstrip("/") or v
 
+    @model_validator(mode="after")
+    def _fsdp_precision(self) -> "TrainConfig":
+        uses = [s for s in STAGES if self.stage(s).strategy == "fsdp"]
+        if uses and self.precision == "fp16-mixed":
+            raise ValueError(f"precision fp16-mixed needs a gradient scaler FSDP does not support here ({', '.join(uses)} use fsdp); use bf16-mixed")
+        return self
+
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
             raise KeyError(f"unknown stage {name!r}; expected one of {STAGES}")
         return getattr(self, name)
+
+    def shift_target(self, name: str) -> dict[str, float] | None:
+        """The mixture a stage shifts toward (the next stage's), when it shifts."""
+        i = STAGES.index(name)
+        if not self.stage(name).mixture_shift or i + 1 == len(STAGES):
+            return None
+        return self.stage(STAGES[i + 1]).mixture.weights()

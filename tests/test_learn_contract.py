@@ -40,14 +40,17 @@ def _vocab(V, merges, alpha=0.0):
     sigma=st.sampled_from([0.3, 1.0, 2.5]),
     min_frequency=st.integers(1, 3),
     split=st.booleans(),
+    workers=st.integers(1, 4),
 )
-def test_learner_matches_reference(corpus, n_merges, alpha, sigma, min_frequency, split):
+def test_learner_matches_reference(corpus, n_merges, alpha, sigma, min_frequency, split, workers):
+    """Any split of the grids (shards, workers) and of the pair statistics (one partition per worker)."""
     V, grids = corpus
     alpha_rel = 0.2 if alpha is None else None
     ref, ref_state, ref_alpha = R.learn(grids, V, n_merges, alpha=alpha, alpha_rel=alpha_rel, sigma=sigma,
                                         min_frequency=min_frequency)
     got, group, got_alpha = learn_arrays(grids, V, n_merges, alpha=alpha, alpha_rel=alpha_rel, sigma=sigma,
-                                         min_frequency=min_frequency, shard_cells=1 if split else 1 << 20)
+                                         min_frequency=min_frequency, shard_cells=1 if split else 1 << 20,
+                                         workers=workers)
     assert got_alpha == ref_alpha
     assert _records(got) == [(m.pair, m.frequency, m.consistency, m.priority, m.offset, m.histogram) for m in ref]
     tokens, anchors, offsets = group.segmentation()
@@ -222,3 +225,18 @@ def test_large_codebooks_match_reference():
     got, group, _ = learn_arrays(grids, V, 15, alpha=1.0)
     assert [(m.pair, m.offset, m.frequency) for m in got] == [(m.pair, m.offset, m.frequency) for m in ref]
     assert group.segmentation()[0].tolist() == [t for g in ref_state for t in g.segmentation()[0]]
+
+
+def test_any_split_of_grids_and_pairs_gives_the_same_vocabulary():
+    """Workers (one statistics partition each) and shards (several per worker) are independent splits:
+    none of them changes a merge, a float or the final segmentation."""
+    rng = np.random.default_rng(11)
+    grids = [rng.integers(0, 24, size=(12, 12)).astype(np.int32) for _ in range(60)]
+    one, g1, _ = learn_arrays(grids, 24, 150, alpha_rel=0.05, workers=1)
+    for workers, shard_cells in ((2, 1 << 20), (3, 1024), (5, 2000), (7, 1)):
+        got, g, _ = learn_arrays(grids, 24, 150, alpha_rel=0.05, workers=workers, shard_cells=shard_cells)
+        assert _records(got) == _records(one), (workers, shard_cells)
+        assert [m.merged for m in got] == [m.merged for m in one]
+        for a, b in zip(g.segmentation(), g1.segmentation()):
+            assert np.array_equal(a, b)
+    assert len(one) == 150 and len({(m.pair, m.offset) for m in one}) > 100

@@ -39,3 +39,29 @@ def test_init_and_prepare_from_yaml(tmp_path, capsys):
     assert vbpe(["train", "stage2", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vbpe train: error: invalid config") and "stage2.unfreeze_fraction" in err and "Traceback" not in err
+
+
+def test_plan_reads_the_model_config_only(tmp_path, capsys):
+    """`vbpe train plan` needs config.json and the layout, no weights, and names what fits."""
+    tok = tiny.build_tokenizer(str(tmp_path / "tok"))
+    tiny.build_model(str(tmp_path / "src"), len(tok), layers=2)
+    (tmp_path / "src" / "model.safetensors").unlink()  # no weights anywhere
+    layout = IdLayout(text_vocab_size=len(tok), codebook_size=16, num_merges=8)
+    (tmp_path / "layout.yaml").write_text(layout.to_yaml())
+    config = {
+        "model": str(tmp_path / "base"), "output": str(tmp_path / "run"),
+        "init": {"source_model": str(tmp_path / "src"), "layout": str(tmp_path / "layout.yaml")},
+        "data": {"conversations": [{"path": "c.jsonl"}], "corpus": ["t"], "max_length": 128},
+        "stage3": {"strategy": "fsdp"}, "workers": {"num_workers": 2},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert vbpe(["train", "plan", "--config", str(path), "--gpu-memory", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "stage3  fsdp+offload" in text and f"vocabulary {len(tok)} -> {layout.total_size}" in text
+    assert vbpe(["train", "plan", "--config", str(path), "--json", "--gpus", "4"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {(r["stage"], r["strategy"]) for r in rows} == {(s, k) for s in ("stage1", "stage2", "stage3") for k in ("ddp", "fsdp", "fsdp+offload")}
+    assert all(r["gpus"] == 4 and r["fits"] and r["min_gpus"] == 1 for r in rows)
+    fsdp = {r["stage"]: r for r in rows if r["strategy"] == "fsdp"}
+    assert fsdp["stage1"]["trainable"] < fsdp["stage2"]["trainable"] < fsdp["stage3"]["trainable"]

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.configargs import load_config
 from pipeline.train import chat, curriculum, tiny
-from pipeline.train.batches import Geometry, Sequences, global_batch, worker_micro_batches
+from pipeline.train.batches import Geometry, Sequences
+from pipeline.train.stream import assign, collate, read_rows
 from pipeline.train.prepare import IGNORE, prepare
 from pipeline.train.records import Turn, read_records
 from pipeline.train.schedule import lr_at
@@ -51,7 +52,8 @@ def test_segments_mark_only_answers(world):
     assert "".join(s for s, _ in segs) == tok.apply_chat_template([{"role": t.role, "content": t.content} for t in turns], tokenize=False)
     answers = [s for s, a in segs if a]
     assert answers == ["red . <|end|> ", "a cat . <|end|> "]
-    ids, mask = chat.encode(tok, turns)
+    ids, mask, slots = chat.encode(tok, turns)
+    assert slots == []
     assert tok.convert_ids_to_tokens([i for i, m in zip(ids, mask) if m]) == ["red", ".", "<|end|>", "a", "cat", ".", "<|end|>"]
 
 
@@ -171,36 +173,63 @@ def test_json_and_parquet_sources_with_default_category(tmp_path):
     assert not rejects and {(r.id, r.category) for r in records} == {("j", "foundation"), ("p", "reasoning")}
 
 
-def test_curriculum_proportions_order_and_determinism():
+def _window_shares(p, n_windows=10):
+    """(actual, scheduled) share of every category in each of n equal windows of the plan."""
+    out = []
+    for w in np.array_split(np.arange(len(p)), n_windows):
+        actual = np.bincount(p.categories[w], minlength=4) / len(w)
+        out.append((actual, p.shares[w].mean(axis=0)))
+    return out
+
+
+@pytest.mark.parametrize("stage,mixture", [(1, (80, 20, 0, 0)), (2, (40, 30, 20, 10)), (3, (15, 15, 30, 40))])
+def test_mixture_holds_in_every_stretch(stage, mixture):
+    """The authors' mixtures as proportions, not blocks: every 10% window (and every global batch of 32)
+    follows the stage's mix, whatever the data's own proportions."""
     rng = np.random.default_rng(0)
     cats = rng.choice(CATEGORIES, size=5000, p=[0.4, 0.3, 0.2, 0.1])
-    for mixture, n in [({"foundation": 80, "perception": 20}, 1000), ({"foundation": 15, "perception": 15, "reasoning": 30, "instruction": 40}, 2000)]:
-        weights = Mixture(**mixture).weights()
-        order = curriculum.plan(cats, weights, seed=7, stage=1, samples=n)
-        assert len(order) == n
-        got = [c for c in cats[order]]
-        total = sum(weights.values())
-        for c in CATEGORIES:
-            assert abs(got.count(c) / n - weights[c] / total) <= 1 / n + 1e-9
-        ranks = [CATEGORIES.index(c) for c in got]
-        assert ranks == sorted(ranks)  # foundation -> instruction
-        assert np.array_equal(order, curriculum.plan(cats, weights, seed=7, stage=1, samples=n))
-        assert not np.array_equal(order, curriculum.plan(cats, weights, seed=8, stage=1, samples=n))
-    # default size uses no record twice; two epochs repeat the category order
+    weights = dict(zip(CATEGORIES, mixture))
+    p = curriculum.plan(cats, weights, seed=7, stage=stage, samples=2000)
+    assert len(p) == 2000 and all(cats[r] == CATEGORIES[c] for r, c in zip(p.rows, p.categories))
+    share = np.array(mixture) / 100
+    for actual, scheduled in _window_shares(p):
+        assert np.allclose(scheduled, share) and np.abs(actual - share).max() <= 0.01
+    for start in range(0, 2000 - 32, 32):  # every global batch of 32 is mixed
+        counts = np.bincount(p.categories[start : start + 32], minlength=4)
+        assert np.abs(counts - 32 * share).max() < 1.5
+    assert np.array_equal(p.rows, curriculum.plan(cats, weights, seed=7, stage=stage, samples=2000).rows)
+    assert not np.array_equal(p.rows, curriculum.plan(cats, weights, seed=8, stage=stage, samples=2000).rows)
+
+
+def test_mixture_shifts_smoothly_toward_the_next_stage():
+    cats = np.array(CATEGORIES * 1000)
+    start, end = dict(zip(CATEGORIES, (40, 30, 20, 10))), dict(zip(CATEGORIES, (15, 15, 30, 40)))
+    p = curriculum.plan(cats, start, seed=1, stage=2, samples=3000, shift_to=end)
+    windows = _window_shares(p)
+    for actual, scheduled in windows:
+        assert np.abs(actual - scheduled).max() <= 0.01
+    first, last = windows[0][1], windows[-1][1]
+    assert np.allclose(first, [0.3875, 0.2925, 0.205, 0.115]) and np.allclose(last, [0.1625, 0.1575, 0.295, 0.385])
+    assert [a[0][3] for a in windows] == sorted(a[0][3] for a in windows)  # instruction grows all the way
+
+
+def test_pool_passes_default_size_and_shuffle_blocks():
     small = np.array(["foundation"] * 30 + ["perception"] * 30)
-    order = curriculum.plan(small, {"foundation": 0.8, "perception": 0.2}, seed=1, stage=1, epochs=2)
-    first = order[: len(order) // 2]
-    assert len(first) == 37 and len(set(first.tolist())) == len(first)
-    assert [small[i] for i in order].count("perception") == 2 * curriculum.quotas(37, {"foundation": 0.8, "perception": 0.2})["perception"]
+    mix = {"foundation": 0.8, "perception": 0.2}
+    p = curriculum.plan(small, mix, seed=1, stage=1, epochs=2)
+    assert len(p) == 74  # 37 per epoch: the most that needs no foundation sequence twice
+    fd = p.rows[p.categories == 0]
+    assert len(set(fd[:30].tolist())) == 30 and sorted(fd[:30].tolist()) == list(range(30))  # a whole pass first
     with pytest.raises(InputError, match="reasoning"):
         curriculum.plan(small, {"reasoning": 1.0}, seed=1, stage=2)
-
-
-def test_curriculum_sampler_statistics_with_oversampling():
-    cats = np.array(["foundation"] * 3 + ["perception"] * 50)
-    order = curriculum.plan(cats, {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
-    picked = order[:20]
-    assert sorted(np.bincount(picked, minlength=3).tolist()) == [6, 7, 7]  # whole permutations, then part of one
+    over = curriculum.plan(np.array(["foundation"] * 3 + ["perception"] * 50), {"foundation": 0.5, "perception": 0.5}, seed=3, stage=1, samples=40)
+    fd = over.rows[over.categories == 0]
+    assert len(fd) == 20 and sorted(np.bincount(fd, minlength=3).tolist()) == [6, 7, 7]  # whole passes, then part of one
+    # blocks: 100 draws in a row come from one block of 100 consecutive pool entries
+    pool = np.array(["foundation"] * 1000)
+    w = curriculum.plan(pool, {"foundation": 1}, seed=2, stage=1, block=100)
+    assert all(len({r // 100 for r in w.rows[i : i + 100]}) == 1 for i in range(0, 1000, 100))
+    assert sorted(w.rows.tolist()) == list(range(1000)) and not np.array_equal(w.rows, np.arange(1000))
 
 
 def test_micro_batches_partition_the_global_batch(world, tmp_path):
@@ -215,14 +244,25 @@ def test_micro_batches_partition_the_global_batch(world, tmp_path):
     plan = np.arange(22)
     geo = Geometry.of(len(plan), batch_size=2, grad_accum=3, world_size=2)
     assert geo.steps == 2 and geo.global_batch == 12
+    lengths, targets = seqs.lengths(np.arange(24)), seqs.targets
+    a = assign(plan, lengths, targets, batch_size=2, grad_accum=3, world=2, steps=geo.steps)
+    assert a.per_step == 6 and [len(r) for r in a.rows] == [12, 12]
     for step in range(geo.steps):
-        rows_ = global_batch(plan, step, geo)
-        parts = [mb for r in range(2) for mb in worker_micro_batches(rows_, seqs, geo, r)]
-        assert sorted(np.concatenate(parts).tolist()) == sorted(rows_.tolist())
-    assert global_batch(plan, 1, geo).tolist() == list(range(12, 22)) + [0, 1]  # wraps to the plan's start
-    ids, mask, labels = seqs.collate([0, 5], pad_id=world["layout"].pad_id)
+        batch = (np.arange(step * 12, (step + 1) * 12) % 22)
+        mine = [a.rows[r][step * 6 : (step + 1) * 6] for r in range(2)]
+        assert sorted(np.concatenate(mine).tolist()) == sorted(batch.tolist())  # the ranks split the global batch
+        assert a.targets[step] == targets[batch].sum()
+        for m in range(3):  # micro-batch m of both ranks: neighbours in length order
+            pair = np.concatenate([mine[0][2 * m : 2 * m + 2], mine[1][2 * m : 2 * m + 2]])
+            longest_before = max((lengths[mine[r][: 2 * m]].max() for r in range(2) if m), default=0)
+            assert lengths[pair].min() >= longest_before
+    assert sorted(np.concatenate([a.rows[0][6:], a.rows[1][6:]]).tolist()) == sorted(list(range(12, 22)) + [0, 1])  # wraps
+    got = read_rows(str(tmp_path / "o" / "sequences.parquet"), np.array([5, 0, 5]))
+    assert got.column("input_ids").to_pylist() == [table[5]["input_ids"], table[0]["input_ids"], table[5]["input_ids"]]
+    batch = {c: got.column(c).to_numpy(zero_copy_only=False) for c in ("input_ids", "labels")}
+    ids, mask, labels = collate(batch, world["layout"].pad_id, IGNORE)
     assert ids.shape == mask.shape == labels.shape and (labels[mask == 0] == IGNORE).all()
-    assert (ids[mask == 0] == world["layout"].pad_id).all()
+    assert (ids[mask == 0] == world["layout"].pad_id).all() and ids[1, : len(table[0]["input_ids"])].tolist() == table[0]["input_ids"]
 
 
 def test_lr_schedule():
@@ -299,3 +339,61 @@ def test_prepared_data_is_keyed_by_content(world, tmp_path):
     ids = pq.read_table(tmp_path / "o" / "sequences.parquet").column("input_ids")[0].as_py()
     assert world["tok"].convert_tokens_to_ids(other) in ids and world["tok"].convert_tokens_to_ids(animal) not in ids
     assert prepare(cfg, world["tok"], world["layout"], str(tmp_path / "o"))["reused"]
+
+
+def test_default_epoch_size_is_exact_for_round_mixtures():
+    cats = np.array([c for c in CATEGORIES for _ in range(12)])
+    for mixture, n in [((80, 20, 0, 0), 15), ((40, 30, 20, 10), 30), ((15, 15, 30, 40), 30)]:
+        p = curriculum.plan(cats, dict(zip(CATEGORIES, mixture)), seed=0, stage=1, epochs=2)
+        assert len(p) == 2 * n and sum(p.counts().values()) == 2 * n
+
+
+def test_several_images_per_record(world, tmp_path):
+    """Images first (default) or each at its <image> placeholder; the count must match; a cut never falls inside an image."""
+    tok, layout, keys = world["tok"], world["layout"], world["keys"]
+    corpus = {r["key"]: r["input_ids"] for r in pq.read_table(world["root"] / "corpus" / "part-0.parquet").to_pylist()}
+    conv = [{"from": "human", "value": "<image>\nwhat color is it ?"}, {"from": "gpt", "value": "red ."},
+            {"from": "human", "value": "and this <image> ?"}, {"from": "gpt", "value": "blue ."}]
+    two = {"id": "two", "image": [f"{keys[0]}.jpg", f"{keys[1]}.jpg"], "category": "PD", "conversations": conv}
+    three = {**two, "id": "three", "image": [keys[0], keys[1], keys[2]]}
+    path = write_jsonl(tmp_path / "c.jsonl", [two, three])
+
+    st = prepare(data_cfg(path, world["root"] / "corpus"), tok, layout, str(tmp_path / "first"))
+    rows = {r["record"]: r for r in pq.read_table(tmp_path / "first" / "sequences.parquet").to_pylist()}
+    assert st["sequences"] == 2 and rows["two"]["images"] == keys[:2] and rows["two"]["image"] == keys[0]
+    head = [tok.bos_token_id, *corpus[keys[0]], *corpus[keys[1]]]
+    assert rows["two"]["input_ids"][: len(head)] == head and "<image>" not in tok.decode(rows["two"]["input_ids"])
+
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline"), tok, layout, str(tmp_path / "inline"))
+    assert st["reject_reasons"] == {"image placeholders": 1}
+    assert pq.read_table(tmp_path / "inline" / "sequences.rejects.parquet").column("reason").to_pylist() == [
+        "image placeholders: 2 in the text for 3 images"]
+    s = pq.read_table(tmp_path / "inline" / "sequences.parquet").to_pylist()[0]
+    ids = s["input_ids"]
+    first, second = ids.index(layout.begin_image_id), len(ids) - 1 - ids[::-1].index(layout.begin_image_id)
+    assert ids[first : first + len(corpus[keys[0]])] == corpus[keys[0]] and ids[second : second + len(corpus[keys[1]])] == corpus[keys[1]]
+    answers = tok.convert_ids_to_tokens([i for i, lab in zip(ids, s["labels"]) if lab != IGNORE])
+    assert answers == ["red", ".", "<|end|>", "blue", ".", "<|end|>", "</s>"]
+    assert tok.convert_ids_to_tokens(ids[1:first]) == ["<|user|>"]  # the first image sits inside the user turn
+    assert ids.index(tok.convert_tokens_to_ids("red")) < second  # the first answer comes before the second image
+
+    cut = second + 3  # a limit inside the second image: the sequence stops before it, the first answer stays
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline", max_length=cut), tok, layout, str(tmp_path / "cut"))
+    s = pq.read_table(tmp_path / "cut" / "sequences.parquet").to_pylist()[0]
+    assert st["truncated"] == 1 and s["input_ids"] == ids[:second] and layout.end_image_id not in s["input_ids"][first + len(corpus[keys[0]]) :]
+    st = prepare(data_cfg(path, world["root"] / "corpus", images="inline", max_length=first + 3), tok, layout, str(tmp_path / "none"))
+    assert st["reject_reasons"] == {"image does not fit": 1, "image placeholders": 1}
+
+
+def test_training_sequences_are_stored_by_category_in_whole_row_groups(world, tmp_path):
+    """Each category is a run of 1024-row row groups (input order within it): a shuffle block is a row group."""
+    keys = world["keys"]
+    rows = [{"id": f"{i}", "image": f"{keys[i % len(keys)]}.jpg", "category": c, "conversations": tiny.conversation(keys[i % len(keys)], c)}
+            for i in range(1300) for c in ("perception", "foundation")]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    prepare(data_cfg(path, world["root"] / "corpus"), world["tok"], world["layout"], str(tmp_path / "o"))
+    f = pq.ParquetFile(tmp_path / "o" / "sequences.parquet")
+    groups = [f.read_row_group(g, columns=["category", "record"]) for g in range(f.num_row_groups)]
+    assert [(set(g.column("category").to_pylist()), g.num_rows) for g in groups] == [
+        ({"foundation"}, 1024), ({"foundation"}, 276), ({"perception"}, 1024), ({"perception"}, 276)]
+    assert pq.read_table(tmp_path / "o" / "sequences.parquet").column("record").to_pylist()[:3] == ["0", "1", "2"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def load(path, tokenizer=True):
 @pytest.mark.parametrize("tied", [False, True])
 def test_init_extends_vocab_by_layout(sources, tmp_path, tied):
     root, tok, layout = sources
-    info = init_base_model(InitConfig(source_model=str(root / f"src-{tied}"), tokenizer=str(root / "tok"), layout=str(root / "layout.yaml")), str(tmp_path / "base"))
+    info = init_base_model(InitConfig(source_model=str(root / f"src-{tied}"), tokenizer=str(root / "tok"), layout=str(root / "layout.yaml"), rule="mean"), str(tmp_path / "base"))
     model, tok2 = load(tmp_path / "base")
     src, _ = load(root / f"src-{tied}", tokenizer=False)
     n = layout.text_vocab_size
@@ -59,20 +60,24 @@ def test_init_extends_vocab_by_layout(sources, tmp_path, tied):
     assert json.loads((tmp_path / "base" / "vbpe_init.json").read_text())["layout_fingerprint"] == layout.fingerprint()
 
 
-def test_init_he_rule_and_placeholders(sources, tmp_path):
+def test_init_he_rule_by_default_and_placeholders(sources, tmp_path):
+    """The authors' rule (He: N(0, 2 / hidden)) is the default; new rows are not near-copies of each other."""
     root, tok, _ = sources
     tiny.build_model(str(tmp_path / "src"), len(tok) + 3, hidden=128)  # an embedding padded beyond the tokenizer
     layout = IdLayout(text_vocab_size=len(tok) + 3, codebook_size=64, num_merges=64)
     (tmp_path / "layout.yaml").write_text(layout.to_yaml())
-    info = init_base_model(
-        InitConfig(source_model=str(tmp_path / "src"), tokenizer=str(root / "tok"), layout=str(tmp_path / "layout.yaml"), rule="he", seed=3),
-        str(tmp_path / "base"),
-    )
+    cfg = InitConfig(source_model=str(tmp_path / "src"), tokenizer=str(root / "tok"), layout=str(tmp_path / "layout.yaml"), seed=3)
+    assert cfg.rule == "he"
+    info = init_base_model(cfg, str(tmp_path / "base"))
+    assert info["rule"] == "he"
     model, tok2 = load(tmp_path / "base")
     assert info["placeholder_tokens"] == 3 and tok2.convert_ids_to_tokens(len(tok)) == "<|vbpe_reserved_0|>"
     assert tok2.convert_tokens_to_ids("<pad>") == layout.pad_id
     new = model.get_input_embeddings().weight[layout.text_vocab_size :]
     assert new.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.1) and abs(new.mean().item()) < 0.02
+    unit = torch.nn.functional.normalize(new, dim=1)
+    cosine = (unit @ unit.T)[~torch.eye(len(new), dtype=torch.bool)]
+    assert abs(cosine.mean().item()) < 0.05  # independent directions (the `mean` rule gives ~0.8)
 
 
 def test_init_refuses_a_layout_that_disagrees_with_the_model(sources, tmp_path):
@@ -197,7 +202,7 @@ def test_checkpoint_state_resumes_exactly(bases, tmp_path):
     m2, p2, params2, o2 = fresh()
     for s in range(2):
         step(m2, o2, params2, s)
-    ckpt.save(str(tmp_path), params2, o2, {"step": 2})
+    ckpt.save(str(tmp_path), params2, o2, {"step": 2}, rank=0)
     m3, p3, params3, o3 = fresh()
     assert ckpt.load(str(tmp_path), params3, o3) == {"step": 2}
     step(m3, o3, params3, 2)
@@ -223,3 +228,54 @@ def test_activation_checkpointing_gives_the_same_gradients(bases):
         grads.append({n: p.grad.clone() for n, p in params})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_merged_state_dict_equals_merge(bases, tied):
+    """The state-dict merge (used for sharded models) gives exactly what merging the modules gives."""
+    from pipeline.train.freeze import merged_state_dict
+
+    paths, layout = bases
+    model, _ = load(paths[tied])
+    plan = apply_stage(model, "stage2", layout.text_vocab_size)
+    train_steps(model, plan.trainable(), layout)
+    split = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith(".original.weight") for k in split)
+    merged = plan.merge().state_dict()
+    got = merged_state_dict(split, layout.text_vocab_size)
+    assert got.keys() == merged.keys() and all(torch.equal(got[k], merged[k]) for k in merged)
+
+
+@pytest.mark.parametrize("stage,checkpointing", [("stage1", False), ("stage1", True), ("stage3", False), ("stage3", True)])
+def test_memory_plan_matches_measured_peak_on_cpu(stage, checkpointing):
+    """`vbpe train plan`'s model against the peak resident memory of real steps (fp32, CPU), measured in a
+    fresh process whose large allocations go straight to the kernel (so freed memory is not kept)."""
+    import subprocess
+    import sys
+
+    from pipeline.train.memory import ModelShape, estimate
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-m", "tests.helpers.memory_probe", stage, "1" if checkpointing else "0"],
+                         capture_output=True, text=True, env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    shape = ModelShape.from_config(probe["config"], old_vocab=probe["old_vocab"])
+    plan = estimate(shape, stage, "ddp", 1, probe["batch"], probe["seq"], precision="fp32", checkpointing=checkpointing, on_gpu=False)
+    assert abs(plan.peak - probe["peak_bytes"]) <= 0.12 * probe["peak_bytes"], (plan.gib(), probe["peak_bytes"] / 2**30)
+
+
+def test_memory_plan_of_an_8b_model():
+    """Llama-3.1-8B extended to 144,645 ids (numbers from its config.json, no weights): the parameter count,
+    and what fits on 80 GB GPUs."""
+    from pipeline.train.memory import GIB, ModelShape, estimate, smallest_fit
+
+    cfg = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False}
+    shape = ModelShape.from_config(cfg, vocab=144645, old_vocab=128256)
+    assert ModelShape.from_config(cfg).params() == 8_030_261_248  # Llama-3.1-8B's published size
+    assert shape.trainable("stage1") == 2 * 16389 * 4096 and shape.trainable("stage3") == shape.params()
+    kw = dict(micro_batch=1, seq_len=4096, precision="bf16-mixed")
+    assert smallest_fit(shape, "stage3", "ddp", 80 * GIB, **kw) is None  # full fine-tuning does not fit unsharded
+    assert smallest_fit(shape, "stage3", "fsdp", 80 * GIB, **kw) == 2
+    eight = estimate(shape, "stage3", "fsdp", 8, **kw)
+    assert eight.optimizer == pytest.approx(8 * shape.params() / 8, rel=1e-6) and eight.peak < 40 * GIB

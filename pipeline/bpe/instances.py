@@ -59,6 +59,27 @@ def neighbours(owner, nxt, x, gs, w, h, mark, stamp, out):
 
 
 @njit(cache=True)
+def touches(owner, nxt, tok, x, t, gs, w, h, later):
+    """Whether instance x is adjacent to an instance of token t anchored after x (later) or before it.
+
+    A cheap filter (no scratch, no dedup) ahead of `neighbours` for the many candidates that have
+    no partner at all.
+    """
+    cell = x
+    while cell != -1:
+        local = cell - gs
+        r = local // w
+        c = local - r * w
+        for step in NEIGHBOURS:
+            if step_inside(step, r, c, h, w):
+                nb = owner[cell + step[0] * w + step[1]]
+                if tok[nb] == t and ((nb > x) if later else (nb < x)):
+                    return True
+        cell = nxt[cell]
+    return False
+
+
+@njit(cache=True)
 def choose_partner(tok, x, nbrs, n, b, gs, w, uy, ux):
     """The contract's Y for X: token b, larger anchor, offset closest to u*, then smaller anchor."""
     best = -1

@@ -1,54 +1,90 @@
 """The learner: count once, then merge the best pair and fold the deltas back, until done.
 
-`merge_loop` is the contract's loop over any group of shards (in-process `GridShards`, or the
-stage's Ray actors): pick the eligible pair with the largest P (stats.py), apply it to every
-grid, add the deltas to the statistics. `learn_arrays` runs it on arrays in memory.
+`merge_loop` is the contract's loop over a set of workers (worker.py), wherever they run: this
+process (`LocalWorkers`) or Ray actors (the learn stage's `RayWorkers`). Both offer `start`
+(count every occurrence, fix alpha, return each partition's candidate) and `step` (apply one
+merge everywhere, return the new candidates). `learn_arrays` runs it on arrays in memory.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from pipeline.bpe.constants import MAX_SIDE
 from pipeline.bpe.shard import GridShards
-from pipeline.bpe.stats import Stats
+from pipeline.bpe.stats import Choice, best_of
 from pipeline.bpe.vocab import Merge
+from pipeline.bpe.worker import LearnerWorker
 from schemas.base import InputError
 
 
-def merge_loop(group, stats: Stats, V: int, target: int, merges: list[Merge], on_merge=None) -> str:
+def merge_loop(workers, candidates: list[Choice | None], V: int, target: int, merges: list[Merge],
+               on_merge=None) -> str:
     """The contract's loop: merges are appended to `merges` until `target`; returns why it stopped."""
     while len(merges) < target:
-        choice = stats.pop_best()
+        choice = best_of(candidates)
         if choice is None:
             return "no eligible pair left"
         new_id = V + len(merges)
-        deltas, done = group.merge(choice.a, choice.b, new_id, *choice.offset)
-        stats.add(deltas)
-        stats.refresh()
+        candidates, done = workers.step(choice.a, choice.b, new_id, *choice.offset)
         merges.append(Merge(new_id, (choice.a, choice.b), choice.frequency, choice.consistency,
                             choice.priority, choice.offset, choice.histogram, done))
         if on_merge is not None:
-            on_merge(merges)
+            on_merge(merges, candidates)
     return "requested merges reached"
 
 
-def start_stats(group, sigma: float, min_frequency: int, alpha: float | None, alpha_rel: float | None) -> Stats:
-    """Count every occurrence once and fix alpha (alpha_rel * the largest initial F)."""
-    stats = Stats(sigma, min_frequency)
-    for deltas in group.count():
-        stats.add(deltas)
-        del deltas
-    stats.alpha = alpha if alpha is not None else (alpha_rel or 0.0) * stats.max_frequency()
-    stats.refresh()
-    return stats
+def fix_alpha(alpha: float | None, alpha_rel: float | None, max_frequency: int) -> float:
+    """alpha in count units: given, or alpha_rel times the largest F before the first merge."""
+    return float(alpha) if alpha is not None else (alpha_rel or 0.0) * max_frequency
+
+
+class LocalWorkers:
+    """Workers in this process, stepped one after the other (tests, learn_arrays, `--workers 0`)."""
+
+    def __init__(self, workers: list[LearnerWorker]):
+        self.workers = workers
+        self.step_s, self.steps = 0.0, 0  # time the driver spends per merge, everything included
+
+    def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
+        ws = self.workers
+        for r in range(max(w.count_rounds for w in ws)):
+            parts = [w.count(r) for w in ws]
+            for j, w in enumerate(ws):
+                w.absorb(*[p[j] for p in parts])
+            del parts
+        alpha = fix_alpha(alpha, alpha_rel, max(w.max_frequency() for w in ws))
+        return alpha, [w.start(alpha) for w in ws]
+
+    def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
+        t0 = time.perf_counter()
+        parts = [w.merge(a, b, new_tok, uy, ux) for w in self.workers]
+        out = [w.reduce(*[p[j] for p in parts]) for j, w in enumerate(self.workers)]
+        self.step_s += time.perf_counter() - t0
+        self.steps += 1
+        return [c for c, _ in out], sum(n for _, n in out)
+
+    def resources(self) -> list[dict]:
+        return [w.resources() for w in self.workers]
+
+    def segmentation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, anchors, per-grid offsets) of every grid, workers in order."""
+        parts = [w.shards.segmentation() for w in self.workers]
+        offs, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            offs.append(p[2][1:] + base)
+            base += int(p[2][-1])
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), np.concatenate(offs)
 
 
 def learn_arrays(grids: list, codebook_size: int, merges: int, *, alpha: float | None = None,
                  alpha_rel: float | None = None, sigma: float = 1.0, min_frequency: int = 2,
-                 shard_cells: int = 1 << 24) -> tuple[list[Merge], GridShards, float]:
-    """Learn from 2D integer arrays in memory (no files, no checkpoints); returns (merges, group, alpha).
+                 shard_cells: int = 1 << 24, workers: int = 1) -> tuple[list[Merge], LocalWorkers, float]:
+    """Learn from 2D integer arrays in memory (no files, no checkpoints); returns (merges, workers, alpha).
 
-    The group holds the final segmentation (`group.segmentation()`).
+    `workers` > 1 splits the grids and the pair statistics as a Ray run would, in this process.
+    The workers hold the final segmentation (`.segmentation()`).
     """
     arrays = [np.asarray(g) for g in grids]
     for i, a in enumerate(arrays):  # the kernels trust their input: check it here, like codegrids does for files
@@ -56,10 +92,16 @@ def learn_arrays(grids: list, codebook_size: int, merges: int, *, alpha: float |
             raise InputError(f"grid {i} has shape {a.shape}: expected 2D, 1..{MAX_SIDE} per side")
         if a.size and (a.min() < 0 or a.max() >= codebook_size):
             raise InputError(f"grid {i} has codes outside [0, {codebook_size})")
-    codes = np.concatenate([a.reshape(-1) for a in arrays]).astype(np.int32) if arrays else np.empty(0, np.int32)
-    group = GridShards(codes, np.array([a.shape[0] for a in arrays], np.int32),
-                       np.array([a.shape[1] for a in arrays], np.int32), codebook_size, shard_cells)
-    stats = start_stats(group, sigma, min_frequency, alpha, alpha_rel)
+    bounds = np.linspace(0, len(arrays), workers + 1).round().astype(int)
+    ws = []
+    for p in range(workers):
+        part = arrays[bounds[p]:bounds[p + 1]]
+        codes = np.concatenate([a.reshape(-1) for a in part]).astype(np.int32) if part else np.empty(0, np.int32)
+        shards = GridShards(codes, np.array([a.shape[0] for a in part], np.int32),
+                            np.array([a.shape[1] for a in part], np.int32), codebook_size, shard_cells)
+        ws.append(LearnerWorker(shards, p, workers, sigma, min_frequency))
+    local = LocalWorkers(ws)
+    alpha, candidates = local.start(alpha, alpha_rel)
     out: list[Merge] = []
-    merge_loop(group, stats, codebook_size, merges, out)
-    return out, group, stats.alpha
+    merge_loop(local, candidates, codebook_size, merges, out)
+    return out, local, alpha

@@ -13,7 +13,6 @@ import numpy as np
 from numba import njit
 
 from pipeline.bpe import shard_kernels as K
-from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BITS
 from pipeline.bpe.hashtable import capacity, grow, new_table
 from pipeline.bpe.instances import init_instances, segmentation
 
@@ -62,13 +61,8 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return v[keep]
 
 
-def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of a sorted array and where each run starts (plus the end)."""
-    if sorted_keys.shape[0] == 0:
-        return sorted_keys[:0], np.zeros(1, np.int64)
-    starts = np.flatnonzero(np.diff(sorted_keys)) + 1
-    starts = np.concatenate(([0], starts, [sorted_keys.shape[0]])).astype(np.int64)
-    return sorted_keys[starts[:-1]], starts
+COUNT_CELLS = 1 << 22  # cells counted at a time: bounds the temporary memory of the first count
+ARENA_SLACK = 8  # token lists keep 1/8 spare room; when full, dead entries are dropped before growing
 
 
 class Shard:
@@ -96,14 +90,11 @@ class Shard:
         self.dt = new_table(16 * self.max_cells)
         self.dkey = np.empty(16 * self.max_cells, np.int64)
         self.dval = np.empty(16 * self.max_cells, np.int64)
-        # where base-code pairs occur (filled by count): a * V + b of each pair, run starts, X anchors
-        self.base_keys = np.empty(0, np.int64)
-        self.base_start = np.zeros(1, np.int64)
-        self.base_anchors = np.empty(0, np.int32)
-        # instances of merged token V + k: tl_arena[tl_start[k] : tl_start[k] + tl_len[k]]
-        self.tl_start = np.zeros(0, np.int64)
-        self.tl_len = np.zeros(0, np.int64)
-        self.tl_arena = np.empty(max(1024, self.n_cells // 4), np.int32)
+        # instances of token t, ascending anchors: tl_arena[tl_start[t] : tl_start[t] + tl_len[t]] (dead ones dropped lazily)
+        n_tok = max(self.V, int(self.tok.max()) + 1 if self.tok.size else 0)
+        room = max(1024, self.n_cells // ARENA_SLACK)
+        self.tl_arena, self.tl_start, self.tl_len, top = K.index_tokens(self.owner, self.tok, n_tok, room)
+        self.meta[K.M_TL_TOP] = top
 
     @property
     def n_grids(self) -> int:
@@ -113,82 +104,64 @@ class Shard:
     def n_cells(self) -> int:
         return int(self.gstart[-1])
 
-    def count(self) -> Deltas:
-        """Every occurrence of the current segmentation, as deltas from nothing; indexes places."""
-        keys, los = K.occurrences(self.owner, self.nxt, self.tok, self.gstart, self.gw, self.gh,
-                                  self.mark, self.buf_x, self.meta)
-        if self.V <= 1 << 15:
-            # (a * V + b) and a 31-bit anchor fit one int64: sorting values beats argsort ~10x.
-            packed = K.packed_base_places(keys, los, self.V)
-            del los
-            packed.sort()
-            self.base_keys, self.base_start, self.base_anchors = K.unpack_base_places(packed, self.V)
-            del packed
-        else:
-            pairs = keys >> OFF_BITS
-            base = ((pairs >> ID_BITS) < self.V) & ((pairs & ID_MASK) < self.V)
-            pairs = pairs[base]
-            order = np.argsort(pairs, kind="stable")
-            pairs = pairs[order]
-            self.base_anchors = los[base][order]
-            self.base_keys, self.base_start = _runs((pairs >> ID_BITS) * self.V + (pairs & ID_MASK))
-            del pairs, base, order, los
-        keys.sort()
-        deltas = Deltas(*K.run_counts(keys))
-        del keys
-        self._index_merged_tokens()
-        return deltas
+    def count_chunks(self, cells: int = COUNT_CELLS) -> list[tuple[int, int]]:
+        """Grid ranges of about `cells` cells each, to count one at a time."""
+        out, g = [], 0
+        while g < self.n_grids:
+            end = max(g + 1, int(np.searchsorted(self.gstart, self.gstart[g] + cells, side="right")) - 1)
+            out.append((g, end))
+            g = end
+        return out
 
-    def _index_merged_tokens(self) -> None:
-        anchors = np.flatnonzero(self.owner == np.arange(self.n_cells, dtype=np.int32)).astype(np.int32)
-        toks = self.tok[anchors]
-        merged = toks >= self.V
-        anchors, toks = anchors[merged], toks[merged].astype(np.int64) - self.V
-        order = np.lexsort((anchors, toks))
-        anchors, toks = anchors[order], toks[order]
-        n_tok = int(toks.max()) + 1 if toks.size else 0
-        self.tl_start = np.zeros(n_tok, np.int64)
-        self.tl_len = np.bincount(toks, minlength=n_tok).astype(np.int64)
-        self.tl_start[1:] = np.cumsum(self.tl_len[:-1])
-        self.tl_arena = _resized(self.tl_arena, max(self.tl_arena.shape[0], 2 * anchors.shape[0]))
-        self.tl_arena[: anchors.shape[0]] = anchors
-        self.meta[K.M_TL_TOP] = anchors.shape[0]
+    def count(self, g0: int = 0, g1: int | None = None) -> Deltas:
+        """Every occurrence in grids [g0, g1) of the current segmentation, as deltas from nothing."""
+        g1 = self.n_grids if g1 is None else g1
+        keys = K.occurrences(self.owner, self.nxt, self.tok, self.gstart[g0:g1 + 1], self.gw[g0:g1], self.gh[g0:g1],
+                             self.mark, self.buf_x, self.meta)
+        keys.sort()
+        return Deltas(*K.run_counts(keys))
 
     def _live(self, t: int) -> np.ndarray:
-        k = t - self.V
-        if k >= self.tl_len.shape[0]:
+        """The live instances of token t, ascending (a view into the arena, valid until it changes)."""
+        if t >= self.tl_len.shape[0]:
             return np.empty(0, np.int32)
-        start = int(self.tl_start[k])
-        n = K.compact_live(self.tl_arena, start, int(self.tl_len[k]), t, self.owner, self.tok)
-        self.tl_len[k] = n
-        return self.tl_arena[start : start + n].copy()
+        start = int(self.tl_start[t])
+        n = K.compact_live(self.tl_arena, start, int(self.tl_len[t]), t, self.owner, self.tok)
+        self.tl_len[t] = n
+        return self.tl_arena[start : start + n]
 
     def _candidates(self, a: int, b: int) -> np.ndarray:
         """Anchors of the instances X that may merge with a b neighbour, ascending."""
-        if a < self.V and b < self.V:
-            dense = self.base_keys.dtype.type(a * self.V + b)  # same dtype: no cast of the whole array per call
-            i = int(np.searchsorted(self.base_keys, dense))
-            if i == self.base_keys.shape[0] or self.base_keys[i] != dense:
-                return np.empty(0, np.int32)
-            return sorted_unique(self.base_anchors[self.base_start[i] : self.base_start[i + 1]])
-        xs = self._live(a) if a >= self.V else None
-        ys = self._live(b) if b >= self.V and a != b else None
-        if xs is not None and (ys is None or xs.shape[0] <= ys.shape[0]):
-            return xs
-        return sorted_unique(K.partners_before(ys, a, self.owner, self.nxt, self.tok, self.gstart, self.gw, self.gh,
-                                           self.mark, self.buf_x, self.meta))
+        if a == b or self._listed(a) <= self._listed(b):  # the shorter list (dead entries included) is scanned
+            return self._live(a)
+        return sorted_unique(K.partners_before(self._live(b), a, self.owner, self.nxt, self.tok, self.gstart, self.gw,
+                                               self.gh))
+
+    def _listed(self, t: int) -> int:
+        return int(self.tl_len[t]) if t < self.tl_len.shape[0] else 0
+
+    def _reserve(self, new_tok: int, n: int) -> None:
+        """Room for a list of up to n instances of new_tok at the arena's top."""
+        if new_tok >= self.tl_start.shape[0]:
+            size = max(2 * self.tl_start.shape[0], new_tok + 1, 64)
+            self.tl_start, self.tl_len = _resized(self.tl_start, size), _resized(self.tl_len, size)
+        top = int(self.meta[K.M_TL_TOP])
+        if top + n <= self.tl_arena.shape[0]:
+            return
+        top = K.compact_arena(self.tl_arena, self.tl_start, self.tl_len, new_tok, self.owner, self.tok)
+        self.meta[K.M_TL_TOP] = top
+        want = top + n + max(1024, top // ARENA_SLACK)
+        if want > self.tl_arena.shape[0]:
+            self.tl_arena = _resized(self.tl_arena, max(want, self.tl_arena.shape[0] + self.tl_arena.shape[0] // 4))
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         """Apply one merge to every grid of the shard; returns (deltas, instance merges done)."""
+        # each instance merge takes a distinct live a and b: at most that many new instances (list lengths bound them)
+        n_a, n_b = self._listed(a), self._listed(b)
+        self._reserve(new_tok, n_a // 2 if a == b else min(n_a, n_b))
         xs = self._candidates(a, b)
-        k = new_tok - self.V
-        if k >= self.tl_start.shape[0]:
-            size = max(2 * self.tl_start.shape[0], k + 1, 64)
-            self.tl_start, self.tl_len = _resized(self.tl_start, size), _resized(self.tl_len, size)
         top = int(self.meta[K.M_TL_TOP])
-        if top + xs.shape[0] > self.tl_arena.shape[0]:
-            self.tl_arena = _resized(self.tl_arena, max(2 * self.tl_arena.shape[0], top + xs.shape[0]))
-        self.tl_start[k] = top
+        self.tl_start[new_tok] = top
         i, total = 0, 0
         while i < xs.shape[0]:
             i, done = K.merge_candidates(
@@ -198,7 +171,7 @@ class Shard:
             total += done
             if i < xs.shape[0]:
                 self._grow_deltas(4 * self.max_cells)
-        self.tl_len[k] = int(self.meta[K.M_TL_TOP]) - top
+        self.tl_len[new_tok] = int(self.meta[K.M_TL_TOP]) - top
         return Deltas(*K.drain_deltas(self.dt, self.dkey, self.dval, self.meta)), total
 
     def _grow_deltas(self, need: int) -> None:
@@ -214,8 +187,8 @@ class Shard:
         return segmentation(self.owner, self.tok, self.gstart)
 
     def memory_bytes(self) -> int:
-        arrays = [self.owner, self.nxt, self.tok, self.dt, self.dkey, self.dval, self.base_keys, self.base_start,
-                  self.base_anchors, self.tl_start, self.tl_len, self.tl_arena]
+        arrays = [self.owner, self.nxt, self.tok, self.dt, self.dkey, self.dval, self.tl_start, self.tl_len,
+                  self.tl_arena, self.mark, self.buf_x, self.buf_y]
         return int(sum(x.nbytes for x in arrays))
 
 
@@ -244,7 +217,7 @@ class GridShards:
 
     def __init__(self, codes: np.ndarray, heights: np.ndarray, widths: np.ndarray, codebook_size: int,
                  shard_cells: int = 1 << 24, owner: np.ndarray | None = None, tok: np.ndarray | None = None):
-        self.heights, self.widths = heights, widths
+        self.heights, self.widths, self.codebook_size = heights, widths, int(codebook_size)
         self.shards: list[Shard] = []
         self.grid_ranges: list[tuple[int, int]] = []
         offsets = np.zeros(len(heights) + 1, np.int64)
@@ -262,10 +235,13 @@ class GridShards:
             self.grid_ranges.append((g, end))
             g = end
 
-    def count(self):
-        """Every occurrence, as deltas, one shard at a time (never all of them in memory at once)."""
-        for s in self.shards:
-            yield s.count()
+    def count_chunks(self) -> list[tuple[int, int, int]]:
+        """(shard, first grid, end grid) pieces to count one at a time (never all occurrences at once)."""
+        return [(i, g0, g1) for i, s in enumerate(self.shards) for g0, g1 in s.count_chunks()]
+
+    def count(self, chunk: tuple[int, int, int]) -> Deltas:
+        i, g0, g1 = chunk
+        return self.shards[i].count(g0, g1)
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         parts, total = [], 0
@@ -296,6 +272,10 @@ class GridShards:
             toks.append(s.tok)
         return (np.concatenate(owners) if owners else np.empty(0, np.int32),
                 np.concatenate(toks) if toks else np.empty(0, np.int32))
+
+    @property
+    def n_cells(self) -> int:
+        return sum(s.n_cells for s in self.shards)
 
     def memory_bytes(self) -> int:
         return sum(s.memory_bytes() for s in self.shards)

@@ -1,12 +1,11 @@
 """numba kernels of one shard: list occurrences, find a merge's candidates, apply it, keep deltas.
 
-Where the occurrences of a pair (a, b) are, without a per-pair place index:
-- both base codes: only occurrences present at the start can exist (a new occurrence always
-  involves the token just created), so their X anchors are fixed at the first count (a CSR
-  built by sorting, see shard.py);
-- otherwise one side is a merged token t, and every instance of t was created in step t - V,
-  in increasing anchor order. Its token list is therefore sorted; the scan keeps only the
-  instances still alive (compacting the list as it goes).
+Where the instances of a token are, without a per-pair place index: every token has a list of
+its instances in increasing anchor order (a base code's cells from the start; a merged token's
+instances appended in the step that creates them, which visits X in anchor order). Instances
+die (absorbed by a merge), so a list keeps dead entries until it is read: the scan keeps only
+those still alive, compacting the list as it goes. A merge's X candidates are the live
+instances of a, or, when b is rarer, the a-neighbours of the live instances of b.
 
 Deltas: (a, b, offset) -> signed count change since the last drain, in a small hash table that
 stays in cache. A key packs the pair and the offset (see `occurrence_key`).
@@ -19,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from pipeline.bpe.constants import ID_BITS, ID_MASK, MAX_FORWARD, OFF_BITS
+from pipeline.bpe.constants import ID_BITS, MAX_FORWARD, NEIGHBOURS, OFF_BITS
 from pipeline.bpe.hashtable import EMPTY, clear_keys, slot_for
-from pipeline.bpe.instances import absorb, choose_partner, neighbours, pack_offset
+from pipeline.bpe.instances import absorb, choose_partner, neighbours, pack_offset, step_inside, touches
 
 M_NDELTA = 0
 M_STAMP = 1
@@ -45,10 +44,9 @@ def occurrence_key(tok, lo, hi, gs, w):
 
 @njit(cache=True)
 def occurrences(owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
-    """Every occurrence of the current segmentation: (keys, X anchors)."""
-    n_cells = gstart[gstart.shape[0] - 1]
+    """Keys of every occurrence in the grids gstart[0] .. gstart[-1] of the current segmentation."""
+    n_cells = gstart[gstart.shape[0] - 1] - gstart[0]
     keys = np.empty(MAX_FORWARD * n_cells, np.int64)  # each occurrence owns at least one distinct cell adjacency
-    los = np.empty(MAX_FORWARD * n_cells, np.int32)
     m = 0
     for g in range(gstart.shape[0] - 1):
         gs = gstart[g]
@@ -63,51 +61,47 @@ def occurrences(owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
                 y = buf[i]
                 if y > x:
                     keys[m] = occurrence_key(tok, x, y, gs, w)
-                    los[m] = x
                     m += 1
-    return keys[:m], los[:m]
+    return keys[:m]
 
 
 @njit(cache=True)
-def packed_base_places(keys, los, V):
-    """(a * V + b) << 31 | X anchor for every occurrence of two base codes (needs V <= 2**15)."""
+def index_tokens(owner, tok, n_tok, room):
+    """Every instance, listed by token in increasing anchor order: (arena with `room` spare slots,
+    per-token start, per-token length)."""
+    lens = np.zeros(n_tok, np.int64)
     n = 0
-    for i in range(keys.shape[0]):
-        pair = keys[i] >> OFF_BITS
-        if (pair >> ID_BITS) < V and (pair & ID_MASK) < V:
+    for x in range(owner.shape[0]):
+        if owner[x] == x:
+            lens[tok[x]] += 1
             n += 1
-    out = np.empty(n, np.int64)
-    n = 0
-    for i in range(keys.shape[0]):
-        pair = keys[i] >> OFF_BITS
-        a = pair >> ID_BITS
-        b = pair & ID_MASK
-        if a < V and b < V:
-            out[n] = ((a * V + b) << 31) | los[i]
-            n += 1
-    return out
+    starts = np.zeros(n_tok, np.int64)
+    for t in range(1, n_tok):
+        starts[t] = starts[t - 1] + lens[t - 1]
+    arena = np.empty(n + room, np.int32)
+    fill = starts.copy()
+    for x in range(owner.shape[0]):
+        if owner[x] == x:
+            t = tok[x]
+            arena[fill[t]] = x
+            fill[t] += 1
+    return arena, starts, lens, n
 
 
 @njit(cache=True)
-def unpack_base_places(packed, V):
-    """Sorted packed places -> (distinct a * V + b, run starts + end, X anchors); int32 when they fit."""
-    anchors = np.empty(packed.shape[0], np.int32)
-    n_runs = 0
-    for i in range(packed.shape[0]):
-        anchors[i] = packed[i] & ((np.int64(1) << 31) - 1)
-        if i == 0 or (packed[i] >> 31) != (packed[i - 1] >> 31):
-            n_runs += 1
-    keys = np.empty(n_runs, np.int32)  # a * V + b < 2**30 (V <= 2**15)
-    starts = np.empty(n_runs + 1, np.int32)  # a shard holds < 2**31 cells
-    r = 0
-    for i in range(packed.shape[0]):
-        dense = packed[i] >> 31
-        if i == 0 or dense != (packed[i - 1] >> 31):
-            keys[r] = dense
-            starts[r] = i
-            r += 1
-    starts[n_runs] = packed.shape[0]
-    return keys, starts, anchors
+def compact_arena(arena, starts, lens, n_tok, owner, tok):
+    """Drop the dead entries of every token list, in place (lists lie in token order); returns the new top."""
+    top = 0
+    for t in range(n_tok):
+        s = starts[t]
+        starts[t] = top
+        for i in range(s, s + lens[t]):
+            x = arena[i]
+            if owner[x] == x and tok[x] == t:
+                arena[top] = x
+                top += 1
+        lens[t] = top - starts[t]
+    return top
 
 
 @njit(cache=True)
@@ -154,7 +148,7 @@ def compact_live(arena, start, n, t, owner, tok):
 
 
 @njit(cache=True)
-def partners_before(ys, a, owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
+def partners_before(ys, a, owner, nxt, tok, gstart, gw, gh):
     """Instances of token a adjacent to some y in `ys` (ascending) with a smaller anchor; may repeat."""
     out = np.empty(max(16, 2 * ys.shape[0]), np.int32)
     m = 0
@@ -164,17 +158,25 @@ def partners_before(ys, a, owner, nxt, tok, gstart, gw, gh, mark, buf, meta):
     for y in ys:
         while gstart[g + 1] <= y:
             g += 1
-        meta[M_STAMP] += 1
-        n = neighbours(owner, nxt, y, gstart[g], gw[g], gh[g], mark, meta[M_STAMP], buf)
-        for i in range(n):
-            x = buf[i]
-            if x < y and tok[x] == a:
-                if m == out.shape[0]:
-                    grown = np.empty(2 * m, np.int32)
-                    grown[:m] = out
-                    out = grown
-                out[m] = x
-                m += 1
+        gs = gstart[g]
+        w = gw[g]
+        h = gh[g]
+        cell = y
+        while cell != -1:
+            local = cell - gs
+            r = local // w
+            c = local - r * w
+            for step in NEIGHBOURS:
+                if step_inside(step, r, c, h, w):
+                    x = owner[cell + step[0] * w + step[1]]
+                    if x < y and tok[x] == a:
+                        if m == out.shape[0]:
+                            grown = np.empty(2 * m, np.int32)
+                            grown[:m] = out
+                            out = grown
+                        out[m] = x
+                        m += 1
+            cell = nxt[cell]
     return out[:m]
 
 
@@ -200,7 +202,7 @@ def merge_candidates(xs, i_start, a, b, new_tok, uy, ux,
 
     Every occurrence of X and Y is uncounted and every occurrence of the merged instance counted;
     merged anchors are appended to the token list at tl_arena[meta[M_TL_TOP]:] (the caller
-    reserves room for len(xs)). Returns (next position, instance merges done).
+    reserves room for every merge that can happen). Returns (next position, instance merges done).
     """
     done = 0
     if i_start >= xs.shape[0]:
@@ -210,12 +212,14 @@ def merge_candidates(xs, i_start, a, b, new_tok, uy, ux,
         x = xs[i]
         if owner[x] != x or tok[x] != a:
             continue
-        if 2 * (meta[M_NDELTA] + 4 * max_cells) > (dt.shape[0] >> 1) or meta[M_NDELTA] + 4 * max_cells > dkey.shape[0]:
-            return i, done
         while gstart[g + 1] <= x:
             g += 1
         gs = gstart[g]
         w = gw[g]
+        if not touches(owner, nxt, tok, x, b, gs, w, gh[g], True):
+            continue
+        if 2 * (meta[M_NDELTA] + 4 * max_cells) > (dt.shape[0] >> 1) or meta[M_NDELTA] + 4 * max_cells > dkey.shape[0]:
+            return i, done
         meta[M_STAMP] += 1
         nx = neighbours(owner, nxt, x, gs, w, gh[g], mark, meta[M_STAMP], buf_x)
         y = choose_partner(tok, x, buf_x, nx, b, gs, w, uy, ux)

@@ -1,15 +1,25 @@
-"""The driver's global pair statistics and the choice of the next merge.
+"""Pair statistics of one partition and its candidate for the next merge.
+
+The pairs are partitioned by a hash of the pair (`split_deltas`): a partition holds every
+(pair, offset) count of its pairs over the whole corpus, so F, H, S and P of a pair are complete
+in one place, and its best eligible pair is a candidate; the next merge is the best of all
+partitions' candidates (`best_of`). One process may hold the only partition.
 
 One hash multimap holds the count of every live (pair, offset): entries are keyed by both but
 homed by the pair alone, so with linear probing all offsets of a pair lie in the probe run that
 starts at the pair's home slot: F, the histogram, S and the mode offset come from one short scan,
-with no per-pair record. Counts are sums of shard deltas (exact integers, so any number of shards
-gives the same values); an entry whose count reaches zero is deleted (backward shift), so memory
-follows the live occurrences.
+with no per-pair record. Counts are sums of shard deltas (exact integers, so any split of the
+corpus gives the same values); an entry whose count reaches zero is deleted (backward shift), so
+memory follows the live occurrences. Capacity is any size (homes by multiply-shift), kept at 50-70%
+load. Two base codes never form a new occurrence (every new one involves the token just made),
+so a base pair below min_frequency after the first count can never merge: its entries are dropped.
 
-The next merge comes from a lazy max-heap of (P, F, pair) ordered by (P, F, -a, -b). A pair is
-pushed whenever its histogram changes; a popped entry is used only if it still equals the pair's
-current (P, F), recomputed on the spot, otherwise it is stale and dropped.
+The candidate comes from a lazy max-heap of (P, F, pair) ordered by (P, F, -a, -b) that holds
+only pairs with F >= a floor T: any pair left out has P <= (T - 1) + alpha, so a top at or above
+that bound is the partition's best; below it, the heap is rebuilt with a lower floor (about half
+the largest F). The heap stays small (the frequent pairs) and is rebuilt a few dozen times per run.
+A pair is pushed whenever its histogram changes; the top entry counts only if it still equals the
+pair's current (P, F), recomputed on the spot, otherwise it is stale and dropped.
 
 S is computed in one canonical order (offsets sorted by (dy, dx); integer sums for the mean),
 the same as the reference, so floats and therefore ties are bit-identical everywhere.
@@ -27,29 +37,36 @@ from pipeline.bpe.hashtable import EMPTY, mix, new_table
 from pipeline.bpe.instances import unpack_offset
 from pipeline.bpe.shard import Deltas, _resized
 
-MAX_LOAD_TENTHS = 7  # linear probing stays fast up to ~0.7 load; the table is the driver's largest structure
+MAX_LOAD = 0.7  # linear probing stays fast up to ~0.7 load
+GROW_LOAD = 0.5  # load right after a resize
 S_LIVE = 0  # live (pair, offset) entries
 S_NCHANGED = 1
 S_NHEAP = 2
 
 
 @njit(cache=True)
-def _home(pair, mask):
-    return np.int64(mix(pair) & np.uint64(mask))
+def _home(pair, cap):
+    """Home slot of a pair: multiply-shift of the hash's high half (partitions use the low half)."""
+    return np.int64(((mix(pair) >> np.uint64(32)) * np.uint64(cap)) >> np.uint64(32))
 
 
 @njit(cache=True)
-def _delete(t, i, mask):
+def _next(i, cap):
+    return i + 1 if i + 1 < cap else 0
+
+
+@njit(cache=True)
+def _delete(t, i, cap):
     """Backward-shift deletion: later entries of the run move up so every run stays unbroken."""
     j = i
     while True:
         t[2 * i] = EMPTY
         while True:
-            j = (j + 1) & mask
+            j = _next(j, cap)
             k = t[2 * j]
             if k == EMPTY:
                 return
-            h = _home(k >> OFF_BITS, mask)
+            h = _home(k >> OFF_BITS, cap)
             stays = (i < h <= j) if i <= j else (h > i or h <= j)
             if not stays:
                 break
@@ -59,32 +76,38 @@ def _delete(t, i, mask):
 
 
 @njit(cache=True)
-def _apply(keys, d, t, changed, meta):
-    mask = np.int64((t.shape[0] >> 1) - 1)
+def _apply(keys, d, t, changed, meta, record, dropped_below_v):
+    """Add signed deltas. `record`: note each changed pair for the next refresh. `dropped_below_v`
+    (V, or -1): base pairs were dropped as hopeless, so their (only ever negative) deltas are ignored."""
+    cap = np.int64(t.shape[0] >> 1)
     for j in range(keys.shape[0]):
         key = keys[j]
         pair = key >> OFF_BITS
-        i = _home(pair, mask)
+        i = _home(pair, cap)
         while True:
             k = t[2 * i]
             if k == key:
                 break
             if k == EMPTY:
-                t[2 * i] = key
-                t[2 * i + 1] = 0
-                meta[S_LIVE] += 1
                 break
-            i = (i + 1) & mask
+            i = _next(i, cap)
+        if t[2 * i] == EMPTY:
+            if dropped_below_v >= 0 and d[j] < 0 and (pair >> ID_BITS) < dropped_below_v and (pair & ID_MASK) < dropped_below_v:
+                continue
+            t[2 * i] = key
+            t[2 * i + 1] = 0
+            meta[S_LIVE] += 1
         c = t[2 * i + 1] + d[j]
         if c < 0:
-            raise ValueError("negative occurrence count: shards and driver disagree")
+            raise ValueError("negative occurrence count: shards and statistics disagree")
         if c == 0:
-            _delete(t, i, mask)
+            _delete(t, i, cap)
             meta[S_LIVE] -= 1
         else:
             t[2 * i + 1] = c
-        changed[meta[S_NCHANGED]] = pair
-        meta[S_NCHANGED] += 1
+        if record:
+            changed[meta[S_NCHANGED]] = pair
+            meta[S_NCHANGED] += 1
 
 
 @njit(cache=True)
@@ -94,8 +117,8 @@ def pair_histogram(t, pair, offs, cnts):
     Grows nothing: offs/cnts must hold the pair's distinct offsets (callers pass generous buffers
     and `histogram_capacity` tells when they are not).
     """
-    mask = np.int64((t.shape[0] >> 1) - 1)
-    i = _home(pair, mask)
+    cap = np.int64(t.shape[0] >> 1)
+    i = _home(pair, cap)
     n = 0
     while True:
         k = t[2 * i]
@@ -112,18 +135,18 @@ def pair_histogram(t, pair, offs, cnts):
             offs[m] = o
             cnts[m] = c
             n += 1
-        i = (i + 1) & mask
+        i = _next(i, cap)
 
 
 @njit(cache=True)
 def histogram_capacity(t, pair):
-    mask = np.int64((t.shape[0] >> 1) - 1)
-    i = _home(pair, mask)
+    cap = np.int64(t.shape[0] >> 1)
+    i = _home(pair, cap)
     n = 0
     while t[2 * i] != EMPTY:
         if (t[2 * i] >> OFF_BITS) == pair:
             n += 1
-        i = (i + 1) & mask
+        i = _next(i, cap)
     return n
 
 
@@ -213,33 +236,34 @@ def _pop(hP, hR, meta):
 
 
 @njit(cache=True)
-def _refresh(pairs, t, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
+def _refresh(pairs, t, alpha, sigma, floor, hP, hR, meta, offs, cnts):
     for pair in pairs:
         f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
-        if f >= min_frequency:
+        if f >= floor:
             _push(hP, hR, meta, p, f, pair)
 
 
 @njit(cache=True)
-def _pop_best(t, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
-    """Pop until an entry equals its pair's current (P, F); returns (pair, F, S, P) or pair -1."""
+def _peek_best(t, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
+    """Drop stale entries until the top equals its pair's current (P, F); returns (pair, F, S, P) or pair -1.
+
+    The valid top stays queued: once merged, the pair's statistics change and it goes stale itself.
+    """
     while meta[S_NHEAP] > 0:
-        p0 = hP[0]
-        f0 = hR[0]
         pair = hR[1]
-        _pop(hP, hR, meta)
         f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
-        if f == f0 and p == p0 and f >= min_frequency:
+        if f == hR[0] and p == hP[0] and f >= min_frequency:
             return pair, f, s, p
+        _pop(hP, hR, meta)
     return np.int64(-1), np.int64(0), 0.0, 0.0
 
 
 @njit(cache=True)
 def _home_keys(pairs, t):
-    mask = np.int64((t.shape[0] >> 1) - 1)
+    cap = np.int64(t.shape[0] >> 1)
     out = np.empty(pairs.shape[0], np.int64)
     for i in range(pairs.shape[0]):
-        out[i] = (_home(pairs[i], mask) << 32) | i
+        out[i] = (_home(pairs[i], cap) << 32) | i
     return out
 
 
@@ -249,21 +273,6 @@ def _by_home(pairs: np.ndarray, t: np.ndarray) -> np.ndarray:
         return pairs
     order = np.sort(_home_keys(pairs, t)) & 0xFFFFFFFF
     return pairs[order]
-
-
-@njit(cache=True)
-def _live_pairs(t):
-    n = 0
-    for i in range(t.shape[0] >> 1):
-        if t[2 * i] != EMPTY:
-            n += 1
-    out = np.empty(n, np.int64)
-    n = 0
-    for i in range(t.shape[0] >> 1):
-        if t[2 * i] != EMPTY:
-            out[n] = t[2 * i] >> OFF_BITS
-            n += 1
-    return _dedup_sorted(np.sort(out))
 
 
 @njit(cache=True)
@@ -279,43 +288,79 @@ def _dedup_sorted(v):
 
 
 @njit(cache=True)
-def _max_frequency(t):
-    """Largest F, in one front-to-back pass: a pair is summed at its first slot of its probe run."""
-    cap = t.shape[0] >> 1
-    mask = np.int64(cap - 1)
-    best = np.int64(0)
-    for i in range(cap):
-        k = t[2 * i]
-        if k == EMPTY:
-            continue
-        pair = k >> OFF_BITS
-        j = _home(pair, mask)
-        while (t[2 * j] >> OFF_BITS) != pair:  # first slot of this pair in its run
-            j = (j + 1) & mask
-        if j != i:
-            continue
-        f = np.int64(0)
-        while t[2 * j] != EMPTY:
-            if (t[2 * j] >> OFF_BITS) == pair:
-                f += t[2 * j + 1]
-            j = (j + 1) & mask
-        best = max(best, f)
-    return best
+def _first_slot(t, i, cap):
+    """Whether slot i holds the first entry of its pair's probe run (each pair is then seen once)."""
+    pair = t[2 * i] >> OFF_BITS
+    j = _home(pair, cap)
+    while (t[2 * j] >> OFF_BITS) != pair:
+        j = _next(j, cap)
+    return j == i
 
 
 @njit(cache=True)
-def _rehash(t, cap):
+def _frequency(t, i, cap):
+    """F of the pair whose run starts at slot i (its entries lie between i and the run's end)."""
+    pair = t[2 * i] >> OFF_BITS
+    f = np.int64(0)
+    j = i
+    while t[2 * j] != EMPTY:
+        if (t[2 * j] >> OFF_BITS) == pair:
+            f += t[2 * j + 1]
+        j = _next(j, cap)
+    return f
+
+
+@njit(cache=True)
+def _frequencies(t, floor):
+    """(largest F, number of pairs with F >= floor), in one front-to-back pass."""
+    cap = np.int64(t.shape[0] >> 1)
+    best = np.int64(0)
+    n = 0
+    for i in range(cap):
+        if t[2 * i] != EMPTY and _first_slot(t, i, cap):
+            f = _frequency(t, i, cap)
+            best = max(best, f)
+            if f >= floor:
+                n += 1
+    return best, n
+
+
+@njit(cache=True)
+def _fill(t, alpha, sigma, floor, hP, hR, meta, offs, cnts):
+    """Queue every pair with F >= floor (the heap must have room)."""
+    cap = np.int64(t.shape[0] >> 1)
+    for i in range(cap):
+        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= floor:
+            pair = t[2 * i] >> OFF_BITS
+            f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
+            _push(hP, hR, meta, p, f, pair)
+
+
+@njit(cache=True)
+def _rehash(t, cap, drop_below_v, min_frequency):
+    """The same entries in a table of `cap` slots; with drop_below_v = V >= 0, without the base pairs
+    whose F is below min_frequency."""
     out = np.full(2 * cap, EMPTY, np.int64)
-    mask = np.int64(cap - 1)
-    for s in range(t.shape[0] >> 1):
+    old_cap = np.int64(t.shape[0] >> 1)
+    kept = 0
+    for s in range(old_cap):
         k = t[2 * s]
-        if k != EMPTY:
-            i = _home(k >> OFF_BITS, mask)
-            while out[2 * i] != EMPTY:
-                i = (i + 1) & mask
-            out[2 * i] = k
-            out[2 * i + 1] = t[2 * s + 1]
-    return out
+        if k == EMPTY:
+            continue
+        pair = k >> OFF_BITS
+        if drop_below_v >= 0 and (pair >> ID_BITS) < drop_below_v and (pair & ID_MASK) < drop_below_v:
+            j = _home(pair, old_cap)  # the run of this pair starts at or after its home: sum it from there
+            while (t[2 * j] >> OFF_BITS) != pair:
+                j = _next(j, old_cap)
+            if _frequency(t, j, old_cap) < min_frequency:
+                continue
+        i = _home(pair, cap)
+        while out[2 * i] != EMPTY:
+            i = _next(i, cap)
+        out[2 * i] = k
+        out[2 * i + 1] = t[2 * s + 1]
+        kept += 1
+    return out, kept
 
 
 @dataclass
@@ -330,76 +375,142 @@ class Choice:
     offset: tuple[int, int]
     histogram: list[tuple[int, int, int]]
 
+    def rank(self) -> tuple[float, int, int, int]:
+        """The contract's order: larger P, then larger F, then the smaller (a, b)."""
+        return (self.priority, self.frequency, -self.a, -self.b)
+
+
+def best_of(choices) -> Choice | None:
+    """The first in the contract's order among partitions' candidates (None where a partition has none)."""
+    return max((c for c in choices if c is not None), key=Choice.rank, default=None)
+
+
+@njit(cache=True)
+def _partition_order(keys, parts):
+    """Stable counting sort of occurrence keys by the partition owning their pair: (order, bounds)."""
+    owner = np.empty(keys.shape[0], np.int64)
+    bounds = np.zeros(parts + 1, np.int64)
+    for i in range(keys.shape[0]):
+        p = np.int64((mix(keys[i] >> OFF_BITS) & np.uint64(0xFFFFFFFF)) % np.uint64(parts))  # low half: tables home by the high one
+        owner[i] = p
+        bounds[p + 1] += 1
+    for p in range(parts):
+        bounds[p + 1] += bounds[p]
+    fill = bounds[:parts].copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        order[fill[owner[i]]] = i
+        fill[owner[i]] += 1
+    return order, bounds
+
+
+def split_deltas(deltas: Deltas, parts: int) -> list[Deltas]:
+    """Deltas cut by the partition that owns each pair (a hash of the pair, so every (pair, offset)
+    of a pair lands in one partition and F, H and S are complete there)."""
+    if parts == 1:
+        return [deltas]
+    order, bounds = _partition_order(deltas.keys, parts)
+    keys, d = deltas.keys[order], deltas.d[order]
+    return [Deltas(keys[bounds[p]:bounds[p + 1]], d[bounds[p]:bounds[p + 1]]) for p in range(parts)]
+
 
 class Stats:
-    def __init__(self, sigma: float, min_frequency: int, alpha: float = 0.0):
+    """The statistics of one partition. `codebook_size` V tells base pairs (both ids < V) apart."""
+
+    def __init__(self, sigma: float, min_frequency: int, codebook_size: int, alpha: float = 0.0):
         if not sigma > 0:
             raise ValueError("sigma must be > 0")
         if min_frequency < 1:
             raise ValueError("min_frequency must be >= 1")
         self.sigma, self.min_frequency, self.alpha = float(sigma), int(min_frequency), float(alpha)
+        self.V = int(codebook_size)
         self.t = new_table(1 << 12)
         self.changed = np.empty(1 << 12, np.int64)
-        self.hP, self.hR = np.empty(1 << 12, np.float64), np.empty(2 << 12, np.int64)
+        self.hP, self.hR = np.empty(1 << 10, np.float64), np.empty(2 << 10, np.int64)
         self.offs, self.cnts = np.empty(256, np.int64), np.empty(256, np.int64)
         self.meta = np.zeros(4, np.int64)
+        self.started = False  # the first refresh (after the first count) queues from the whole table
+        self.floor = self.min_frequency  # pairs with F below the floor are not queued
         self.heap_base = 0  # heap size after the last rebuild: stale entries beyond ~2x that trigger one
+        self.rebuilds = 0
 
     @property
     def live_entries(self) -> int:
         return int(self.meta[S_LIVE])
 
+    @property
+    def capacity(self) -> int:
+        return self.t.shape[0] >> 1
+
     def add(self, deltas: Deltas) -> None:
-        """Accumulate one shard's deltas (call `refresh` once all shards of the step are in)."""
+        """Accumulate deltas (call `refresh` once every part of the step is in)."""
         n = len(deltas)
         if n == 0:
             return
-        cap = self.t.shape[0] >> 1
-        if 10 * (self.live_entries + n) > MAX_LOAD_TENTHS * cap:
-            new_cap = cap
-            while 10 * (self.live_entries + n) > MAX_LOAD_TENTHS * new_cap:
-                new_cap *= 2
-            self.t = _rehash(self.t, new_cap)
-        used = int(self.meta[S_NCHANGED])
-        if used + n > self.changed.shape[0]:
-            self.changed = _resized(self.changed, max(2 * self.changed.shape[0], used + n))
-        _apply(deltas.keys, deltas.d, self.t, self.changed, self.meta)
+        if self.live_entries + n > MAX_LOAD * self.capacity:
+            self.t, _ = _rehash(self.t, int((self.live_entries + n) / GROW_LOAD) + 1, -1, 0)
+        if self.started:
+            used = int(self.meta[S_NCHANGED])
+            if used + n > self.changed.shape[0]:
+                self.changed = _resized(self.changed, max(2 * self.changed.shape[0], used + n))
+        _apply(deltas.keys, deltas.d, self.t, self.changed, self.meta, self.started, self.V if self.started else -1)
 
     def max_frequency(self) -> int:
-        return int(_max_frequency(self.t))
+        return int(_frequencies(self.t, 1 << 62)[0])
 
     def refresh(self) -> None:
-        """Recompute (F, S, P) of every pair changed since the last refresh and queue them."""
+        """Recompute (F, S, P) of every pair changed since the last refresh and queue those above the floor."""
+        if not self.started:
+            self._start()
+            return
         changed = self.changed[: int(self.meta[S_NCHANGED])]
         changed.sort()
         pairs = _dedup_sorted(changed)
         self.meta[S_NCHANGED] = 0
-        if self.changed.shape[0] > (1 << 22):  # the first count is huge; later steps are small
-            self.changed = np.empty(1 << 16, np.int64)
-        if int(self.meta[S_NHEAP]) > 0 and int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 20):
-            # Stale entries piled up: rebuild from the live pairs.
-            self.meta[S_NHEAP] = 0
-            pairs = _live_pairs(self.t)
+        if int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 16):
+            self._rebuild()  # stale entries piled up
+            return
         pairs = _by_home(pairs, self.t)
         self._reserve_heap(int(self.meta[S_NHEAP]) + pairs.shape[0])
-        rebuilt = int(self.meta[S_NHEAP]) == 0  # first fill or rebuild: the new baseline size
-        _refresh(pairs, self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR, self.meta,
-                 self.offs, self.cnts)
-        if rebuilt:
-            self.heap_base = int(self.meta[S_NHEAP])
-            keep = 2 * self.heap_base + (1 << 20)  # room until the next rebuild
-            if self.hP.shape[0] > 2 * keep:
-                self.hP, self.hR = self.hP[:keep].copy(), self.hR[: 2 * keep].copy()
+        _refresh(pairs, self.t, self.alpha, self.sigma, self.floor, self.hP, self.hR, self.meta, self.offs, self.cnts)
+
+    def _start(self) -> None:
+        """After the first count: drop hopeless base pairs, size the table to its entries, queue."""
+        self.started = True
+        self.t, kept = _rehash(self.t, int(self.live_entries / ((GROW_LOAD + MAX_LOAD) / 2)) + 16, self.V,
+                               self.min_frequency)
+        self.meta[S_LIVE] = kept
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Queue every pair with F >= a new floor: about half the largest F, low enough that the best
+        queued pair (F = largest F) is provably the best of all: F_max >= (floor - 1) + alpha."""
+        f_max, _ = _frequencies(self.t, 1 << 62)
+        floor = max(self.min_frequency, min(f_max // 2, int(math.floor(f_max + 1 - self.alpha))))
+        _, n = _frequencies(self.t, floor)
+        self.meta[S_NHEAP] = 0
+        self.floor = floor
+        self.hP, self.hR = np.empty(max(1024, 2 * n + (1 << 16)), np.float64), np.empty(2 * max(1024, 2 * n + (1 << 16)), np.int64)
+        _fill(self.t, self.alpha, self.sigma, floor, self.hP, self.hR, self.meta, self.offs, self.cnts)
+        self.heap_base = int(self.meta[S_NHEAP])
+        self.rebuilds += 1
 
     def _reserve_heap(self, n: int) -> None:
         if n > self.hP.shape[0]:
             cap = max(2 * self.hP.shape[0], n)
             self.hP, self.hR = _resized(self.hP, cap), _resized(self.hR, 2 * cap)
 
-    def pop_best(self) -> Choice | None:
-        """The eligible pair with the largest (P, F, -a, -b), or None; removes it from the queue."""
-        pair, f, s, p = _pop_best(self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR,
-                                  self.meta, self.offs, self.cnts)
+    def _peek(self):
+        return _peek_best(self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR, self.meta,
+                          self.offs, self.cnts)
+
+    def best(self) -> Choice | None:
+        """The eligible pair with the largest (P, F, -a, -b), or None (it stays queued)."""
+        pair, f, s, p = self._peek()
+        # pairs below the floor are not queued: their P is at most (floor - 1) + alpha, in float arithmetic too
+        while self.floor > self.min_frequency and (pair < 0 or p < float(self.floor - 1) + self.alpha):
+            self._rebuild()
+            pair, f, s, p = self._peek()
         if pair < 0:
             return None
         hist = self.histogram(int(pair))

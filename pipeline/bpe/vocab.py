@@ -1,7 +1,13 @@
 """The vocabulary file: what the contract (docs/bpe.md) says a vocabulary stores, as JSON (never pickle).
 
-Format `vbpe-vocab` version 1. Floats are written with repr precision, so S and P round-trip
+Format `vbpe-vocab` version 2. Floats are written with repr precision, so S and P round-trip
 bit-exactly and a reloaded vocabulary replays the same merges.
+
+The file carries its fingerprint: a hash of every field except `software` (versions of the
+tools that wrote it, which do not change what it means), so an edited merge, offset, count,
+quantizer fingerprint or setting is refused on load, and so is a file without one. The same
+value names the vocabulary elsewhere (tokenized corpus versions, reports). Version 1 files
+(their fingerprint covered V and the merge table only) are still read.
 """
 from __future__ import annotations
 
@@ -16,7 +22,22 @@ from pipeline import storage
 from schemas.base import InputError, StorageOptions
 
 FORMAT_NAME = "vbpe-vocab"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+UNCOVERED = ("fingerprint", "software")  # the only fields the fingerprint leaves out
+
+
+def content_fingerprint(body: dict[str, Any]) -> str:
+    """sha256 (16 hex digits) of the canonical JSON of every covered field."""
+    covered = {k: v for k, v in body.items() if k not in UNCOVERED}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _merge_table_fingerprint_v1(codebook_size: int, table: np.ndarray) -> str:
+    h = hashlib.sha256(f"{FORMAT_NAME}/1/V={codebook_size}/".encode())
+    h.update(np.ascontiguousarray(table).tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -97,10 +118,8 @@ class Vocabulary:
         return out
 
     def fingerprint(self) -> str:
-        """Identity of what the vocabulary does to a grid: V and the merges with their offsets."""
-        h = hashlib.sha256(f"{FORMAT_NAME}/{FORMAT_VERSION}/V={self.codebook_size}/".encode())
-        h.update(np.ascontiguousarray(self.merge_table()).tobytes())
-        return h.hexdigest()[:16]
+        """Identity of the vocabulary: every field but `software` (see the module docstring)."""
+        return content_fingerprint(self._body())
 
     def check_codebook(self, codebook_size: int, what: str = "these grids") -> None:
         if int(codebook_size) != self.codebook_size:
@@ -116,13 +135,12 @@ class Vocabulary:
                 f"of quantizer {self.quantizer_fingerprint}"
             )
 
-    def to_json(self) -> dict[str, Any]:
+    def _body(self) -> dict[str, Any]:
         corpus = asdict(self.corpus)
         corpus["shapes"] = [list(s) for s in self.corpus.shapes]
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            "fingerprint": self.fingerprint(),
             "codebook_size": self.codebook_size,
             "size": self.size,
             "alpha": self.alpha,
@@ -138,19 +156,49 @@ class Vocabulary:
             "merges": [m.to_json() for m in self.merges],
         }
 
+    def to_json(self) -> dict[str, Any]:
+        body = self._body()
+        head = {"format": body.pop("format"), "version": body.pop("version")}
+        return {**head, "fingerprint": content_fingerprint({**head, **body}), **body}
+
     @staticmethod
-    def from_json(d: dict[str, Any], source: str = "<vocabulary>") -> "Vocabulary":
+    def from_json(d: Any, source: str = "<vocabulary>", verify: bool = True) -> "Vocabulary":
+        """Parse and check a vocabulary; `verify=False` skips the fingerprint (for code that edits one on purpose)."""
+        if not isinstance(d, dict):
+            raise InputError(f"{source} is not a {FORMAT_NAME} file: it holds a JSON {type(d).__name__}, not an object")
         if d.get("format") != FORMAT_NAME:
             raise InputError(f"{source} is not a {FORMAT_NAME} file (format={d.get('format')!r})")
-        if d.get("version") != FORMAT_VERSION:
-            raise InputError(f"{source} has {FORMAT_NAME} version {d.get('version')}, this build reads {FORMAT_VERSION}")
+        version = d.get("version")
+        if version not in READABLE_VERSIONS:
+            raise InputError(f"{source} has {FORMAT_NAME} version {version!r}, this build reads {list(READABLE_VERSIONS)}")
+        stored = d.get("fingerprint")
+        if verify and (not stored or not isinstance(stored, str)):
+            raise InputError(f"{source} has no fingerprint: the file was edited or is incomplete (learn it again)")
+        if verify and version >= 2:
+            try:
+                actual = content_fingerprint(d)
+            except (TypeError, ValueError) as err:
+                raise InputError(f"{source}: unreadable vocabulary ({err})") from None
+            if actual != stored:
+                raise InputError(f"{source}: fingerprint {stored} does not match its contents ({actual}): file edited or corrupt")
+        try:
+            vocab = Vocabulary._parse(d)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{source}: malformed vocabulary ({type(err).__name__}: {err})") from None
+        vocab.validate(source)
+        if verify and version == 1 and _merge_table_fingerprint_v1(vocab.codebook_size, vocab.merge_table()) != stored:
+            raise InputError(f"{source}: fingerprint {stored} does not match its merges: file edited or corrupt")
+        return vocab
+
+    @staticmethod
+    def _parse(d: dict[str, Any]) -> "Vocabulary":
         c = d.get("corpus", {})
         corpus = CorpusStats(
             int(c.get("grids", 0)), int(c.get("cells", 0)), [tuple(map(int, s)) for s in c.get("shapes", [])],
             int(c.get("rejected", 0)), int(c.get("held_out", 0)), int(c.get("tokens_after", 0)),
             str(c.get("fingerprint", "")),
         )
-        vocab = Vocabulary(
+        return Vocabulary(
             codebook_size=int(d["codebook_size"]), sigma=float(d["sigma"]), min_frequency=int(d["min_frequency"]),
             alpha=float(d["alpha"]), alpha_rel=None if d.get("alpha_rel") is None else float(d["alpha_rel"]),
             requested_merges=int(d.get("requested_merges", len(d["merges"]))),
@@ -158,11 +206,6 @@ class Vocabulary:
             quantizer_fingerprint=d.get("quantizer_fingerprint"), stopped=str(d.get("stopped", "")),
             software=dict(d.get("software", {})), holdout=d.get("holdout"),
         )
-        vocab.validate(source)
-        stored = d.get("fingerprint")
-        if stored and stored != vocab.fingerprint():
-            raise InputError(f"{source}: fingerprint {stored} does not match its merges ({vocab.fingerprint()}): file edited or corrupt")
-        return vocab
 
     def validate(self, source: str = "<vocabulary>") -> None:
         """Merges must be usable in order: ids consecutive from V, pairs made of ids that exist."""
@@ -174,7 +217,7 @@ class Vocabulary:
                 raise InputError(f"{source}: merge {m.id} uses pair {m.pair} with an id not yet defined")
 
     def save(self, path: str, options: StorageOptions | None = None) -> None:
-        storage.write_text(path, json.dumps(self.to_json(), indent=1) + "\n", options)
+        storage.write_text(path, json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", options)
 
     @staticmethod
     def load(path: str, options: StorageOptions | None = None) -> "Vocabulary":

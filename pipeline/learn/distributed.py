@@ -1,41 +1,95 @@
-"""Shards on Ray actors: each actor reads its own rows and keeps its grids in memory.
+"""Learner workers on Ray actors: each reads its own rows, holds its grids and one partition of
+the pair statistics (pipeline.bpe.worker), so the driver holds no per-pair table at all.
 
-Per merge the driver sends (a, b, id, u*) to every actor and gets back only deltas (a few
-arrays), so messages stay small however large the corpus is. Integer sums are exact, so the
-vocabulary is the same for any number of actors.
+One merge is a fixed two-phase pipeline over the same actors every time: every actor applies
+the merge to its grids and cuts its deltas by partition; every actor then adds the parts
+addressed to its partition and returns its candidate; the driver picks the best of W small
+candidates. With `transport: graph` (default) this pipeline is a Ray Compiled Graph: compiled
+once, then each merge is one `execute` whose messages move through shared-memory channels,
+actor to actor, without a task submission per call. `transport: calls` does the same with
+ordinary actor calls (the deltas still go actor to actor as object references); `relay` brings
+every part to the driver and sends it out again. docs/learn.md has the measurements behind the
+default.
+
+A dead actor (killed, out of memory, node lost) surfaces as `WorkerLost`; the stage restarts
+the workers from the last checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
 
 import numpy as np
 
-from pipeline.bpe.shard import Deltas, concat_deltas
+from pipeline.bpe.learner import fix_alpha
+from pipeline.bpe.shard import Deltas
+from pipeline.bpe.stats import Choice
+from pipeline.bpe.worker import LearnerWorker
 from pipeline.codegrids import Corpus
 from pipeline.learn.shard_group import LoadReport, ShardGroup
-from schemas.base import StorageOptions
+from schemas.base import ConfigError, InputError, RunInterrupted, StorageOptions
 
 log = logging.getLogger(__name__)
+SAVE = "save"
+ACTOR_PREFIX = "vbpe-learn-"
 
 
-class _ShardActor:
-    """Runs inside a Ray actor process (wrapped by `ray.remote` in `RayShards`)."""
+class WorkerLost(RunInterrupted):
+    """A learner actor died or stopped answering; its grids and statistics are gone."""
 
-    def __init__(self, corpus: Corpus, start: int, stop: int, shard_cells: int,
-                 options: StorageOptions | None, state_dir: str | None, holdout: tuple[float, str] | None):
-        self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
 
-    def report(self) -> LoadReport:
-        return self.group.report
+class _WorkerActor:
+    """Runs inside a Ray actor process (wrapped by `ray.remote` in `RayWorkers`)."""
 
-    def count(self) -> tuple[np.ndarray, np.ndarray]:
-        d = concat_deltas(list(self.group.count()))
-        return d.keys, d.d
+    def __init__(self, corpus: Corpus, start: int, stop: int, shard_cells: int, options: StorageOptions | None,
+                 state_dir: str | None, holdout: tuple[float, str] | None, partition: int, partitions: int,
+                 sigma: float, min_frequency: int):
+        # A refusal (bad input, unreadable state) is kept and raised by `report`: raised here it would
+        # only say "the actor died in its creation task".
+        self.refusal: Exception | None = None
+        try:
+            self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
+        except (InputError, ConfigError, OSError) as err:
+            self.refusal = err
+            return
+        self.worker = LearnerWorker(self.group, partition, partitions, sigma, min_frequency)
+        self.best: Choice | None = None
 
-    def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[np.ndarray, np.ndarray, int]:
-        d, done = self.group.merge(a, b, new_tok, uy, ux)
-        return d.keys, d.d, done
+    def _out(self, parts: list[Deltas]):
+        return parts[0] if len(parts) == 1 else tuple(parts)  # num_returns = partitions
+
+    def report(self) -> tuple[LoadReport, int]:
+        if self.refusal is not None:
+            raise self.refusal
+        return self.group.report, self.worker.count_rounds
+
+    def count(self, r: int):
+        return self._out(self.worker.count(r))
+
+    def absorb(self, *parts: Deltas) -> None:
+        self.worker.absorb(*parts)
+
+    def max_frequency(self) -> int:
+        return self.worker.max_frequency()
+
+    def start(self, alpha: float) -> Choice | None:
+        self.best = self.worker.start(alpha)
+        return self.best
+
+    def merge(self, msg: tuple):
+        """Phase 1 of a step: ("merge", a, b, id, uy, ux) or ("save", directory)."""
+        if msg[0] == SAVE:
+            self.group.save_state(msg[1])
+            self.worker.merged = 0
+            return self._out([Deltas.empty() for _ in range(self.worker.partitions)])
+        return self._out(self.worker.merge(*msg[1:]))
+
+    def reduce(self, *parts: Deltas) -> tuple[Choice | None, int]:
+        """Phase 2 of a step: this partition's share of every worker's deltas in, candidate out."""
+        self.best, merged = self.worker.reduce(*parts)
+        return self.best, merged
 
     def save_state(self, directory: str) -> str:
         return self.group.save_state(directory)
@@ -43,64 +97,126 @@ class _ShardActor:
     def segmentation(self):
         return self.group.segmentation()
 
-    def memory_bytes(self) -> int:
-        return self.group.memory_bytes()
+    def pid(self) -> int:
+        return os.getpid()
+
+    def resources(self) -> dict:
+        return self.worker.resources()
 
 
-def ensure_ray(address: str | None) -> None:
-    """Join the given cluster, the job's own cluster, or start a local one."""
-    import ray
+def _lost(err: Exception) -> bool:
+    import ray.exceptions as rex
 
-    if ray.is_initialized():
-        return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # Our own throwaway local cluster: token auth would only get in the way.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=address, configure_logging=False, log_to_driver=True, include_dashboard=False)
+    if isinstance(err, rex.RayActorError) and err.actor_init_failed:
+        return False  # a bug in the worker's setup: restarting cannot help
+    return isinstance(err, (rex.RayActorError, rex.RayChannelError, rex.ObjectLostError, rex.OwnerDiedError))
 
 
-class RayShards:
-    """The same interface as ShardGroup, over `workers` actors holding contiguous row ranges."""
+class RayWorkers:
+    """`workers` actors, actor i holding rows range i and partition i; the LocalWorkers interface."""
 
     def __init__(self, corpus: Corpus, workers: int, shard_cells: int, actor_cpus: float,
-                 options: StorageOptions | None, state_dir: str | None, address: str | None,
-                 holdout: tuple[float, str] | None = None):
+                 options: StorageOptions | None, state_dir: str | None, holdout: tuple[float, str] | None, sigma: float, min_frequency: int, transport: str = "graph",
+                 step_timeout_s: float = 3600.0):
         import ray
 
-        ensure_ray(address)
-        actor_cls = ray.remote(_ShardActor)
+        self.transport, self.step_timeout_s = transport, step_timeout_s
+        self.step_s, self.steps = 0.0, 0
+        self.partitions = workers
+        actor_cls = ray.remote(_WorkerActor)
+        run = uuid.uuid4().hex[:8]  # names say which run an actor belongs to (`ray list actors`, tests)
         self.actors = [
-            actor_cls.options(num_cpus=actor_cpus, name=None).remote(corpus, start, stop, shard_cells, options, state_dir, holdout)
-            for start, stop in corpus.row_ranges(workers)
+            actor_cls.options(num_cpus=actor_cpus, max_restarts=0, max_task_retries=0, name=f"{ACTOR_PREFIX}{run}-{i}").remote(
+                corpus, start, stop, shard_cells, options, state_dir, holdout, i, workers, sigma, min_frequency)
+            for i, (start, stop) in enumerate(corpus.row_ranges(workers))
         ]
+        self.dag = None
         self.report = LoadReport()
-        for r in ray.get([a.report.remote() for a in self.actors]):
+        reports = self._get([a.report.remote() for a in self.actors])
+        for r, _ in reports:
             self.report.merge(r)
+        self.count_rounds = max(n for _, n in reports)
 
-    def _all(self, method: str, *args):
+    def _get(self, refs, timeout: float | None = None):
         import ray
 
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        try:
+            return ray.get(refs, timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - sorted into "a worker is gone" or re-raised
+            if _lost(err) or isinstance(err, ray.exceptions.GetTimeoutError):
+                raise WorkerLost(f"a learner worker was lost: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+            if isinstance(err, ray.exceptions.RayTaskError):
+                if isinstance(err.cause, (InputError, ConfigError, OSError)):
+                    raise err.cause from None  # its own one-line message, not the remote traceback
+                raise err.as_instanceof_cause() from None
+            raise
 
-    def count(self):
-        """Each actor's deltas as they arrive."""
-        import ray
+    def _returns(self, method: str, *args) -> list[list]:
+        """Call `method` on every actor with one return per partition; refs[i][j] = actor i's part for j."""
+        refs = [getattr(a, method).options(num_returns=self.partitions).remote(*args) for a in self.actors]
+        return [[r] if self.partitions == 1 else list(r) for r in refs]
 
-        pending = [a.count.remote() for a in self.actors]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            keys, d = ray.get(done[0])
-            yield Deltas(keys, d)
+    def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
+        """Count shard by shard on every actor (bounded memory), routing each part to its partition."""
+        for r in range(self.count_rounds):
+            parts = self._returns("count", r)
+            self._get([a.absorb.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)])
+            del parts
+        alpha = fix_alpha(alpha, alpha_rel, max(self._get([a.max_frequency.remote() for a in self.actors])))
+        candidates = self._get([a.start.remote(alpha) for a in self.actors])
+        if self.transport == "graph":
+            self._compile()
+        return alpha, candidates
 
-    def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
-        results = self._all("merge", a, b, new_tok, uy, ux)
-        return concat_deltas([Deltas(k, d) for k, d, _ in results]), sum(r[2] for r in results)
+    def _compile(self) -> None:
+        from ray.dag import InputNode, MultiOutputNode
 
-    def save_state(self, directory: str) -> list[str]:
-        return self._all("save_state", directory)
+        with InputNode() as msg:
+            parts = [a.merge.options(num_returns=self.partitions).bind(msg) for a in self.actors]
+            parts = [[p] if self.partitions == 1 else list(p) for p in parts]
+            outs = [a.reduce.bind(*[p[j] for p in parts]) for j, a in enumerate(self.actors)]
+            self.dag = MultiOutputNode(outs).experimental_compile(_submit_timeout=self.step_timeout_s)
+
+    def _run(self, msg: tuple) -> list[tuple[Choice | None, int]]:
+        if self.dag is not None:
+            try:
+                ref = self.dag.execute(msg)
+            except Exception as err:  # noqa: BLE001
+                if _lost(err):
+                    raise WorkerLost(f"a learner worker was lost: {type(err).__name__}") from err
+                raise
+            return self._get(ref, timeout=self.step_timeout_s)
+        parts = self._returns("merge", msg)
+        if self.transport == "relay":  # every part through the driver and back out
+            parts = [self._get(p, timeout=self.step_timeout_s) for p in parts]
+        return self._get([a.reduce.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)],
+                         timeout=self.step_timeout_s)
+
+    def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
+        t0 = time.perf_counter()
+        out = self._run(("merge", a, b, new_tok, uy, ux))
+        self.step_s += time.perf_counter() - t0
+        self.steps += 1
+        return [c for c, _ in out], sum(n for _, n in out)
+
+    def save_state(self, directory: str) -> None:
+        """Every actor writes its segmentation (through the pipeline while it is compiled)."""
+        if self.dag is not None:
+            self._run((SAVE, directory))
+        else:
+            self._get([a.save_state.remote(directory) for a in self.actors])
+
+    def _stop_graph(self) -> None:
+        if self.dag is not None:
+            dag, self.dag = self.dag, None
+            try:
+                dag.teardown()
+            except Exception as err:  # noqa: BLE001 - a torn pipeline of a lost worker; nothing left to save
+                log.debug("compiled graph teardown: %s", err)
 
     def segmentation(self):
-        parts = self._all("segmentation")
+        self._stop_graph()
+        parts = self._get([a.segmentation.remote() for a in self.actors])
         toks = np.concatenate([p[0] for p in parts])
         ancs = np.concatenate([p[1] for p in parts])
         offs, base = [np.zeros(1, np.int64)], 0
@@ -109,12 +225,18 @@ class RayShards:
             base += int(p[2][-1])
         return toks, ancs, np.concatenate(offs)
 
-    def memory_bytes(self) -> int:
-        return int(sum(self._all("memory_bytes")))
+    def resources(self) -> list[dict]:
+        """Each actor's memory and profile (at the end of a run: stops the compiled graph)."""
+        self._stop_graph()
+        return self._get([a.resources.remote() for a in self.actors])
 
     def close(self) -> None:
         import ray
 
+        self._stop_graph()
         for a in self.actors:
-            ray.kill(a)
+            try:
+                ray.kill(a)
+            except Exception as err:  # noqa: BLE001 - already dead
+                log.debug("kill: %s", err)
         self.actors = []

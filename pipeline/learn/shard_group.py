@@ -10,8 +10,10 @@ checkpoint written with W workers resumes with any other W.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +38,12 @@ class LoadReport:
     shapes: Counter = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
     fingerprint_sum: int = 0
+    key_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))  # of accepted grids, to find duplicates
+
+    @property
+    def duplicate_keys(self) -> int:
+        """Accepted grids whose key another accepted grid already has."""
+        return int(self.key_hashes.shape[0] - np.unique(self.key_hashes).shape[0])
 
     def merge(self, other: "LoadReport") -> None:
         self.rows += other.rows
@@ -45,6 +53,7 @@ class LoadReport:
         self.shapes.update(other.shapes)
         self.rejects.extend(other.rejects)
         self.fingerprint_sum = (self.fingerprint_sum + other.fingerprint_sum) % (1 << 64)
+        self.key_hashes = np.concatenate([self.key_hashes, other.key_hashes])
 
 
 class ShardGroup(GridShards):
@@ -68,7 +77,7 @@ class ShardGroup(GridShards):
         self.report = LoadReport(
             rows=stop - start, grids=len(grids), cells=int(grids.offsets[-1]),
             shapes=Counter(zip(grids.heights.tolist(), grids.widths.tolist())),
-            rejects=grids.rejects, fingerprint_sum=grids.fingerprint_sum(),
+            rejects=grids.rejects, fingerprint_sum=grids.fingerprint_sum(), key_hashes=_key_hashes(grids.keys),
         )
         self.rows = grids.rows
         state = load_state(state_dir, grids, options) if state_dir else (None, None)
@@ -86,6 +95,11 @@ class ShardGroup(GridShards):
         return path
 
 
+def _key_hashes(keys: list[str]) -> np.ndarray:
+    digest = b"".join(hashlib.blake2b(k.encode(), digest_size=8).digest() for k in keys)
+    return np.frombuffer(digest, np.uint64).copy()
+
+
 def load_state(directory: str, grids: Grids, options: StorageOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grid-local owners and tokens of `grids` (concatenated), from every state file covering their rows."""
     fs, p = storage.get_fs(directory, options)
@@ -97,10 +111,19 @@ def load_state(directory: str, grids: Grids, options: StorageOptions | None = No
         r0, r1 = (int(x) for x in f.rsplit("/", 1)[-1][len("state-"):-len(".npz")].split("-"))
         if r1 <= lo or r0 >= hi:
             continue
-        with fs.open(f, "rb") as fh, np.load(io.BytesIO(fh.read()), allow_pickle=False) as z:
-            # NpzFile decodes an array on every z[name]: take each one once.
-            f_rows, f_owner, f_tok = z["rows"], z["owner"], z["tok"]
-            sizes = z["heights"].astype(np.int64) * z["widths"]
+        with fs.open(f, "rb") as fh:
+            data = fh.read()
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                # NpzFile decodes an array on every z[name]: take each one once.
+                f_rows, f_owner, f_tok = z["rows"], z["owner"], z["tok"]
+                sizes = z["heights"].astype(np.int64) * z["widths"]
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"checkpoint state {f} is corrupt ({type(err).__name__}: {err}); delete {directory} "
+                             f"and its checkpoint.json to start over") from None
+        if f_owner.shape != f_tok.shape or int(sizes.sum()) != f_owner.shape[0] or f_rows.shape != sizes.shape:
+            raise InputError(f"checkpoint state {f} is inconsistent (arrays of different lengths): delete {directory} "
+                             f"and its checkpoint.json to start over")
         starts = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=starts[1:])
         for i in np.flatnonzero(np.isin(f_rows, need)):

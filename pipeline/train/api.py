@@ -88,13 +88,13 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
     summary.results["prepare"] = driver.run_prepare(cfg)
     if step == "prepare":
         return summary
-    _ensure_ray()
+    ensure_ray()
     for stage in STAGES if step == "all" else (step,):
         summary.results[stage] = driver.run_stage(cfg, stage, hooks=hooks, stats=summary.results["prepare"])
     return summary
 
 
-def _ensure_ray() -> None:
-    from pipeline.execution import ensure_ray
+def ensure_ray() -> None:
+    from pipeline import execution
 
-    ensure_ray()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one
+    execution.ensure_ray()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one

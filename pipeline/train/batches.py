@@ -1,11 +1,8 @@
-"""From the stage's sample plan to each worker's micro-batches; pure numpy, identical on every worker.
+"""Batch geometry of a stage, and prepared sequences read whole (for evaluation of small sets).
 
 A step consumes one global batch of batch_size * grad_accum * world_size sequences from the plan
-(the last one is completed with the plan's first sequences, so nothing is dropped). Inside a
-global batch, sequences are sorted by length and cut into micro-batches (less padding); micro-batch
-m of worker r is number m * world_size + r, so workers see similar lengths at every micro-step.
-Because every worker knows the whole global batch, the loss is normalised by its exact number of
-target tokens without any communication.
+(the last one is completed with the plan's first sequences, so nothing is dropped); which worker
+trains on which sequence of it is `stream.assign`.
 """
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.train.prepare import IGNORE
+from pipeline.train.sequences import IGNORE
 
 
 @dataclass
@@ -77,15 +74,3 @@ class Geometry:
     def of(cls, n_plan: int, batch_size: int, grad_accum: int, world_size: int, max_steps: int | None = None) -> "Geometry":
         steps = math.ceil(n_plan / (batch_size * grad_accum * world_size))
         return cls(batch_size, grad_accum, world_size, min(steps, max_steps) if max_steps else steps)
-
-
-def global_batch(plan: np.ndarray, step: int, geo: Geometry) -> np.ndarray:
-    idx = np.arange(step * geo.global_batch, (step + 1) * geo.global_batch) % len(plan)
-    return plan[idx]
-
-
-def worker_micro_batches(rows: np.ndarray, seqs: Sequences, geo: Geometry, rank: int) -> list[np.ndarray]:
-    """This worker's grad_accum micro-batches of one global batch."""
-    ordered = rows[np.argsort(seqs.lengths(rows), kind="stable")]
-    chunks = ordered.reshape(geo.grad_accum * geo.world_size, geo.batch_size)
-    return [chunks[m * geo.world_size + rank] for m in range(geo.grad_accum)]

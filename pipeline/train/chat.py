@@ -58,12 +58,22 @@ def segments(tokenizer: Any, turns: list[Turn]) -> list[tuple[str, bool]]:
     return out
 
 
-def encode(tokenizer: Any, turns: list[Turn]) -> tuple[list[int], list[bool]]:
-    """Token ids of the conversation and, per id, whether it belongs to an answer."""
+def encode(tokenizer: Any, turns: list[Turn], placeholder: str | None = None) -> tuple[list[int], list[bool], list[int]]:
+    """Token ids of the conversation, per id whether it belongs to an answer, and where images go.
+
+    With `placeholder`, prompt text is cut at each occurrence (the pieces tokenized on their own) and
+    the third list holds, in order, the id position at which each image is to be inserted.
+    """
     ids: list[int] = []
     mask: list[bool] = []
+    slots: list[int] = []
     for text, answer in segments(tokenizer, turns):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids.extend(piece)
-        mask.extend([answer] * len(piece))
-    return ids, mask
+        parts = [text] if answer or not placeholder else text.split(placeholder)
+        for j, part in enumerate(parts):
+            if j:
+                slots.append(len(ids))
+            if part:
+                piece = tokenizer(part, add_special_tokens=False)["input_ids"]
+                ids.extend(piece)
+                mask.extend([answer] * len(piece))
+    return ids, mask, slots

@@ -13,7 +13,23 @@ STEPS = {
     "stage3": "full fine-tuning",
     "all": "init (if configured), then stage1, stage2, stage3; completed steps are skipped",
     "eval": "held-out answer loss and exact-match accuracy of the base model and each completed stage",
+    "plan": "per-GPU memory of every stage under DDP, FSDP and FSDP + offload, from the model's config alone",
 }
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pipeline.configargs import load_config
+    from pipeline.train.plan import memory_plan
+    from schemas.train import TrainConfig
+
+    cfg = load_config(TrainConfig, args.config)
+    result = memory_plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory, model_config=args.model_config)
+    if args.json:
+        json.dump(result["json"], sys.stdout, indent=1)
+        print()
+    else:
+        print(result["text"])
+    return 0
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
@@ -21,6 +37,8 @@ def _run(step: str, args: argparse.Namespace) -> int:
     from pipeline.train import api
     from schemas.train import TrainConfig
 
+    if step == "plan":
+        return _plan(args)
     cfg = load_config(TrainConfig, args.config)
     if step == "eval":  # scoring lives with the evaluation code (pipeline/evaluate)
         from pipeline.evaluate.cli import train_eval
@@ -46,4 +64,9 @@ def register(subparsers) -> None:
             from pipeline.evaluate.cli import add_train_eval_flags
 
             add_train_eval_flags(p)
+        if step == "plan":
+            p.add_argument("--gpus", type=int, help="GPUs to plan for (default: workers.num_workers)")
+            p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+            p.add_argument("--model-config", help="a config.json to plan for (default: init.source_model's, else model's)")
+            p.add_argument("--json", action="store_true", help="print the plan as JSON")
         p.set_defaults(handler=lambda args, step=step: _run(step, args))

@@ -53,10 +53,12 @@ def _ids_column(table: pa.Table, layout: IdLayout) -> list[np.ndarray]:
     ]
 
 
-def load_images(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """The LLM ids of every wanted key. Keys seen twice keep their first occurrence (sorted file order)."""
-    found: dict[str, np.ndarray] = {}
+def image_table(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[pa.Table, dict[str, int]]:
+    """(key, input_ids) of every corpus row whose key is wanted, files in sorted order (a key seen twice
+    appears twice; its first row is the one used), and counts of what was read."""
+    parts = []
     stats = {"corpus_files": 0, "corpus_rows": 0, "duplicate_keys": 0}
+    wanted = pa.array(sorted(keys), pa.string())
     for path in storage.expand(paths, (".parquet",)):
         with storage.open_file(path) as f:
             pf = pq.ParquetFile(f)
@@ -68,13 +70,23 @@ def load_images(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[dic
             table = pf.read(columns=["key", column])
         stats["corpus_files"] += 1
         stats["corpus_rows"] += table.num_rows
-        wanted = table.filter(pc.is_in(table.column("key"), value_set=pa.array(sorted(keys), pa.string())))
-        for key, ids in zip(wanted.column("key").to_pylist(), _ids_column(wanted, layout)):
-            if key in found:
-                stats["duplicate_keys"] += 1
-                continue
-            found[key] = ids
-    log.info("corpus: %d of %d wanted images found in %d files", len(found), len(keys), stats["corpus_files"])
+        hit = table.filter(pc.is_in(table.column("key"), value_set=wanted))
+        ids = _ids_column(hit, layout)
+        parts.append(pa.table({"key": hit.column("key").cast(pa.string()),
+                               "input_ids": pa.array([a.tolist() for a in ids], pa.list_(pa.int32()))}))
+    out = pa.concat_tables(parts) if parts else pa.table({"key": pa.array([], pa.string()),
+                                                           "input_ids": pa.array([], pa.list_(pa.int32()))})
+    stats["duplicate_keys"] = out.num_rows - len(set(out.column("key").to_pylist()))
+    log.info("corpus: %d of %d wanted images found in %d files", out.num_rows - stats["duplicate_keys"], len(keys), stats["corpus_files"])
+    return out, stats
+
+
+def load_images(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The LLM ids of every wanted key (its first occurrence), as a dict."""
+    table, stats = image_table(paths, keys, layout)
+    found: dict[str, np.ndarray] = {}
+    for key, ids in zip(table.column("key").to_pylist(), table.column("input_ids").to_pylist()):
+        found.setdefault(key, np.asarray(ids, np.int32))
     return found, stats
 
 

@@ -10,7 +10,6 @@ fingerprint (a changed config starts a new Ray run instead of resuming an incomp
 """
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import json
@@ -88,7 +87,7 @@ def run_prepare(cfg: TrainConfig) -> dict:
     _refuse_stale_stages(cfg, fingerprint)
     files = RunPaths(cfg.output).data
     with StageMetrics("train.prepare", files.metrics) as m:
-        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint)
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model))
         m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
         m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
               reused=bool(stats.get("reused")))
@@ -111,7 +110,8 @@ def _base_identity(cfg: TrainConfig, stage: str) -> str:
 
 def stage_fingerprint(cfg: TrainConfig, stage: str, data_fingerprint: str) -> str:
     scfg = cfg.stage(stage).model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT)
-    blob = json.dumps([stage, scfg, data_fingerprint, _base_identity(cfg, stage), cfg.precision, cfg.seed], sort_keys=True)
+    plan = [cfg.shift_target(stage), cfg.shuffle_block]
+    blob = json.dumps([stage, scfg, data_fingerprint, _base_identity(cfg, stage), cfg.precision, cfg.seed, plan], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -166,39 +166,58 @@ def _absolute(path: str) -> str:
     return path if storage.is_remote(path) else os.path.abspath(path)
 
 
-def _job(cfg: TrainConfig, stage: str, fingerprint: str, plan, hooks: Hooks) -> StageJob:
+def _job(cfg: TrainConfig, stage: str, fingerprint: str, schedule: dict, hooks: Hooks) -> StageJob:
     from pipeline.train.init import read_layout
 
     paths = RunPaths(_absolute(cfg.output))
     layout = read_layout(cfg.model)
+    settings = cfg.stage(stage)
     return StageJob(
-        stage=stage, settings=cfg.stage(stage), fingerprint=fingerprint,
+        stage=stage, settings=settings, fingerprint=fingerprint,
         base_model=_absolute(base_model(cfg, stage)), output_model=paths.model(stage),
-        sequences=paths.data.sequences, heldout=paths.data.heldout, plan=plan,
+        sequences=paths.data.sequences, heldout=paths.data.heldout, **schedule,
+        strategy=settings.strategy, cpu_offload=cfg.fsdp.cpu_offload,
         n_old=layout.text_vocab_size, pad_id=layout.pad_id,
         precision=cfg.precision, tf32=cfg.tf32, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-        steps_path=paths.steps(stage), checkpoints=storage.join(paths.ray, f"{stage}-{fingerprint}"),
+        steps_path=paths.steps(stage), checkpoints=checkpoint_root(cfg, stage, fingerprint),
         keep_checkpoints=cfg.workers.keep_checkpoints, storage=cfg.storage, hooks=hooks,
     )
+
+
+def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
+    return storage.join(RunPaths(_absolute(cfg.output)).ray, f"{stage}-{fingerprint}")
 
 
 def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.train import curriculum
+    from pipeline.train import curriculum, stream
+    from pipeline.train.batches import Geometry
+    from pipeline.train.checkpoints import CheckpointStore
     from pipeline.train.loop import train_loop
 
     paths = RunPaths(cfg.output)
-    scfg = cfg.stage(stage)
+    scfg, w = cfg.stage(stage), cfg.workers
     with storage.open_file(paths.data.sequences) as f:
-        categories = pq.read_table(f, columns=["category"]).column("category").to_numpy(zero_copy_only=False)
-    order = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs, scfg.samples)
-    counts = collections.Counter(categories[order].tolist())
-    log.info("%s: %d samples planned %s", stage, len(order), dict(counts))
-    job = _job(cfg, stage, fingerprint, order, hooks)
+        columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
+    categories = columns.column("category").to_numpy(zero_copy_only=False)
+    plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
+                           scfg.samples, shift_to=cfg.shift_target(stage), block=cfg.shuffle_block)
+    log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
+    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
+    assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
+                               scfg.batch_size, scfg.grad_accum, w.num_workers, geo.steps)
+    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
+    first_step = latest[0] if latest else 0
+    if first_step:
+        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
+    geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
+                "global_batch": geo.global_batch, "steps": geo.steps, "plan": len(plan)}
+    job = _job(cfg, stage, fingerprint, {"steps": geo.steps, "targets": assignment.targets, "geometry": geometry,
+                                         "first_step": first_step}, hooks)
+    datasets = stream.rank_datasets(_absolute(paths.data.sequences), assignment, first_step, cfg.storage, w.data_cpus)
 
-    w = cfg.workers
     resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
     storage_path, storage_fs = _ray_storage(cfg)
     trainer = TorchTrainer(
@@ -210,11 +229,13 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=w.max_failures),
         ),
+        datasets=datasets,
+        dataset_config=stream.data_config(),
     )
     t0 = time.time()
     result = trainer.fit()
     info = dict(result.return_value or {})
-    consumed = order[np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(order)]
+    consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
     summary = {
         **info,
         "stage": stage,
@@ -222,9 +243,10 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         "base_model": job.base_model,
         "model": job.output_model,
         "metrics": job.steps_path,
-        "samples_planned": len(order),
+        "samples_planned": len(plan),
         "samples_consumed": int(len(consumed)),
-        "samples_per_category": {c: int(n) for c, n in sorted(counts.items())},
+        "samples_per_category": plan.counts(),
+        "consumed_per_category": plan.counts(consumed),
         "fit_seconds": time.time() - t0,
     }
     storage.write_text(paths.done(stage), json.dumps(summary, indent=1))

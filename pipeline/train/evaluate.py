@@ -6,7 +6,7 @@ import numpy as np
 
 def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | None = None, batch_size: int = 8) -> float:
     import torch
-    import torch.nn.functional as F
+    from pipeline.train.loss import token_loss_sum
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -23,6 +23,6 @@ def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | No
         for i in range(0, len(rows), batch_size):
             ids, mask, labels = (torch.from_numpy(a) for a in seqs.collate(rows[i : i + batch_size], pad_id))
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"))
+            total += float(token_loss_sum(logits, labels))
             count += int((labels[:, 1:] != -100).sum())
     return total / max(count, 1)

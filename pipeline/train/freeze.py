@@ -1,11 +1,13 @@
 """What each stage trains.
 
-Stages 1 and 2 must leave the old vocabulary rows bit-identical, also under weight decay and for
-tied embeddings. Gradient masking cannot promise that (decoupled weight decay and optimizer
-state still touch masked rows), so the new rows become their own parameter: the input embedding
-and the output head are swapped for modules that read old rows from the frozen original weight
-and new rows from a trainable tensor (one tensor shared by both when the model ties them).
-`merge()` writes the new rows back and restores the original modules before saving.
+Stages 1 and 2 must leave the old vocabulary rows bit-identical, also under weight decay, for
+tied embeddings and when parameters are sharded (FSDP). Gradient masking cannot promise that
+(decoupled weight decay and optimizer state still touch masked rows), so the new rows become their
+own parameter: the input embedding and the output head are swapped for modules that read old rows
+from the frozen original module (kept as a submodule, so FSDP shards it like any frozen weight) and
+new rows from a trainable tensor (one tensor shared by both when the model ties them). Only the
+trainable tensors reach the optimizer. `merge()` writes the new rows back and restores the original
+modules; `merged_state_dict()` does the same on a (gathered) state dict, for sharded models.
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from torch import nn
 class SplitEmbedding(nn.Module):
     def __init__(self, original: nn.Embedding, n_old: int, new: nn.Parameter):
         super().__init__()
-        self._original = (original,)  # a tuple keeps it out of the module tree (and out of DDP)
+        self.original = original  # frozen; rows >= n_old are never read
         self.n_old = n_old
         self.new = new
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        original = self._original[0]
+        original = self.original
         is_new = ids >= self.n_old
         old = original(torch.where(is_new, 0, ids))  # the original forward keeps any model-specific scaling
         new = F.embedding(torch.where(is_new, ids - self.n_old, 0), self.new)
@@ -38,13 +40,13 @@ class SplitEmbedding(nn.Module):
 class SplitHead(nn.Module):
     def __init__(self, original: nn.Linear, n_old: int, new: nn.Parameter, new_bias: nn.Parameter | None):
         super().__init__()
-        self._original = (original,)
+        self.original = original  # frozen (the embedding's weight when tied)
         self.n_old = n_old
         self.new = new
         self.new_bias = new_bias
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        original = self._original[0]
+        original = self.original
         bias = None if original.bias is None else original.bias[: self.n_old]
         return torch.cat([F.linear(hidden, original.weight[: self.n_old], bias), F.linear(hidden, self.new, self.new_bias)], dim=-1)
 
@@ -75,6 +77,23 @@ class StagePlan:
         self.model.set_output_embeddings(head)
         self._split = None
         return self.model
+
+
+def merged_state_dict(state: dict[str, torch.Tensor], n_old: int) -> dict[str, torch.Tensor]:
+    """A split model's state dict (full tensors) -> the plain model's: `X.original.weight` rows from
+    n_old on replaced by `X.new`, under the key `X.weight` (the same for the bias)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for part in ("weight", "bias"):
+            if key.endswith(f".original.{part}"):
+                prefix = key[: -len(f".original.{part}")]
+                new = state.get(f"{prefix}.new" if part == "weight" else f"{prefix}.new_bias")
+                out[f"{prefix}.{part}"] = value if new is None else torch.cat([value[:n_old], new.to(value.dtype)])
+                break
+        else:
+            if not (key.endswith(".new") or key.endswith(".new_bias")):
+                out[key] = value
+    return out
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -8,8 +8,8 @@ than the model's vocabulary (models that pad their embedding matrix), placeholde
 layout says (e.g. a name the tokenizer already had) is an error.
 
 New-row rules (input embeddings and, when untied, the output head, each from its own old rows):
-  mean:   per-dimension mean of the old rows + noise * per-dimension std * N(0, 1)   (default)
-  he:     N(0, 2 / hidden_size), what the authors used
+  he:     N(0, 2 / hidden_size), what the authors used   (default)
+  mean:   per-dimension mean of the old rows + noise * per-dimension std * N(0, 1)
   normal: N(0, initializer_range^2), the model's own init
 """
 from __future__ import annotations

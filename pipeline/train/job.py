@@ -19,7 +19,7 @@ class Hooks:
     """Called by every rank of the loop; must not change what the loop computes."""
 
     def after_step(self, stage: str, step: int, rank: int, records: np.ndarray) -> None:
-        """After optimizer step `step` (1-based); `records` are the plan rows this rank trained on."""
+        """After optimizer step `step` (1-based); `records` are the rows of the sequences this rank trained on."""
 
     def after_checkpoint(self, stage: str, step: int, rank: int) -> None:
         """After the checkpoint of step `step` is complete on storage, before Ray Train is told about it."""
@@ -32,9 +32,14 @@ class StageJob:
     fingerprint: str  # the stage's identity: config, prepared data, base model, precision, seed
     base_model: str  # HF model directory the stage starts from
     output_model: str  # where the merged final model goes
-    sequences: str  # prepared training sequences (Parquet)
+    sequences: str  # prepared training sequences (Parquet); workers read theirs through Ray Data (stream.py)
     heldout: str | None  # held-out sequences scored at the end, or None
-    plan: np.ndarray  # rows of `sequences` in training order
+    steps: int  # optimizer steps in the stage
+    targets: np.ndarray  # per step: target tokens of the global batch (the loss normaliser)
+    geometry: dict  # batch_size, grad_accum, world_size, global_batch, steps, plan: must match to resume
+    first_step: int  # the step the workers' datasets start at
+    strategy: str  # ddp | fsdp
+    cpu_offload: bool
     n_old: int  # ids below this are the model's original vocabulary
     pad_id: int
     precision: str  # auto | fp32 | bf16-mixed | fp16-mixed | bf16

@@ -1,10 +1,12 @@
 """Conversation records -> training sequences (Parquet), once per run directory, reused while inputs are unchanged.
 
-A sequence is [BOS] + the image's ids + the chat-formatted turns + [EOS]. Labels are -100 except on
-answer tokens (and on the image ids when `image_loss` is set). Overflow rule, `max_length` = L:
-  - drop:     a sequence longer than L is rejected ("too long").
-  - truncate: it is cut to its first L tokens; it is rejected instead if BOS + image do not fit in L
-              ("image does not fit") or no answer token is left ("no answer within max_length").
+Three passes, in this process or on Ray (`prepare.executor`): read every conversation file into
+records (one Ray Data task per file), gather the corpus ids of the images they name, and turn
+records into sequences (`sequences.SequenceBuilder`: chat template, tokenizer, images, overflow
+rule, held-out decision), the expensive part, as a Ray Data map over a pool of actors that share
+the images through the object store. The driver streams the results, in input order, into
+`sequences.parquet`, `heldout.parquet` and `sequences.rejects.parquet`, then writes `stats.json`.
+
 Held-out split (`heldout_fraction` > 0): a record goes to `heldout.parquet` when the salted hash of
 one of its images' corpus keys falls below the fraction, so no held-out image is ever trained on. The
 hash is `codegrids.key_hash`, the learner's: with the same salt, images the learner held out and
@@ -14,77 +16,33 @@ Every record is accounted for: records = sequences + held out + rejects, with th
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any
+import os
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.codegrids import key_hash, rejects_table
-from pipeline.train import chat
-from pipeline.train.corpus import check_ids, corpus_key, load_images
+from pipeline.train.corpus import corpus_key, image_table
 from pipeline.train.identity import content_id
 from pipeline.train.paths import PreparedFiles
-from pipeline.train.records import Record, Reject, read_records
+from pipeline.train.records import read_file, source_files
+from pipeline.train.sequences import IGNORE, RESULT_SCHEMA, SequenceBuilder, records_table
 from schemas.base import ConfigError
+from schemas.grids import REJECTS_SCHEMA
 from schemas.layout import IdLayout
-from schemas.train import CATEGORIES, SEQUENCES_SCHEMA, DataConfig
+from schemas.train import CATEGORIES, SEQUENCES_SCHEMA, DataConfig, PrepareConfig
 
 log = logging.getLogger(__name__)
-IGNORE = -100
+ROW_GROUP = 1024  # sequences per Parquet row group: the unit streamed reads fetch
+RECORDS_PER_BLOCK = 4096
 
-
-@dataclass
-class Sequence:
-    input_ids: np.ndarray
-    labels: np.ndarray
-    truncated: bool
-
-
-def build_sequence(
-    tokenizer: Any, record: Record, image_ids: np.ndarray | None, data: DataConfig
-) -> Sequence:
-    """One training sequence, or ValueError with the reason it cannot be used."""
-    text_ids, answer = chat.encode(tokenizer, record.turns)
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    image = [] if image_ids is None else image_ids.tolist()
-    ids = bos + image + text_ids
-    labels = [IGNORE] * len(bos) + (image if data.image_loss else [IGNORE] * len(image))
-    labels += [t if a else IGNORE for t, a in zip(text_ids, answer)]
-    if ids[-1] != tokenizer.eos_token_id:
-        ids.append(tokenizer.eos_token_id)
-        labels.append(tokenizer.eos_token_id)
-    truncated = False
-    limit = data.max_length
-    if len(ids) > limit:
-        if data.overflow == "drop":
-            raise ValueError(f"too long: {len(ids)} tokens > max_length {limit}")
-        if len(bos) + len(image) >= limit:
-            raise ValueError(f"image does not fit: {len(bos) + len(image)} image tokens, max_length {limit}")
-        ids, labels, truncated = ids[:limit], labels[:limit], True
-        if all(label == IGNORE for label in labels[len(bos) + len(image) :]):
-            raise ValueError(f"no answer within max_length: {limit}")
-    return Sequence(np.asarray(ids, np.int32), np.asarray(labels, np.int32), truncated)
-
-
-def _without_trailing_prompts(record: Record) -> int:
-    """Drop turns after the last answer (nothing to learn from them); returns how many were dropped."""
-    last = max(i for i, t in enumerate(record.turns) if t.role == "assistant")
-    dropped = len(record.turns) - 1 - last
-    del record.turns[last + 1 :]
-    return dropped
-
-
-def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
-    offsets = np.zeros(len(arrays) + 1, np.int32)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
+__all__ = ["IGNORE", "inputs_fingerprint", "prepare", "tokenizer_fingerprint"]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -97,131 +55,245 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def inputs_fingerprint(data: DataConfig, layout: IdLayout, tokenizer: Any) -> str:
     """Changes when the data config, the layout, the tokenizer or the content of any input file changes."""
-    files = []
-    for src in data.conversations:
-        files += storage.expand(src.paths(), (".json", ".jsonl", ".parquet"))
-    files += storage.expand(data.corpus, (".parquet",))
+    files = [path for path, _ in source_files(data.conversations)] + storage.expand(data.corpus, (".parquet",))
     contents = [(path, content_id(path)) for path in files]
     blob = json.dumps([data.model_dump(mode="json"), layout.fingerprint(), tokenizer_fingerprint(tokenizer), contents])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _build(records: list[Record], data: DataConfig, tokenizer: Any, layout: IdLayout) -> tuple[list, list[Reject], dict]:
-    wanted = {corpus_key(r.image, data.image_key) for r in records if r.image}
-    images, counts = load_images(data.corpus, wanted, layout) if wanted else ({}, {})
-    seqs: list[tuple[Record, Sequence]] = []
-    rejects: list[Reject] = []
-    trailing = 0
-    for rec in records:
-        try:
-            image_ids = None
-            if rec.image:
-                key = corpus_key(rec.image, data.image_key)
-                image_ids = images.get(key)
-                if image_ids is None:
-                    raise ValueError(f"unknown image key: {key!r}")
-                bad = check_ids(image_ids, layout)
-                if bad:
-                    raise ValueError(bad)
-            trailing += _without_trailing_prompts(rec)
-            seqs.append((rec, build_sequence(tokenizer, rec, image_ids, data)))
-        except ValueError as err:
-            rejects.append(Reject(rec.id, rec.source, rec.row, str(err)))
-    return seqs, rejects, {**counts, "trailing_prompts_dropped": trailing}
+def _file_records(batch: pa.Table, inline: bool) -> Iterator[pa.Table]:
+    """Ray Data map: one conversation file -> its records (and parse rejects), a block at a time."""
+    path, category = batch.column("path")[0].as_py(), batch.column("category")[0].as_py()
+    items = []
+    for item in read_file(path, category, inline):
+        items.append(item)
+        if len(items) == RECORDS_PER_BLOCK:
+            yield records_table(items)
+            items = []
+    yield records_table(items)
 
 
-def n_targets(labels: np.ndarray) -> int:
-    """Labels some position predicts: the first label has no position before it."""
-    return int((labels[1:] != IGNORE).sum())
+def _wanted_keys(records: Iterator[pa.Table], rule: str) -> set[str]:
+    keys: set[str] = set()
+    for table in records:
+        usable = table.filter(table.column("reason").is_null())
+        for names in usable.column("images").to_pylist():
+            keys.update(corpus_key(n, rule) for n in names)
+    return keys
 
 
-def _sequences_table(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> pa.Table:
-    keys = [[corpus_key(r.image, data.image_key)] if r.image else [] for r, _ in seqs]
-    return pa.Table.from_arrays(
-        [
-            pa.array([r.id for r, _ in seqs], pa.string()),
-            pa.array([r.category for r, _ in seqs], pa.string()),
-            pa.array([corpus_key(r.image, data.image_key) if r.image else None for r, _ in seqs], pa.string()),
-            _list_array([s.input_ids for _, s in seqs]),
-            _list_array([s.labels for _, s in seqs]),
-            pa.array([len(s.input_ids) for _, s in seqs], pa.int32()),
-            pa.array([int((s.labels != IGNORE).sum()) for _, s in seqs], pa.int32()),
-            pa.array([s.truncated for _, s in seqs], pa.bool_()),
-            pa.array([r.source for r, _ in seqs], pa.string()),
-            pa.array([r.row for r, _ in seqs], pa.int64()),
-            pa.array(keys, pa.list_(pa.string())),
-            pa.array([n_targets(s.labels) for _, s in seqs], pa.int32()),
-        ],
-        schema=SEQUENCES_SCHEMA,
+def _use_ray(execution: PrepareConfig) -> bool:
+    if execution.executor != "auto":
+        return execution.executor == "ray"
+    return execution.workers > 0 or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _results_here(sources, data, tokenizer, layout, execution) -> tuple[Iterator[pa.Table], dict]:
+    inline = data.images == "inline"
+    records = records_table([item for path, category in sources for item in read_file(path, category, inline)])
+    keys = _wanted_keys(iter([records]), data.image_key)
+    images, counts = image_table(data.corpus, keys, layout) if keys else (image_table([], set(), layout)[0], {})
+    builder = SequenceBuilder(tokenizer, data, layout, images)
+    step = execution.batch_size
+    return (builder(records.slice(i, step)) for i in range(0, records.num_rows, step)), counts
+
+
+def _results_on_ray(sources, data, tokenizer_dir, layout, execution) -> tuple[Iterator[pa.Table], dict]:
+    import ray
+    import ray.data
+
+    from pipeline.train.api import ensure_ray
+
+    ensure_ray()
+    inline = data.images == "inline"
+    files = ray.data.from_items([{"path": p, "category": c} for p, c in sources], override_num_blocks=max(1, len(sources)))
+    files.context.execution_options.preserve_order = True
+    records = files.map_batches(_file_records, batch_size=1, batch_format="pyarrow", fn_kwargs={"inline": inline}).materialize()
+    keys = _wanted_keys(records.select_columns(["images", "reason"]).iter_batches(batch_format="pyarrow", batch_size=None),
+                        data.image_key)
+    images, counts = image_table(data.corpus, keys, layout) if keys else (image_table([], set(), layout)[0], {})
+    actors = execution.workers or max(1, int(ray.available_resources().get("CPU", 1) // execution.cpus))
+    results = records.map_batches(
+        SequenceBuilder,
+        fn_constructor_kwargs={"tokenizer": tokenizer_dir, "data": data, "layout": layout, "images": ray.put(images)},
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=execution.cpus,
+        batch_size=execution.batch_size, batch_format="pyarrow",
     )
+    log.info("tokenizing records on %d Ray Data actors", actors)
+    return results.iter_batches(batch_format="pyarrow", batch_size=None), counts
 
 
-def _write_parquet(table: pa.Table, path: str) -> None:
-    with storage.open_file(path, "wb") as f:
-        pq.write_table(table, f)
+class _Writers:
+    """The output files, written as results stream in, and the counts for stats.json.
+
+    Training sequences are grouped by category (foundation, perception, reasoning, instruction; input
+    order within each), every category starting a new row group: a category's pool is then a run of
+    whole row groups, which is what lets streamed reads fetch just the groups a batch needs. They are
+    staged in one local file per category and copied into place at the end; held-out sequences and
+    rejects keep the input order.
+    """
+
+    def __init__(self, files: PreparedFiles):
+        import tempfile
+
+        self.files = files
+        self._outputs = contextlib.ExitStack()  # whole files or none: aborted when preparation fails
+        self._staging = tempfile.TemporaryDirectory(prefix="vbpe-prepare-")
+        self.per_cat_writers: dict[str, pq.ParquetWriter] = {}
+        self.heldout = self._open(files.heldout, SEQUENCES_SCHEMA)
+        self.rejects = self._open(files.rejects, REJECTS_SCHEMA)
+        self.buffers: dict[str, list[pa.Table]] = {c: [] for c in CATEGORIES} | {"heldout": []}
+        self.c = collections.Counter()
+        self.reasons = collections.Counter()
+        self.per_category = {"sequences": collections.Counter(), "heldout": collections.Counter()}
+        self.held_images: set[str] = set()
+
+    def _open(self, path: str, schema: pa.Schema) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self._outputs.enter_context(storage.atomic_write(path)), schema)
+
+    def _writer(self, name: str) -> pq.ParquetWriter:
+        if name == "heldout":
+            return self.heldout
+        if name not in self.per_cat_writers:
+            self.per_cat_writers[name] = pq.ParquetWriter(os.path.join(self._staging.name, f"{name}.parquet"), SEQUENCES_SCHEMA)
+        return self.per_cat_writers[name]
+
+    def _flush(self, name: str, force: bool = False) -> None:
+        rows = sum(t.num_rows for t in self.buffers[name])
+        if rows and (force or rows >= ROW_GROUP):
+            table = pa.concat_tables(self.buffers[name])
+            cut = rows if force else rows - rows % ROW_GROUP
+            self._writer(name).write_table(table.slice(0, cut), row_group_size=ROW_GROUP)
+            self.buffers[name] = [table.slice(cut)] if cut < rows else []
+
+    def add(self, results: pa.Table) -> None:
+        reason = results.column("reason")
+        bad = results.filter(reason.is_valid())
+        good = results.filter(reason.is_null())
+        if bad.num_rows:
+            self.rejects.write_table(pa.table({
+                "key": bad.column("record"), "source": bad.column("source"), "row": bad.column("row"),
+                "stage": pa.array(["train"] * bad.num_rows, pa.string()), "reason": bad.column("reason"),
+            }, schema=REJECTS_SCHEMA))
+            self.reasons.update(r.split(":")[0] for r in bad.column("reason").to_pylist())
+        self.c["records"] += results.num_rows
+        self.c["rejected"] += bad.num_rows
+        self.c["trailing_prompts_dropped"] += int(np.asarray(good.column("trailing")).sum()) if good.num_rows else 0
+        held = np.asarray(good.column("heldout"), bool) if good.num_rows else np.zeros(0, bool)
+        train, heldout = good.filter(pa.array(~held)), good.filter(pa.array(held))
+        if heldout.num_rows:
+            self.c["heldout"] += heldout.num_rows
+            self.per_category["heldout"].update(heldout.column("category").to_pylist())
+            for keys in heldout.column("images").to_pylist():
+                self.held_images.update(keys)
+            self.buffers["heldout"].append(heldout.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
+            self._flush("heldout")
+        if train.num_rows:
+            self.c["sequences"] += train.num_rows
+            self.per_category["sequences"].update(train.column("category").to_pylist())
+            self.c["truncated"] += int(np.asarray(train.column("truncated")).sum())
+            self.c["text_only"] += sum(1 for k in train.column("images").to_pylist() if not k)
+            self.c["tokens"] += int(np.asarray(train.column("n_tokens")).sum())
+            self.c["label_tokens"] += int(np.asarray(train.column("n_labels")).sum())
+            cats = np.asarray(train.column("category").to_pylist())
+            for c in CATEGORIES:
+                part = train.filter(pa.array(cats == c))
+                if part.num_rows:
+                    self.buffers[c].append(part.select(SEQUENCES_SCHEMA.names).cast(SEQUENCES_SCHEMA))
+                    self._flush(c)
+
+    def __enter__(self) -> "_Writers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+            else:
+                for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
+                    with contextlib.suppress(Exception):
+                        writer.close()
+        except BaseException as err:
+            self._outputs.__exit__(type(err), err, err.__traceback__)
+            raise
+        finally:
+            self._staging.cleanup()
+        self._outputs.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        for name in self.buffers:
+            self._flush(name, force=True)
+        for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
+            writer.close()
+        with storage.atomic_write(self.files.sequences) as handle:
+            out = pq.ParquetWriter(handle, SEQUENCES_SCHEMA)
+            for c in CATEGORIES:
+                if c in self.per_cat_writers:
+                    staged = pq.ParquetFile(os.path.join(self._staging.name, f"{c}.parquet"))
+                    for g in range(staged.num_row_groups):
+                        out.write_table(staged.read_row_group(g), row_group_size=ROW_GROUP)
+            out.close()
 
 
-def heldout_split(seqs: list[tuple[Record, Sequence]], data: DataConfig) -> tuple[list, list, set[str]]:
-    """(training, held out, held-out image keys): held out when any of the record's images is."""
-    if data.heldout_fraction <= 0:
-        return seqs, [], set()
-    keys = sorted({corpus_key(r.image, data.image_key) for r, _ in seqs if r.image})
-    held = {k for k, h in zip(keys, key_hash(keys, data.heldout_salt)) if h < data.heldout_fraction}
-    train, heldout = [], []
-    for rec, seq in seqs:
-        (heldout if rec.image and corpus_key(rec.image, data.image_key) in held else train).append((rec, seq))
-    return train, heldout, held
+def _held_out_images(keys: set[str], data: DataConfig) -> int:
+    """Images held out by the hash (a held-out record may also show training images)."""
+    from pipeline.codegrids import key_hash
+
+    ordered = sorted(keys)
+    return int((key_hash(ordered, data.heldout_salt) < data.heldout_fraction).sum()) if ordered else 0
 
 
-def _per_category(seqs: list[tuple[Record, Sequence]]) -> dict[str, int]:
-    return {c: sum(1 for r, _ in seqs if r.category == c) for c in CATEGORIES}
-
-
-def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fingerprint: str | None = None) -> dict:
+def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fingerprint: str | None = None,
+            execution: PrepareConfig | None = None, tokenizer_dir: str | None = None) -> dict:
     """Write sequences, held-out sequences and rejects, then stats.json (the marker of a complete preparation).
 
     `fingerprint`: inputs_fingerprint() of these arguments, when the caller has computed it already.
+    `tokenizer_dir`: where Ray actors load the same tokenizer from (needed on Ray).
     """
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
+    execution = execution or PrepareConfig()
     files = PreparedFiles(out_dir)
     fingerprint = fingerprint or inputs_fingerprint(data, layout, tokenizer)
-    stats_path = files.stats
-    if storage.exists(stats_path):
-        old = json.loads(storage.read_text(stats_path))
+    if storage.exists(files.stats):
+        old = json.loads(storage.read_text(files.stats))
         if old.get("fingerprint") == fingerprint:
             log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
             return {**old, "reused": True}
-
-    records, rejects = read_records(data.conversations)
-    n_in = len(records) + len(rejects)
-    seqs, more, counts = _build(records, data, tokenizer, layout)
-    rejects += more
-    train, heldout, held_keys = heldout_split(seqs, data)
-    if len(train) + len(heldout) + len(rejects) != n_in:
-        raise RuntimeError(f"lost records: {n_in} in, {len(train)} + {len(heldout)} held out + {len(rejects)} rejects")
-    _write_parquet(_sequences_table(train, data), files.sequences)
-    _write_parquet(_sequences_table(heldout, data), files.heldout)
-    _write_parquet(rejects_table(rejects, "train"), files.rejects)
+    sources = source_files(data.conversations)
+    on_ray = _use_ray(execution)
+    if on_ray and tokenizer_dir is None:
+        raise ConfigError("preparing on Ray needs the tokenizer's directory")
+    results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution) if on_ray
+                       else _results_here(sources, data, tokenizer, layout, execution))
+    with _Writers(files) as out:
+        for table in results:
+            out.add(table)
+    c = out.c
+    if c["sequences"] + c["heldout"] + c["rejected"] != c["records"]:
+        raise RuntimeError(f"lost records: {c['records']} in, {c['sequences']} + {c['heldout']} held out + {c['rejected']} rejects")
     stats = {
         "fingerprint": fingerprint,
-        "records": n_in,
-        "sequences": len(train),
-        "heldout": len(heldout),
-        "rejected": len(rejects),
-        "reject_reasons": dict(sorted(collections.Counter(r.reason.split(":")[0] for r in rejects).items())),
-        "truncated": int(sum(s.truncated for _, s in train)),
-        "text_only": sum(1 for r, _ in train if not r.image),
-        "tokens": int(sum(len(s.input_ids) for _, s in train)),
-        "label_tokens": int(sum((s.labels != IGNORE).sum() for _, s in train)),
-        "per_category": _per_category(train),
-        "heldout_per_category": _per_category(heldout),
-        "heldout_images": len(held_keys),
+        "records": c["records"],
+        "sequences": c["sequences"],
+        "heldout": c["heldout"],
+        "rejected": c["rejected"],
+        "reject_reasons": dict(sorted(out.reasons.items())),
+        "truncated": c["truncated"],
+        "text_only": c["text_only"],
+        "tokens": c["tokens"],
+        "label_tokens": c["label_tokens"],
+        "per_category": {k: out.per_category["sequences"][k] for k in CATEGORIES},
+        "heldout_per_category": {k: out.per_category["heldout"][k] for k in CATEGORIES},
+        "heldout_images": _held_out_images(out.held_images, data),
         "heldout_fraction": data.heldout_fraction,
         "heldout_salt": data.heldout_salt,
+        "executor": "ray" if on_ray else "local",
+        "corpus_files": 0, "corpus_rows": 0, "duplicate_keys": 0,
         **counts,
+        "trailing_prompts_dropped": c["trailing_prompts_dropped"],
     }
-    storage.write_text(stats_path, json.dumps(stats, indent=1))
+    storage.write_text(files.stats, json.dumps(stats, indent=1))
     log.info(
         "prepared %d sequences (%d held out, %d rejected, %d truncated) from %d records",
         stats["sequences"], stats["heldout"], stats["rejected"], stats["truncated"], stats["records"],

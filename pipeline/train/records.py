@@ -1,10 +1,11 @@
 """LLaVA-style conversation records -> normalised records; every bad record becomes a counted reject.
 
 Accepted shapes (JSON list, JSONL, or Parquet with the same columns):
-  {"id": ..., "image": "coco/0001.jpg" | null, "category": "perception",
+  {"id": ..., "image": "coco/0001.jpg" | ["a.jpg", "b.jpg"] | null, "category": "perception",
    "conversations": [{"from": "human", "value": "<image>\\nWhat ..."}, {"from": "gpt", "value": "..."}]}
-`role`/`content` keys and `messages` are accepted too. `<image>` placeholders are removed from the text:
-the image's tokens always come first in the sequence.
+`role`/`content` keys and `messages` are accepted too. `<image>` placeholders in user turns mark
+where the images go (`DataConfig.images: inline`, one placeholder per image, in order) or are
+removed (`first`, the default: all images come before the text).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipeline import storage
 from pipeline.rejects import Reject
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant", "system": "system"}
+PLACEHOLDER = "<image>"
 _PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*\n?")
 
 
@@ -32,11 +34,15 @@ class Turn:
 @dataclass
 class Record:
     id: str
-    image: str | None
-    turns: list[Turn]
+    images: list[str]  # as the record names them, in order
+    turns: list[Turn]  # user turns keep one PLACEHOLDER per image slot when inline
     category: str
     source: str
     row: int
+
+    @property
+    def image(self) -> str | None:
+        return self.images[0] if self.images else None
 
 
 def _rows(path: str) -> Iterator[tuple[int, Any]]:
@@ -77,18 +83,20 @@ def _category(raw: dict, default: str | None) -> str:
     return name
 
 
-def _image(raw: dict) -> str | None:
-    image = raw.get("image")
-    if isinstance(image, list):
-        if len(image) > 1:
-            raise ValueError(f"multiple images: {len(image)} (one image per record is supported)")
-        image = image[0] if image else None
-    if image is not None and not isinstance(image, str):
-        raise ValueError(f"bad image field: {type(image).__name__}")
-    return image or None
+def _images(raw: dict) -> list[str]:
+    image = raw.get("image", raw.get("images"))
+    images = image if isinstance(image, list) else [image]
+    out = []
+    for one in images:
+        if one is None or one == "":
+            continue
+        if not isinstance(one, str):
+            raise ValueError(f"bad image field: {type(one).__name__}")
+        out.append(one)
+    return out
 
 
-def _turns(raw: dict) -> list[Turn]:
+def _turns(raw: dict, n_images: int, inline: bool) -> list[Turn]:
     convs = raw.get("conversations", raw.get("messages"))
     if not isinstance(convs, list) or not convs:
         raise ValueError("no conversations")
@@ -103,41 +111,61 @@ def _turns(raw: dict) -> list[Turn]:
         text = t.get("value", t.get("content"))
         if not isinstance(text, str):
             raise ValueError(f"turn without text: {role}")
-        turns.append(Turn(role, _PLACEHOLDER.sub("", text).strip() if role == "user" else text.strip()))
+        if role == "user":
+            text = _PLACEHOLDER.sub(PLACEHOLDER if inline else "", text)
+        turns.append(Turn(role, text.strip()))
     answers = [t for t in turns if t.role == "assistant"]
     if not answers:
         raise ValueError("no answer turn")
     if any(not t.content for t in answers):
         raise ValueError("empty answer")
+    if inline:
+        slots = sum(t.content.count(PLACEHOLDER) for t in turns if t.role == "user")
+        if slots and slots != n_images:  # none at all: the images go first, as with `first`
+            raise ValueError(f"image placeholders: {slots} in the text for {n_images} images")
     return turns
 
 
-def parse(raw: Any, default_category: str | None, source: str, row: int) -> Record:
+def parse(raw: Any, default_category: str | None, source: str, row: int, inline: bool = False) -> Record:
     if isinstance(raw, Exception):
         raise raw
     if not isinstance(raw, dict):
         raise ValueError(f"not a mapping: {type(raw).__name__}")
     rid = raw.get("id")
+    images = _images(raw)
     return Record(
         id=str(rid) if rid is not None else f"{os.path.basename(source)}:{row}",
-        image=_image(raw),
-        turns=_turns(raw),
+        images=images,
+        turns=_turns(raw, len(images), inline),
         category=_category(raw, default_category),
         source=source,
         row=row,
     )
 
 
-def read_records(sources: list[ConversationSource]) -> tuple[list[Record], list[Reject]]:
+SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def source_files(sources: list[ConversationSource]) -> list[tuple[str, str | None]]:
+    """(file, default category) of every conversation file, in order."""
+    return [(path, src.category) for src in sources for path in storage.expand(src.paths(), SUFFIXES)]
+
+
+def read_file(path: str, default_category: str | None, inline: bool = False) -> Iterator[Record | Reject]:
+    """Every row of one file, as a Record or as the Reject that says why not."""
+    for row, raw in _rows(path):
+        try:
+            yield parse(raw, default_category, path, row, inline)
+        except ValueError as err:
+            key = raw.get("id") if isinstance(raw, dict) else None
+            yield Reject(None if key is None else str(key), path, row, str(err))
+
+
+def read_records(sources: list[ConversationSource], inline: bool = False) -> tuple[list[Record], list[Reject]]:
     """Every input row ends up in exactly one of the two lists."""
     records: list[Record] = []
     rejects: list[Reject] = []
-    for src in sources:
-        for path in storage.expand(src.paths(), (".json", ".jsonl", ".parquet")):
-            for row, raw in _rows(path):
-                try:
-                    records.append(parse(raw, src.category, path, row))
-                except ValueError as err:
-                    key = raw.get("id") if isinstance(raw, dict) else None
-                    rejects.append(Reject(None if key is None else str(key), path, row, str(err)))
+    for path, category in source_files(sources):
+        for item in read_file(path, category, inline):
+            (records if isinstance(item, Record) else rejects).append(item)
     return records, rejects

@@ -1,5 +1,11 @@
-"""A stage checkpoint: only what the stage can change (its trainable tensors and their AdamW state),
-as safetensors, plus the loop's position as JSON. The frozen rest comes from the stage's base model.
+"""A stage checkpoint: only what the stage can change (its trainable tensors and their AdamW state)
+plus the loop's position as JSON. The frozen rest comes from the stage's base model.
+
+Tensors are written with `torch.distributed.checkpoint` in safetensors files (its HuggingFace
+storage format): every rank writes its own shards in parallel (sharded FSDP tensors as they are,
+replicated DDP tensors once), nothing is gathered on one rank, and the shard layout travels in the
+files' JSON metadata, so loading needs no pickle (dcp_reader.py reads them in place, local or S3).
+Keys: `param/<name>` and `optim/<name>/<state>`.
 """
 from __future__ import annotations
 
@@ -7,36 +13,68 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 
-PARAMS, OPTIM, STATE = "trainable.safetensors", "optimizer.safetensors", "state.json"
+STATE = "state.json"
 
 
-def save(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, state: dict) -> None:
-    save_file({n: p.detach().cpu().contiguous() for n, p in params}, os.path.join(directory, PARAMS))
-    moments = {}
+def _optimizer_state(params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable tensor the AdamW state a first step would create, to load into in place."""
+    for _, p in params:
+        if not optimizer.state.get(p):
+            optimizer.state[p] = {
+                "step": torch.tensor(0.0, dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+
+
+def tensors(params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
     for name, p in params:
+        out[f"param/{name}"] = p.data if not hasattr(p, "to_local") else p
         for key, value in optimizer.state.get(p, {}).items():
             if torch.is_tensor(value):
-                moments[f"{name}::{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
-    save_file(moments, os.path.join(directory, OPTIM))
-    with open(os.path.join(directory, STATE), "w") as f:
-        json.dump(state, f)
+                out[f"optim/{name}/{key}"] = value
+    return out
+
+
+def save(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, state: dict,
+         rank: int) -> None:
+    """Every rank calls this with the same `directory` layout (its own local dir is fine: file names are per rank)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    writer = HuggingFaceStorageWriter(path=directory, save_distributed=True)
+    dcp.save(tensors(params, optimizer), storage_writer=writer, no_dist=not dist.is_initialized())
+    if rank == 0:
+        with open(os.path.join(directory, STATE), "w") as f:
+            json.dump(state, f)
+
+
+def saved_keys(directory: str) -> set[str]:
+    from pipeline.train.dcp_reader import StoreReader
+
+    return set(StoreReader(directory).read_metadata().state_dict_metadata)
 
 
 def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> dict:
-    """Restore tensors in place; the checkpoint must hold exactly the stage's trainable tensors."""
-    tensors = load_file(os.path.join(directory, PARAMS))
-    names = {n for n, _ in params}
-    if set(tensors) != names:
-        missing, extra = sorted(names - set(tensors))[:3], sorted(set(tensors) - names)[:3]
+    """Restore in place, every rank reading only the chunks of its own shards, from a local path or an
+    s3:// URL; the checkpoint must hold exactly the stage's trainable tensors."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from pipeline import storage
+    from pipeline.train.dcp_reader import StoreReader
+
+    _optimizer_state(params, optimizer)
+    want = tensors(params, optimizer)
+    have = saved_keys(directory)
+    wanted_params = {k for k in want if k.startswith("param/")}
+    if {k for k in have if k.startswith("param/")} != wanted_params:
+        missing = sorted(wanted_params - have)[:3]
+        extra = sorted(k for k in have if k.startswith("param/") and k not in wanted_params)[:3]
         raise ValueError(f"checkpoint does not match this stage's trainable parameters (missing {missing}, unexpected {extra})")
-    moments = load_file(os.path.join(directory, OPTIM))
     with torch.no_grad():
-        for name, p in params:
-            p.copy_(tensors[name].to(p.device, p.dtype))
-            st = {k.split("::", 1)[1]: v for k, v in moments.items() if k.split("::", 1)[0] == name}
-            if st:
-                optimizer.state[p] = {k: v.to(p.device) if v.dim() else v for k, v in st.items()}
-    with open(os.path.join(directory, STATE)) as f:
-        return json.load(f)
+        dcp.load(want, storage_reader=StoreReader(directory), no_dist=not dist.is_initialized())
+    return json.loads(storage.read_text(storage.join(directory, STATE)))
