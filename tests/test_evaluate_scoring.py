@@ -61,7 +61,7 @@ def _sequences(tok, conversations: list[tuple[str, list[tuple[str, str]]]]):
     ids_rows, label_rows, cats = [], [], []
     for cat, turns in conversations:
         t = [Turn(r, c) for q, a in turns for r, c in (("user", q), ("assistant", a))]
-        ids, ans = chat.encode(tok, t)
+        ids, ans, _ = chat.encode(tok, t)
         x = [tok.bos_token_id, 10, 11, EOI, *ids, tok.eos_token_id]
         y = [IGNORE] * 4 + [i if a else IGNORE for i, a in zip(ids, ans)] + [tok.eos_token_id]
         ids_rows.append(x)

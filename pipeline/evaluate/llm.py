@@ -31,7 +31,7 @@ def text_sequences(tokenizer, records: list[Record]) -> list[tuple[np.ndarray, n
 
     out = []
     for rec in records:
-        ids, answer = chat.encode(tokenizer, rec.turns)
+        ids, answer, _ = chat.encode(tokenizer, rec.turns)
         x = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
         y = [-100, *[t if a else -100 for t, a in zip(ids, answer)], tokenizer.eos_token_id]
         out.append((np.asarray(x, np.int64), np.asarray(y, np.int64)))
