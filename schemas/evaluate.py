@@ -85,7 +85,9 @@ class AblationConfig(Config):
     stage3: Stage3Config = Stage3Config(lr=1e-3, epochs=3.0, batch_size=16, grad_accum=1, warmup_ratio=0.05,
                                         checkpoint_every=100_000, log_every=100)
     max_length: int = Field(1024, gt=2)
-    workers: WorkersConfig = WorkersConfig(num_workers=1, cpus_per_worker=1.0, max_failures=1, keep_checkpoints=1)
+    # 0.75 + 0.25 (the reader streaming each worker's sequences): two arms side by side on 2 cores
+    workers: WorkersConfig = WorkersConfig(num_workers=1, cpus_per_worker=0.75, data_cpus=0.25, max_failures=1,
+                                           keep_checkpoints=1)
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     eval_batch_size: int = Field(64, ge=1)

@@ -182,3 +182,15 @@ def test_report_shows_the_heldout_table_and_plot(ablation, tmp_path):
     r = _vbpe("report", "--vocab", arm["vocab"], "--grids", os.path.join(cfg.out, "codes"), "--out", str(out),
               "--evaluation", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "missing.json" in r.stderr
+
+
+def test_arms_at_once_leave_room_for_the_readers_of_every_running_arm():
+    from pipeline.evaluate.ablation import arms_at_once
+    from schemas.evaluate import AblationConfig
+
+    preset = AblationConfig()
+    assert arms_at_once(preset, {"CPU": 2.0}) == 2  # 0.75 + 0.25 each
+    # a whole core per worker: a second arm's workers would take the CPU the first arm's reader needs
+    assert arms_at_once(AblationConfig.from_dict({"workers": {"cpus_per_worker": 1.0}}), {"CPU": 2.0}) == 1
+    gpu = AblationConfig.from_dict({"workers": {"use_gpu": True, "num_workers": 4, "cpus_per_worker": 4}})
+    assert arms_at_once(gpu, {"CPU": 64.0, "GPU": 8.0}) == 2 and arms_at_once(gpu, {"CPU": 64.0}) == 1

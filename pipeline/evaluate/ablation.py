@@ -398,10 +398,31 @@ def _run_arms(cfg: AblationConfig, shared: Shared, jobs: list[tuple[Arm, dict, f
 
     if not cfg.parallel_arms or len(jobs) == 1:
         return [run_arm(cfg, shared, arm, vocab, scale) for arm, vocab, scale in jobs]
+    at_once = arms_at_once(cfg, ray.cluster_resources())
+    log.info("%d arms, %d at a time", len(jobs), at_once)
     task = ray.remote(num_cpus=0, max_retries=0)(_arm_task)
-    refs = [task.remote(cfg.model_dump(mode="json"), shared.__dict__, arm.__dict__, vocab, scale)
-            for arm, vocab, scale in jobs]
-    return ray.get(refs)
+    pending = [(i, (cfg.model_dump(mode="json"), shared.__dict__, arm.__dict__, vocab, scale))
+               for i, (arm, vocab, scale) in enumerate(jobs)]
+    running: dict = {}
+    results: list[dict | None] = [None] * len(jobs)
+    while pending or running:
+        while pending and len(running) < at_once:
+            i, args = pending.pop(0)
+            running[task.remote(*args)] = i
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        results[running.pop(ref)] = ray.get(ref)  # a failed arm stops the run here
+    return results
+
+
+def arms_at_once(cfg: AblationConfig, resources: dict) -> int:
+    """Arms whose Ray Train workers and data readers fit in the cluster together. More would deadlock: every
+    arm's workers would hold their CPUs while the tasks streaming their sequences wait for one."""
+    w = cfg.workers
+    need = {"CPU": w.num_workers * (w.cpus_per_worker + w.data_cpus)}
+    if w.use_gpu:
+        need["GPU"] = w.num_workers * w.gpus_per_worker
+    fits = [int(resources.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+    return max(1, min(fits) if fits else 1)
 
 
 def _arm_task(cfg: dict, shared: dict, arm: dict, vocab: dict, scale: float) -> dict:
