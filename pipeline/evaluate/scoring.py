@@ -35,7 +35,7 @@ class Question:
 
 
 @dataclass
-class Tally:
+class ScoreTally:
     loss_sum: float = 0.0
     loss_tokens: int = 0
     answers: int = 0
@@ -141,7 +141,7 @@ def score(model, tokenizer, table: pa.Table, *, pad_id: int, end_image_id: int |
           extra_tokens: int = 4, device: Any = "cpu") -> dict[str, Any]:
     """Figures of one model on one held-out table: overall and per data type (see the module docstring)."""
     cats = table.column("category").to_pylist()
-    tallies = {c: Tally() for c in CATEGORIES}
+    tallies = {c: ScoreTally() for c in CATEGORIES}
     for c in cats:
         tallies[c].sequences += 1
     for c, (s, n) in answer_loss(model, table, pad_id, batch_size, device).items():
@@ -165,7 +165,7 @@ def score(model, tokenizer, table: pa.Table, *, pad_id: int, end_image_id: int |
         if len(t.examples) < EXAMPLES_PER_TYPE:
             t.examples.append({"gold": gold_text.strip(), "predicted": pred_text.strip(), "correct": ok})
 
-    total = Tally()
+    total = ScoreTally()
     for t in tallies.values():
         total.loss_sum += t.loss_sum
         total.loss_tokens += t.loss_tokens
