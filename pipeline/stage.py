@@ -99,6 +99,9 @@ STAGES: dict[str, Stage] = {
         # `vbpe train STEP` is the train stage's own command (pipeline/train/cli.py); jobs and submit use the runner.
         Stage("train", "schemas.train:TrainConfig", "pipeline.train.api:run", output_field="output", positional=None,
               steps=("all", "init", "prepare", "stage1", "stage2", "stage3"), default_step="all", own_command=True),
+        # `vbpe eval ablation` is its own command (pipeline/evaluate/cli.py) and runs through the runner too.
+        Stage("ablation", "schemas.evaluate:AblationConfig", "pipeline.evaluate.api:run", positional=None,
+              help="VQ-only vs visual BPE on one corpus (held-out answers)", own_command=True),
     )
 }
 

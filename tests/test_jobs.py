@@ -139,3 +139,13 @@ def test_learn_then_tokenize_jobs_chain(tmp_path, capsys):
     assert job_main("tokenize", ["--config", str(tmp_path / "tok.yaml")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_written"] == 60 and summary["tokens"] < summary["cells"]
+
+
+def test_ablation_job_refuses_a_bad_config_with_one_line(tmp_path):
+    """The ablation runs through the shared runner like every stage: a refused config is exit 2, one line, no output."""
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"out: {tmp_path / 'o'}\nmerges: [0]\n")
+    p = subprocess.run([sys.executable, "-m", "jobs.ablation", "--config", str(cfg)], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "merges > 0" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.stdout == "" and not (tmp_path / "o").exists()

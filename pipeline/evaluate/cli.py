@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from typing import Any
 
 TYPE_ABBREV = {"foundation": "FD", "perception": "PD", "reasoning": "RD", "instruction": "ID"}
@@ -55,17 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Run one corpus through arms that differ only in the vocabulary (0 merges = "
                                      "VQ only, and M merges) and compare them on held-out images. Without --config: "
                                      "the CPU preset (minutes on 2 cores).")
+    a.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     add_config_arguments(a, AblationConfig, aliases={"--images": "scenes.images", "--endpoint-url": "storage.endpoint_url"})
     a.set_defaults(handler=_ablation)
 
 
 def _ablation(args: argparse.Namespace) -> int:
-    from pipeline.evaluate.ablation import run_ablation
-    from pipeline.evaluate.report import table_text
     from pipeline.configargs import config_from_args
+    from pipeline.runner import run_and_report
+    from pipeline.stage import get_stage
 
     cfg = config_from_args(args)
-    result = run_ablation(cfg)
-    print(table_text(result))
-    print(json.dumps({"ablation": result["files"]["ablation.json"], "seconds": result["seconds"]}))
-    return 0
+    return run_and_report(get_stage("ablation"), cfg, "vbpe eval ablation", verbose=getattr(args, "verbose", False),
+                          json_out=sys.stdout if args.json else None, lines_out=sys.stderr if args.json else sys.stdout)
