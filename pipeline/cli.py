@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.runner import error_line
+    from pipeline.runner import report_error
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except Exception as err:
-        known = error_line(err)
-        if known is None or args.verbose:
-            raise
-        print(f"vbpe {args.command}: error: {known[1]}", file=sys.stderr)
-        return known[0]
+        return report_error(err, f"vbpe {args.command}", args.verbose)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,16 @@ def _counts(summary: Summary) -> dict[str, Any]:
     return run_metrics.jsonable(figures)
 
 
-def execute(stage: Stage, cfg: Any, step: str | None = None) -> Summary:
-    """Run the stage with its metrics file; a refusal before any work writes none. Errors propagate."""
+def execute(stage: Stage, cfg: Any, step: str | None = None, **options: Any) -> Summary:
+    """Run the stage with its metrics file; a refusal before any work writes none. Errors propagate.
+
+    `options` go to the stage's run as keywords (a command's own flags, e.g. `vbpe train init --force`).
+    """
     run = stage.run_function()
     output = stage.output(cfg)
     path = run_metrics.metrics_path(output) if output else None
     with run_metrics.StageMetrics(stage.name, path, refusals=REFUSALS, storage_options=getattr(cfg, "storage", None)) as m:
-        summary = run(cfg, step) if stage.steps else run(cfg)
+        summary = run(cfg, step, **options) if stage.steps else run(cfg, **options)
         figures = _counts(summary)
         m.add(rows_in=figures.pop("rows_in", 0), rows_out=figures.pop("rows_out", 0),
               rows_rejected=figures.pop("rows_rejected", 0))
@@ -72,19 +75,23 @@ def error_line(err: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def report_error(err: Exception, prog: str, verbose: bool = False) -> int:
+    """Print a user's error as one line and give its exit status; re-raise bugs (and everything under -v)."""
+    known = error_line(err)
+    if known is None or verbose:
+        raise err
+    print(f"{prog}: error: {known[1]}", file=sys.stderr)
+    return known[0]
+
+
 def run_and_report(stage: Stage, cfg: Any, prog: str, step: str | None = None, verbose: bool = False,
-                   json_out: TextIO | None = None, lines_out: TextIO | None = None) -> int:
+                   json_out: TextIO | None = None, lines_out: TextIO | None = None, **options: Any) -> int:
     """Execute, print the summary (lines, and JSON on `json_out`), and return the exit status."""
     lines_out = lines_out or sys.stderr
     try:
-        summary = execute(stage, cfg, step)
+        summary = execute(stage, cfg, step, **options)
     except Exception as err:
-        known = error_line(err)
-        if known is None or verbose:
-            raise
-        code, message = known
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return code
+        return report_error(err, prog, verbose)
     for line in summary.lines() if hasattr(summary, "lines") else []:
         print(line, file=lines_out)
     if json_out is not None:
@@ -110,11 +117,7 @@ def job_main(stage_name: str, argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(stage.config_class(), args.config)
     except Exception as err:
-        known = error_line(err)
-        if known is None or args.verbose:
-            raise
-        print(f"{prog}: error: {known[1]}", file=sys.stderr)
-        return known[0]
+        return report_error(err, prog, args.verbose)
     return run_and_report(stage, cfg, prog, getattr(args, "stage", None), args.verbose, json_out=sys.stdout)
 
 

@@ -30,6 +30,8 @@ def test_init_and_prepare_from_yaml(tmp_path, capsys):
     assert vbpe(["train", "init", "--config", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rule"] == "he" and out["total_size"] == layout.total_size
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())  # the same runner as jobs.train
+    assert metrics["stage"] == "train" and metrics["status"] == "ok"
     assert vbpe(["train", "init", "--config", str(path)]) == 0 and json.loads(capsys.readouterr().out)["skipped"]
     assert job_main(["--config", str(path), "--stage", "prepare"]) == 0
     stats = json.loads(capsys.readouterr().out)

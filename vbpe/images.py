@@ -14,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.ingest.images import BadImage, ImageLimits, decode_rgb, to_rgb
+from pipeline.ingest.images import BadImage, ImageLimits, check_size, decode_rgb, to_rgb
 from pipeline.ingest.preprocess import ImageSpec, resize_crop
 
 ImageInput = Union[Image.Image, np.ndarray, bytes, str, "os.PathLike[str]"]
@@ -47,16 +47,6 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a)
 
 
-def _check(im: Image.Image, limits: ImageLimits) -> None:
-    w, h = im.size
-    if w * h > limits.max_pixels:
-        raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels > limit {limits.max_pixels}")
-    if min(w, h) < limits.min_side:
-        raise BadImage(f"image too small: {w}x{h}, shortest side < {limits.min_side}")
-    if max(w, h) / min(w, h) > limits.max_aspect:
-        raise BadImage(f"absurd aspect ratio: {w}x{h} > {limits.max_aspect}:1")
-
-
 def to_rgb_image(image: Any, size: int, limits: ImageLimits = LIMITS) -> Image.Image:
     """Decoded, oriented RGB image (not yet resized); raises BadImage with the reject reason."""
     if isinstance(image, (str, os.PathLike)):
@@ -71,11 +61,11 @@ def to_rgb_image(image: Any, size: int, limits: ImageLimits = LIMITS) -> Image.I
         data = _source_bytes(image)
         if data is not None:
             return decode_rgb(data, limits, shortest_side=size)
-        _check(image, limits)
+        check_size(image, limits)
         return to_rgb(ImageOps.exif_transpose(image) or image)
     if isinstance(image, np.ndarray):
         im = _from_array(image)
-        _check(im, limits)
+        check_size(im, limits)
         return to_rgb(im)
     raise BadImage(f"not an image: {type(image).__name__} (give a PIL image, a uint8 array, bytes or a path)")
 

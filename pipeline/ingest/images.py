@@ -41,6 +41,12 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
             raise BadImage("corrupt image: not a recognised image format") from None
         except Exception as err:  # PIL raises many types for unknown/corrupt headers
             raise BadImage(f"corrupt image: {type(err).__name__}: {err}") from None
+    check_size(im, limits)
+    return im
+
+
+def check_size(im: Image.Image, limits: ImageLimits) -> None:
+    """Pixel count, shortest side and aspect against the limits (from the header alone)."""
     w, h = im.size
     if w * h > limits.max_pixels:
         raise BadImage(f"decompression bomb: {w}x{h} = {w * h} pixels > limit {limits.max_pixels}")
@@ -48,7 +54,6 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         raise BadImage(f"image too small: {w}x{h}, shortest side < {limits.min_side}")
     if max(w, h) / min(w, h) > limits.max_aspect:
         raise BadImage(f"absurd aspect ratio: {w}x{h} > {limits.max_aspect}:1")
-    return im
 
 
 def draft_for(im: Image.Image, shortest_side: int) -> None:

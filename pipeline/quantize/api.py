@@ -14,10 +14,11 @@ import logging
 import time
 
 from pipeline import execution, storage
-from pipeline.quantize.outputs import OutputDirs, commit_shard, open_manifest
+from pipeline.incremental import InputRun
+from pipeline.quantize.outputs import OutputDirs, open_manifest, write_shard
 from pipeline.quantize.registry import prepare
 from pipeline.quantize.summary import QuantizeSummary
-from pipeline.rejects import reason_kind
+from pipeline.rejects import count_reasons
 from schemas.quantize import QuantizeConfig
 
 log = logging.getLogger(__name__)
@@ -40,48 +41,25 @@ def run(cfg: QuantizeConfig) -> QuantizeSummary:
                                     "grid": list(spec.grid), "image_size": spec.image.size,
                                     "resample": spec.image.resample}, options)
     storage.makedirs(cfg.out, options)
-    for d in (dirs.grids_dir, dirs.rejects_dir, manifest.entries_dir):
-        storage.remove_stale_temps(d)
-    identities = {u: storage.identity(u, options) for u in urls}
-    todo = [u for u in urls if not manifest.is_done(u, identities[u])]
-    summary = QuantizeSummary(cfg.out, spec.describe(), spec.fingerprint, shards=len(urls), skipped=len(urls) - len(todo),
-                              fitted_codebook=fitted)
-    log.info("%d shards: %d to do, %d already done", len(urls), len(todo), summary.skipped)
-    manifest.save()
+    summary = QuantizeSummary(cfg.out, spec.describe(), spec.fingerprint, fitted_codebook=fitted)
+    work = InputRun(manifest, urls, summary, options, (dirs.grids_dir, dirs.rejects_dir))
+    log.info("%d shards: %d to do, %d already done", len(urls), len(work.todo), summary.skipped)
     encode_start = time.perf_counter()
-    if todo:
+    if work.todo:
         from pipeline.quantize.dataset import encoded_shards
 
-        for res in encoded_shards(cfg, spec, tensors, todo, summary.trace):
-            progress = f"[{summary.done + len(summary.failed) + 1}/{len(todo)}]"
-            try:
-                commit_shard(res, identities[res.url], dirs, manifest, options, started)
-            except Exception as err:
-                summary.failed[res.url] = execution.error_text(err)
-                log.warning("%s FAILED %s: could not write its output: %s", progress, res.url, summary.failed[res.url])
-                if storage.unavailable_cause(err) is not None:
-                    summary.not_attempted = len(todo) - summary.done - len(summary.failed)
-                    log.warning("storage unreachable: %d shards left for the next run", summary.not_attempted)
-                    break
-                continue
+        for res in encoded_shards(cfg, spec, tensors, work.todo, summary.trace):
+            timing = {"read_seconds": round(res.read_seconds, 3), "elapsed_seconds": round(time.perf_counter() - started, 3)}
             if res.error is not None:
-                summary.failed[res.url] = res.error
-                log.warning("%s FAILED %s: %s", progress, res.url, res.error)
-                continue
-            summary.done += 1
-            summary.rows_in += res.rows_in
-            summary.rows_written += res.rows_written
-            summary.rows_rejected += res.rows_rejected
-            summary.reasons.update(reason_kind(r) for r in res.rejects.column("reason").to_pylist())
-            log.info("%s %s: %d written, %d rejected", progress, res.url, res.rows_written, res.rows_rejected)
+                work.fail(res.url, res.error, **timing)
+            else:
+                work.commit(res.url, res.rows_in, res.rows_written, res.rows_rejected,
+                            count_reasons(res.rejects.column("reason").to_pylist()),
+                            write=lambda res=res: write_shard(res, dirs, options), output=dirs.grids_rel(res.url),
+                            rejects=dirs.rejects_rel(res.url) if res.rows_rejected else None, error=None, **timing)
+            if work.stopped:
+                break
     summary.encode_seconds = time.perf_counter() - encode_start
-    try:
-        manifest.save()
-    except Exception as err:
-        if storage.unavailable_cause(err) is None:
-            raise
-        log.warning("could not rewrite %s (%s): the entries committed so far are in %s", manifest.path,
-                    execution.error_text(err), manifest.entries_dir)
-    summary.totals = manifest.totals(urls)
+    work.finish(urls)
     summary.seconds = time.perf_counter() - started
     return summary

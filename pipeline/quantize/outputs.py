@@ -9,7 +9,6 @@ the shard URL, so a re-run overwrites rather than duplicates.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,17 +71,3 @@ def write_shard(res: ShardResult, dirs: OutputDirs, options: StorageOptions | No
     else:
         storage.remove(rejects, options)  # left by an earlier attempt on an older copy of this shard
     storage.write_parquet(res.grids, dirs.path(dirs.grids_rel(res.url)), options)
-
-
-def commit_shard(res: ShardResult, identity: dict[str, Any] | None, dirs: OutputDirs, manifest: Manifest,
-                 options: StorageOptions | None, started: float) -> None:
-    """Files first, manifest entry last: an entry saying `done` always points at complete files."""
-    common = {"identity": identity, "read_seconds": round(res.read_seconds, 3),
-              "elapsed_seconds": round(time.perf_counter() - started, 3)}
-    if res.error is not None:
-        manifest.commit(res.url, "failed", error=res.error, **common)
-        return
-    write_shard(res, dirs, options)
-    manifest.commit(res.url, "done", output=dirs.grids_rel(res.url),
-                    rejects=dirs.rejects_rel(res.url) if res.rows_rejected else None, rows_in=res.rows_in,
-                    rows_written=res.rows_written, rows_rejected=res.rows_rejected, error=None, **common)

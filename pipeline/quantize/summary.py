@@ -1,37 +1,29 @@
 """What a quantize run did: for the console, the job's JSON, the metrics file and callers (demo, bench)."""
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.execution import StreamTrace
+from pipeline.incremental import Tally
 from pipeline.quantize.outputs import OutputDirs
 
 
 @dataclass
-class QuantizeSummary:
+class QuantizeSummary(Tally):
+    """Counts per shard (the inputs) from `Tally`, plus the quantizer and timings."""
+
     out: str
     quantizer: str
     fingerprint: str
-    shards: int = 0
-    skipped: int = 0
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    not_attempted: int = 0  # left for the next run after the store became unreachable
-    rows_in: int = 0
-    rows_written: int = 0
-    rows_rejected: int = 0
-    reasons: collections.Counter = field(default_factory=collections.Counter)
-    totals: dict[str, int] = field(default_factory=dict)
     fitted_codebook: bool = False
     seconds: float = 0.0
     encode_seconds: float = 0.0
     trace: StreamTrace = field(default_factory=StreamTrace)
 
     @property
-    def ok(self) -> bool:
-        return not self.failed and not self.not_attempted
+    def shards(self) -> int:
+        return self.inputs
 
     @property
     def images_per_second(self) -> float:
@@ -58,19 +50,13 @@ class QuantizeSummary:
 
     def lines(self) -> list[str]:
         dirs = OutputDirs(self.out)
-        out = [
-            f"quantizer: {self.quantizer}",
-            f"shards: {self.shards} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed"
-            + (f", {self.not_attempted} left for the next run" if self.not_attempted else "") + ")",
-            f"this run: rows in {self.rows_in} = written {self.rows_written} + rejected {self.rows_rejected}"
-            f" in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s incl. start-up)",
-        ]
+        out = [f"quantizer: {self.quantizer}",
+               *self.count_lines("shards", f" in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s incl. start-up)")]
         if self.reasons:
             out.append("rejects by reason: " + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()))
         t = self.totals
         if t:
             out.append(f"all runs, these inputs: rows in {t['rows_in']} = written {t['rows_written']} + rejected {t['rows_rejected']}")
-        for url, err in self.failed.items():
-            out.append(f"FAILED {url}: {err}")
+        out.extend(self.failure_lines())
         out.append(f"grids: {dirs.grids_dir}  rejects: {dirs.rejects_dir}  manifest: {dirs.manifest}")
         return out

@@ -10,7 +10,6 @@ next run instead of each waiting out its timeouts.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from pipeline import codegrids, execution, storage
 from pipeline.bpe.vocab import Vocabulary
 from pipeline.execution import Outcome, StreamTrace
+from pipeline.incremental import InputRun, Tally
 from pipeline.manifest import Manifest
 from pipeline.tokenize import versions
 from pipeline.tokenize.layout import check_layout, resolve_layout
@@ -35,34 +35,22 @@ SHARDS_ONLY_ON_RAY = "image shards are quantized in a Ray Data pass (executor: l
 
 
 @dataclass
-class TokenizeSummary:
+class TokenizeSummary(Tally):
+    """Counts per input from `Tally`, plus the version and what tokenizing found."""
+
     version: str
     root: str
     data: str
     vocab_fingerprint: str
     layout_fingerprint: str | None
-    inputs: int = 0
-    skipped: int = 0
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    not_attempted: int = 0  # left for the next run after the store became unreachable
-    rows_in: int = 0
-    rows_written: int = 0
-    rows_rejected: int = 0
     tokens: int = 0
     cells: int = 0
     duplicate_keys: int = 0  # rows written in this run whose key another written row of this run also has
     without_quantizer: int = 0  # grid files that do not say which quantizer made them
-    reasons: collections.Counter = field(default_factory=collections.Counter)
-    totals: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     work_seconds: float = 0.0
     input_kind: str = "grids"
     trace: StreamTrace = field(default_factory=StreamTrace)  # shard input: when token blocks reached the driver
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.not_attempted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,10 +75,7 @@ class TokenizeSummary:
         ratio = f", {self.cells / self.tokens:.2f} cells per token" if self.tokens else ""
         out = [
             f"version {self.version} (vocabulary {self.vocab_fingerprint}, layout {self.layout_fingerprint or 'none'})",
-            f"inputs: {self.inputs} ({self.done} done now, {self.skipped} already done, {len(self.failed)} failed"
-            + (f", {self.not_attempted} left for the next run" if self.not_attempted else "") + ")",
-            f"this run: rows in {self.rows_in} = written {self.rows_written} + rejected {self.rows_rejected}"
-            f"{ratio}; {self.rows_in / max(self.work_seconds, 1e-9):.0f} rows/s",
+            *self.count_lines("inputs", f"{ratio}; {self.rows_in / max(self.work_seconds, 1e-9):.0f} rows/s"),
         ]
         if self.reasons:
             out.append("rejects: " + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()))
@@ -100,7 +85,7 @@ class TokenizeSummary:
         if t:
             out.append(f"version total: {t['inputs_done']} inputs, rows in {t['rows_in']} = written {t['rows_written']}"
                        f" + rejected {t['rows_rejected']}")
-        out.extend(f"FAILED {url}: {err}" for url, err in self.failed.items())
+        out.extend(self.failure_lines())
         out.append(f"data: {self.data}")
         return out
 
@@ -202,66 +187,30 @@ def _prepare_version(cfg: TokenizeConfig, vocab: Vocabulary, layout: IdLayout | 
         storage.write_text(paths.vocab, storage.read_text(cfg.vocab, options), options)
     if layout is not None and not storage.exists(paths.layout, options):
         storage.write_text(paths.layout, layout.to_yaml(), options)
-    for d in (paths.data_dir, paths.rejects_dir, manifest.entries_dir):
-        storage.remove_stale_temps(d)
     return paths, manifest
 
 
-class _Committer:
-    """Records each outcome in the manifest the moment it is known, and in the summary."""
+def _commit(work: InputRun, paths: versions.VersionPaths, url: str, outcome: Outcome) -> np.ndarray | None:
+    """Record one input's outcome (the worker wrote its files); the key hashes of its rows when it is done."""
+    if outcome.error is not None:
+        work.fail(url, outcome.error, outcome.unavailable)
+        return None
+    r: FileResult = outcome.result
+    _, _, out_rel, rejects_rel = paths.targets(url)
+    if not work.commit(url, r.rows_in, r.rows_written, r.rows_rejected, r.reasons, output=out_rel,
+                       rejects=rejects_rel if r.rejects_written else None, tokens=r.tokens, cells=r.cells,
+                       seconds=round(r.seconds, 3)):
+        return None
+    work.tally.tokens += r.tokens
+    work.tally.cells += r.cells
+    return r.key_hashes
 
-    def __init__(self, manifest: Manifest, paths: versions.VersionPaths, summary: TokenizeSummary,
-                 identities: dict[str, dict], total: int):
-        self.manifest, self.paths, self.summary, self.identities, self.total = manifest, paths, summary, identities, total
-        self.count = 0
-        self.hashes: list[np.ndarray] = []
-        self.stopped = False
 
-    def fail(self, url: str, error: str, unavailable: bool = False) -> None:
-        self.summary.failed[url] = error
-        log.warning("[%d/%d] FAILED %s: %s", self.count, self.total, url, error)
-        if unavailable:
-            self.stopped = True
-            return
-        try:
-            self.manifest.commit(url, "failed", identity=self.identities.get(url), error=error)
-        except Exception as err:
-            log.warning("could not record the failure of %s: %s", url, execution.error_text(err))
-            self.stopped = storage.unavailable_cause(err) is not None
-
-    def add(self, url: str, outcome: Outcome) -> None:
-        self.count += 1
-        if outcome.error is not None:
-            self.fail(url, outcome.error, outcome.unavailable)
-            return
-        r: FileResult = outcome.result
-        _, _, out_rel, rejects_rel = self.paths.targets(url)
-        try:
-            self.manifest.commit(
-                url, "done", identity=self.identities.get(url), output=out_rel,
-                rejects=rejects_rel if r.rejects_written else None, rows_in=r.rows_in, rows_written=r.rows_written,
-                rows_rejected=r.rows_rejected, tokens=r.tokens, cells=r.cells, seconds=round(r.seconds, 3))
-        except Exception as err:
-            self.fail(url, f"its manifest entry could not be written: {execution.error_text(err)}",
-                      storage.unavailable_cause(err) is not None)
-            return
-        s = self.summary
-        s.done += 1
-        s.rows_in += r.rows_in
-        s.rows_written += r.rows_written
-        s.rows_rejected += r.rows_rejected
-        s.tokens += r.tokens
-        s.cells += r.cells
-        s.reasons.update(r.reasons)
-        self.hashes.append(r.key_hashes)
-        log.info("[%d/%d] %s: %d written, %d rejected, %.0f rows/s", self.count, self.total, url, r.rows_written,
-                 r.rows_rejected, r.rows_in / max(r.seconds, 1e-9))
-
-    def duplicates(self) -> int:
-        if not self.hashes:
-            return 0
-        h = np.concatenate(self.hashes)
-        return int(len(h) - len(np.unique(h)))
+def _duplicates(hashes: list[np.ndarray]) -> int:
+    if not hashes:
+        return 0
+    h = np.concatenate(hashes)
+    return int(len(h) - len(np.unique(h)))
 
 
 def run(cfg: TokenizeConfig) -> TokenizeSummary:
@@ -272,48 +221,32 @@ def run(cfg: TokenizeConfig) -> TokenizeSummary:
     vocab, layout = plan.vocab, plan.layout
     paths, manifest = _prepare_version(cfg, vocab, layout)
     summary = TokenizeSummary(paths.name, paths.root, paths.data_dir, vocab.fingerprint(),
-                              layout.fingerprint() if layout else None, inputs=len(plan.urls), input_kind=plan.kind,
+                              layout.fingerprint() if layout else None, input_kind=plan.kind,
                               without_quantizer=plan.without_quantizer)
-    identities = {u: storage.identity(u, options) for u in plan.urls}
-    todo = [u for u in plan.urls if not manifest.is_done(u, identities[u])]
-    summary.skipped = len(plan.urls) - len(todo)
-    log.info("%s: %d %s, %d to tokenize, %d already done", paths.name, len(plan.urls), plan.kind, len(todo), summary.skipped)
-    manifest.save()
+    work = InputRun(manifest, plan.urls, summary, options, (paths.data_dir, paths.rejects_dir))
+    log.info("%s: %d %s, %d to tokenize, %d already done", paths.name, len(plan.urls), plan.kind, len(work.todo),
+             summary.skipped)
     versions.update_index(cfg.out, options)
-    committer = _Committer(manifest, paths, summary, identities, len(todo))
+    hashes: list[np.ndarray] = []
     work_start = time.perf_counter()
     try:
-        for url in [u for u in todo if u in plan.unreadable]:
-            committer.count += 1
-            committer.fail(url, plan.unreadable[url])
-        todo = [u for u in todo if u not in plan.unreadable]
+        for url in [u for u in work.todo if u in plan.unreadable]:
+            work.fail(url, plan.unreadable[url])
+        todo = [u for u in work.todo if u not in plan.unreadable]
         for url, outcome in _outcomes(cfg, plan, placement, paths, todo, summary.trace):
-            committer.add(url, outcome)
-            if committer.stopped:
-                summary.not_attempted = len(todo) - committer.count + len(plan.unreadable)
-                log.warning("storage unreachable: stopping; %d inputs left for the next run", summary.not_attempted)
+            h = _commit(work, paths, url, outcome)
+            if h is not None:
+                hashes.append(h)
+            if work.stopped:
                 break
     finally:  # inputs committed before an error stay committed (each has its entry file)
         summary.work_seconds = time.perf_counter() - work_start
-        summary.duplicate_keys = committer.duplicates()
+        summary.duplicate_keys = _duplicates(hashes)
         if summary.duplicate_keys:
             log.warning("%d rows written in this run repeat the key of another row of this run", summary.duplicate_keys)
-        _save_quietly(manifest, cfg)
-    summary.totals = manifest.totals()
+        work.finish(then=lambda: versions.update_index(cfg.out, options))
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _save_quietly(manifest: Manifest, cfg: TokenizeConfig) -> None:
-    """The summary files are rebuilt from the entry files on the next run: an unreachable store must not mask the outcome."""
-    try:
-        manifest.save()
-        versions.update_index(cfg.out, cfg.storage)
-    except Exception as err:
-        if storage.unavailable_cause(err) is None:
-            raise
-        log.warning("could not rewrite %s (%s); the entries committed so far are in %s", manifest.path,
-                    execution.error_text(err), manifest.entries_dir)
 
 
 def _outcomes(cfg: TokenizeConfig, plan: _Plan, placement: execution.Placement, paths: versions.VersionPaths,

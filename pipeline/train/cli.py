@@ -32,19 +32,17 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(step: str, args: argparse.Namespace) -> int:
+    """Through the stage runner, as `python -m jobs.train`: the run's metrics file, exit status, one-line errors."""
     from pipeline.configargs import load_config
-    from pipeline.train import api
+    from pipeline.runner import run_and_report
+    from pipeline.stage import get_stage
     from schemas.train import TrainConfig
 
     if step == "plan":
         return _plan(args)
     cfg = load_config(TrainConfig, args.config)
-    summary = api.run(cfg, step, force_init=getattr(args, "force", False))
-    for line in summary.lines():
-        print(line, file=sys.stderr)
-    json.dump(summary.to_json(), sys.stdout, indent=1, allow_nan=False)
-    print()
-    return 0
+    return run_and_report(get_stage("train"), cfg, "vbpe train", step, verbose=getattr(args, "verbose", False),
+                          json_out=sys.stdout, force_init=getattr(args, "force", False))
 
 
 def register(subparsers) -> None:
