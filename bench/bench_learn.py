@@ -177,16 +177,6 @@ def _learn_cli(corpus: str, vocab_path: str, merges: int, workers: int, env: dic
             "cells": vocab.corpus.cells, "metrics": m}
 
 
-def _ray_env(out: str) -> dict:
-    """A temp dir of our own for the child's local Ray (short: Ray's socket paths are length-limited)."""
-    import tempfile
-
-    env = dict(os.environ)
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vb", dir="/tmp")
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    return env
-
-
 def _memory(run: dict) -> dict:
     m = run["metrics"]
     cells = run["cells"]
@@ -213,10 +203,9 @@ def overhead(out: str, quick: bool = False) -> dict:
                     Grids([f"o{i:04d}" for i in range(n)], np.full(n, 16, np.int32), np.full(n, 16, np.int32),
                           rng.integers(0, 64, size=n * 256).astype(np.int32)), 64, "synthetic")
     merges = 300 if quick else 2000
-    env = _ray_env(out)
     runs = {"local": _learn_cli(corpus, os.path.join(out, "overhead-local.json"), merges, 0)}
     for transport in ("graph", "calls", "relay"):
-        runs[transport] = _learn_cli(corpus, os.path.join(out, f"overhead-{transport}.json"), merges, 2, env,
+        runs[transport] = _learn_cli(corpus, os.path.join(out, f"overhead-{transport}.json"), merges, 2, None,
                                      ("--transport", transport, "--actor-cpus", "1"))
     per = {k: r["metrics"]["driver_step_s"] / max(1, r["metrics"]["steps"]) * 1e3 for k, r in runs.items()}
     return {
@@ -234,10 +223,9 @@ def workers(out: str, quick: bool = False, results: dict | None = None) -> dict:
     corpus = os.path.join(out, f"scale-{n_grids}")
     if not os.path.exists(os.path.join(corpus, "part-0000.parquet")):
         _write_corpus(corpus, n_grids, 10)
-    env = _ray_env(out)
     runs = {"local": _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-local.json"), merges, 0)}
     for w in (1, 2):
-        runs[f"w{w}"] = _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-w{w}.json"), merges, w, env,
+        runs[f"w{w}"] = _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-w{w}.json"), merges, w, None,
                                    ("--actor-cpus", "1"))
     out_ = {
         "grids": n_grids, "merges": runs["local"]["merges"],
@@ -304,6 +292,6 @@ def scale_workers(out: str, quick: bool = False) -> dict:
     corpus = os.path.join(out, f"scale-{n_grids}")
     if not os.path.exists(os.path.join(corpus, "part-0000.parquet")):
         _write_corpus(corpus, n_grids, 30)
-    run = _learn_cli(corpus, os.path.join(out, f"scale-{n_grids}-w2.json"), merges, 2, _ray_env(out),
+    run = _learn_cli(corpus, os.path.join(out, f"scale-{n_grids}-w2.json"), merges, 2, None,
                      ("--actor-cpus", "1"))
     return {"grids": n_grids, "merges": run["merges"], "wall_s": run["wall_s"], "memory": _memory(run)}

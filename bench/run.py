@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print a table, write bench-out/results.json.
 
-    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,api,overhead,workers,scale300,quantize,shards,train] [--quick]
+    python -m bench.run [--out DIR] [--only naive,hf,scale,encode,api,overhead,workers,scale300,quantize,shards,train,ablation] [--quick]
 
 Speed is reported as ratios against a baseline measured in the same run (the machines are noisy).
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-ALL = ["naive", "hf", "scale", "encode", "api", "overhead", "workers", "scale300", "quantize", "shards", "train"]
+ALL = ["naive", "hf", "scale", "encode", "api", "overhead", "workers", "scale300", "quantize", "shards", "train", "ablation"]
 
 
 def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
@@ -51,6 +51,10 @@ def _run_one(name: str, out: str, quick: bool, results: dict) -> dict:
         from bench import bench_train
 
         return bench_train.run(os.path.join(out, "train"), quick=quick)
+    if name == "ablation":
+        from bench import bench_ablation
+
+        return bench_ablation.run(os.path.join(out, "ablation"), quick)
     raise ValueError(f"unknown benchmark {name}; choose from {ALL}")
 
 

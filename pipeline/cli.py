@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "pipeline.train.cli",
     "pipeline.report.cli",
     "vbpe.export",
+    "pipeline.scenes.cli",
+    "pipeline.evaluate.cli",
     "pipeline.submit.cli",
     "pipeline.demo.cli",
 ]

@@ -30,4 +30,6 @@ class ReportConfig(Config):
     resample: Resample = "bicubic"
     dead_rate_points: int = Field(12, ge=1, description="vocabulary sizes (halving from the full one) at which the dead rate is measured")
     rare_below: int = Field(5, ge=1, description="a token used fewer times than this on the sample counts as rare")
+    evaluation: list[str] = Field(default_factory=list, description="held-out results to show: heldout.json of "
+                                  "`vbpe train eval` and/or ablation.json of `vbpe eval ablation`")
     storage: StorageOptions = StorageOptions()

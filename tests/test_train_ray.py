@@ -1,6 +1,6 @@
 """The three stages as real Ray Train runs on a tiny Llama (one worker): freezing per parameter, falling
-loss, held-out loss, metrics, skip on re-run, resume after an interruption, automatic retry after a
-worker killed right after a checkpoint, stale inputs. Two workers, DDP vs FSDP: test_train_fsdp.py."""
+loss, held-out loss, metrics, skip on re-run, resume after an interruption. Faults and stale inputs:
+test_train_faults.py. Two workers, DDP vs FSDP: test_train_fsdp.py."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,7 @@ import os
 import pytest
 import torch
 
-from pipeline.train import api
-from pipeline.train.driver import run_init, run_stage
+from pipeline.train.driver import run_stage
 from pipeline.train.evaluate import mean_loss
 from pipeline.train.schedule import lr_at
 from schemas.base import ConfigError
@@ -90,68 +89,3 @@ def test_interrupted_stage_resumes_and_matches(one_worker_run, inputs, tmp_path)
     ref = weights(os.path.join(ref_cfg.output, "stage1", "model"))
     got = weights(os.path.join(cfg.output, "stage1", "model"))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-
-
-def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
-    from schemas.base import InputError
-
-    cfg = config(inputs, str(tmp_path / "run"))
-    run_init(cfg)
-    with pytest.raises(InputError, match="stage1 has not completed"):
-        run_stage(cfg, "stage2")
-
-
-def test_worker_killed_right_after_a_checkpoint_resumes_from_it(fast_ray, inputs, tmp_path):
-    """The newest checkpoint complete on storage is the resume point, whether or not Ray Train
-    registered it before the worker died (#10 item 18)."""
-    cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 2, "max_steps": 6}, workers={"max_failures": 1})
-    run_init(cfg)
-    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"), when="checkpoint")
-    summary = run_stage(cfg, "stage1", hooks=crash)
-    assert os.path.exists(crash.marker) and summary["resumed_from_step"] == 4 and summary["steps"] == 6
-
-
-def test_edited_conversation_invalidates_the_stages_trained_on_it(fast_ray, inputs, tmp_path):
-    """Same size, same modification time, other content: the prepared data is stale, and so is the
-    completed stage; the run says so instead of skipping it, and nothing is overwritten (#10 item 14)."""
-    import shutil
-
-    from schemas.base import InputError
-
-    root, _ = inputs
-    conv = tmp_path / "conv"
-    shutil.copytree(root / "conv", conv)
-    cfg = config(inputs, str(tmp_path / "run"), data={"conversations": [{"path": str(conv)}]}, stage1={"max_steps": 2})
-    run_init(cfg)
-    first = run_stage(cfg, "stage1")
-    path = conv / "good.jsonl"
-    text, stat = path.read_text(), os.stat(path)
-    path.write_text(text.replace("a red cat", "a red dog", 1))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.read_text() != text and os.path.getsize(path) == stat.st_size
-    stats = (tmp_path / "run" / "data" / "stats.json").read_text()
-    with pytest.raises(InputError, match="inputs changed .* stage1 already completed"):
-        run_stage(cfg, "stage1")
-    with pytest.raises(InputError, match="stage1 already completed"):
-        api.run(cfg, "prepare")
-    assert (tmp_path / "run" / "data" / "stats.json").read_text() == stats  # the data stage1 used is kept
-    path.write_text(text)
-    assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]
-
-
-def test_prepare_on_ray_data_equals_prepare_here(fast_ray, inputs, tmp_path):
-    """Records tokenized by a pool of Ray Data actors give the same files, in the same order, as in process."""
-    import pyarrow.parquet as pq
-
-    out = {}
-    for executor in ("local", "ray"):
-        cfg = config(inputs, str(tmp_path / executor), prepare={"executor": executor, "workers": 2, "cpus": 0.5, "batch_size": 7})
-        run_init(cfg)
-        stats = api.run(cfg, "prepare").results["prepare"]
-        assert stats["executor"] == executor
-        files = {name: pq.read_table(tmp_path / executor / "data" / name)
-                 for name in ("sequences.parquet", "heldout.parquet", "sequences.rejects.parquet")}
-        out[executor] = ({k: v for k, v in stats.items() if k != "executor"}, files)
-    assert out["ray"][0] == out["local"][0] and out["local"][0]["records"] == 66
-    for name, table in out["local"][1].items():
-        assert out["ray"][1][name].equals(table), name

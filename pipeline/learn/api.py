@@ -259,6 +259,7 @@ def _record_resources(metrics, group) -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     others = sum(w["peak_rss_bytes"] for w in workers if w["pid"] != os.getpid())
     metrics.set(workers_resources=workers, driver_step_s=round(group.step_s, 4), steps=group.steps,
+                driver_first_step_s=getattr(group, "first_step_s", None),
                 peak_rss_all_processes_bytes=own + others, driver_peak_rss_bytes=own)
 
 

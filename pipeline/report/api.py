@@ -127,6 +127,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     vocab.check_codebook(corpus.codebook_size)
     vocab.check_quantizer(corpus.quantizer_fingerprint)
     shards = storage.expand(cfg.shards, SHARD_SUFFIXES, cfg.storage) if cfg.shards else []  # fail early on a bad path
+    storage.expand(cfg.evaluation, (".json",), cfg.storage) if cfg.evaluation else None
     V, M = vocab.codebook_size, len(vocab.merges)
     sample = read_holdout(corpus, cfg.holdout_fraction, cfg.holdout_salt, cfg.max_holdout_grids, options=cfg.storage,
                           fingerprint=bool(vocab.corpus.fingerprint))
@@ -234,12 +235,19 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
         "usage_top": [[int(i), int(an.usage[i])] for i in np.lexsort((np.arange(vocab.size), -an.usage))[:100] if an.usage[i]],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
+    sections = ""
+    if cfg.evaluation:
+        from pipeline.evaluate.report import html_section
+
+        sections, eval_files = html_section(cfg.evaluation, local)
+        files.update(eval_files)
+        summary["evaluation"] = list(cfg.evaluation)
     page_path = os.path.join(local, "report.html")
     images = {"Atlas": files["atlas.png"], "Compression": files["compression.png"],
               "Merge scores": files["merge_scores.png"], "Token sizes": files["token_sizes.png"],
               "Dead tokens": files["dead_tokens.png"]}
     with open(page_path, "w", encoding="utf-8") as f:
-        f.write(page(summary, images))
+        f.write(page(summary, images, sections))
     files["report.html"] = page_path
     summary["files"] = {name: storage.join(cfg.out, name) for name in files} | {"summary.json": storage.join(cfg.out, "summary.json")}
     summary_text = json.dumps(summary, indent=1) + "\n"

@@ -27,8 +27,8 @@ def _overlap(match: bool | None) -> str:
     return "overlap with the training corpus unknown"
 
 
-def page(summary: dict[str, Any], images: dict[str, str]) -> str:
-    """`images` maps a title to a PNG path; the atlas first."""
+def page(summary: dict[str, Any], images: dict[str, str], sections: str = "") -> str:
+    """`images` maps a title to a PNG path; the atlas first. `sections`: extra HTML (held-out evaluation)."""
     v, s, c, d = summary["vocab"], summary["sample"], summary["compression"], summary["dead"]
     rows = [
         ("vocabulary", f"{html.escape(str(v['path']))} (fingerprint {v['fingerprint']})"),
@@ -77,6 +77,7 @@ repeat: two copies of one multi-code token; mixed: two or more distinct codes. A
 <th>of all tokens</th></tr>
 {kinds}</table>
 {figures}
+{sections}
 <h2>Atlas tokens</h2>
 <table><tr><th>#</th><th>id</th><th>kind</th><th>pair</th><th>u*</th><th>F</th><th>S</th><th>used</th><th>cells</th>
 <th>shapes</th><th>top shape</th><th>canonical</th><th>crops</th></tr>

@@ -12,6 +12,7 @@ STEPS = {
     "stage2": "selective fine-tuning: new rows + the first unfreeze_fraction of the layers",
     "stage3": "full fine-tuning",
     "all": "init (if configured), then stage1, stage2, stage3; completed steps are skipped",
+    "eval": "held-out answer loss and exact-match accuracy of the base model and each completed stage",
     "plan": "per-GPU memory of every stage under DDP, FSDP and FSDP + offload, from the model's config alone",
 }
 
@@ -41,6 +42,10 @@ def _run(step: str, args: argparse.Namespace) -> int:
     if step == "plan":
         return _plan(args)
     cfg = load_config(TrainConfig, args.config)
+    if step == "eval":  # scoring lives with the evaluation code (pipeline/evaluate)
+        from pipeline.evaluate.cli import train_eval
+
+        return train_eval(cfg, args)
     return run_and_report(get_stage("train"), cfg, "vbpe train", step, verbose=getattr(args, "verbose", False),
                           json_out=sys.stdout, force_init=getattr(args, "force", False))
 
@@ -53,6 +58,10 @@ def register(subparsers) -> None:
         p.add_argument("--config", required=True, help="train config YAML (schemas/train.py)")
         if step == "init":
             p.add_argument("--force", action="store_true", help="rebuild the base model even if it exists")
+        if step == "eval":
+            from pipeline.evaluate.cli import add_train_eval_flags
+
+            add_train_eval_flags(p)
         if step == "plan":
             p.add_argument("--gpus", type=int, help="GPUs to plan for (default: workers.num_workers)")
             p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")

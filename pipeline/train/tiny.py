@@ -26,11 +26,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(path: str, chat_template: str | None = CHAT_TEMPLATE):
+def build_tokenizer(path: str, chat_template: str | None = CHAT_TEMPLATE, words: list[str] | None = None):
+    """`words`: the vocabulary (default `WORDS`); e.g. the scenes corpus passes its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    vocab = {w: i for i, w in enumerate(SPECIALS + list(WORDS if words is None else words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")
