@@ -175,6 +175,9 @@ class FsdpConfig(Config):
 
 
 class WorkersConfig(Config):
+    executor: Literal["auto", "local", "ray"] = Field(
+        "auto", description="ray: Ray Train workers; local: this process as the only rank (DDP, one worker); auto: ray"
+    )
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -78,6 +78,8 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
 
     if step not in STEPS:
         raise ConfigError(f"unknown train step {step!r}; expected one of {', '.join(STEPS)}")
+    stages = STAGES if step == "all" else tuple(s for s in STAGES if s == step)
+    local = driver.executor(cfg, stages) == "local"  # refuses what one local rank cannot do before anything runs
     if cfg.storage:
         storage.set_default_storage(cfg.storage)
     summary = TrainSummary(step)
@@ -88,8 +90,9 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
     summary.results["prepare"] = driver.run_prepare(cfg)
     if step == "prepare":
         return summary
-    ensure_ray()
-    for stage in STAGES if step == "all" else (step,):
+    if not local:
+        ensure_ray()
+    for stage in stages:
         summary.results[stage] = driver.run_stage(cfg, stage, hooks=hooks, stats=summary.results["prepare"])
     return summary
 

@@ -188,36 +188,114 @@ def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
     return storage.join(RunPaths(_absolute(cfg.output)).ray, f"{stage}-{fingerprint}")
 
 
-def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def executor(cfg: TrainConfig, stages: tuple[str, ...] = STAGES) -> str:
+    """`local` or `ray` for these stages of `cfg`; the local executor is one rank, so FSDP and more workers refuse it."""
+    w = cfg.workers
+    mode = "local" if w.executor == "local" else "ray"
+    if mode == "local":
+        if w.num_workers > 1:
+            raise ConfigError(f"executor: local trains in this process as one rank; num_workers: {w.num_workers} "
+                              "needs executor: ray (or auto)")
+        sharded = [s for s in stages if cfg.stage(s).strategy == "fsdp"]
+        if sharded:
+            raise ConfigError(f"executor: local is one rank, and strategy: fsdp shards over several ({', '.join(sharded)}); "
+                              "use executor: ray with num_workers >= 2, or strategy: ddp")
+    return mode
 
+
+def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     from pipeline.train import curriculum, stream
     from pipeline.train.batches import Geometry
     from pipeline.train.checkpoints import CheckpointStore
-    from pipeline.train.loop import train_loop
 
     paths = RunPaths(cfg.output)
     scfg, w = cfg.stage(stage), cfg.workers
+    mode = executor(cfg, (stage,))
     with storage.open_file(paths.data.sequences) as f:
         columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
     categories = columns.column("category").to_numpy(zero_copy_only=False)
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
                            scfg.samples, shift_to=cfg.shift_target(stage), block=cfg.shuffle_block)
-    log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
+    log.info("%s: %d samples planned %s (executor %s)", stage, len(plan), plan.counts(), mode)
     geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
     assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
                                scfg.batch_size, scfg.grad_accum, w.num_workers, geo.steps)
     latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
     first_step = latest[0] if latest else 0
-    if first_step:
-        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
     geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
                 "global_batch": geo.global_batch, "steps": geo.steps, "plan": len(plan)}
+    if first_step:
+        _check_resumable(stage, latest[1], geometry)
+        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
     job = _job(cfg, stage, fingerprint, {"steps": geo.steps, "targets": assignment.targets, "geometry": geometry,
                                          "first_step": first_step}, hooks)
-    datasets = stream.rank_datasets(_absolute(paths.data.sequences), assignment, first_step, cfg.storage, w.data_cpus)
+    t0 = time.time()
+    if mode == "local":
+        info = _fit_local(cfg, job, assignment, first_step)
+    else:
+        info = _fit_ray(cfg, stage, fingerprint, job, assignment, first_step)
+    consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
+    summary = {
+        **info,
+        "stage": stage,
+        "executor": mode,
+        "fingerprint": fingerprint,
+        "base_model": job.base_model,
+        "model": job.output_model,
+        "metrics": job.steps_path,
+        "samples_planned": len(plan),
+        "samples_consumed": int(len(consumed)),
+        "samples_per_category": plan.counts(),
+        "consumed_per_category": plan.counts(consumed),
+        "fit_seconds": time.time() - t0,
+    }
+    storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
+    log.info("%s complete in %.1f s: final loss %s", stage, summary["fit_seconds"], summary.get("final_loss"))
+    return summary
 
+
+def _check_resumable(stage: str, checkpoint: str, geometry: dict) -> None:
+    """Before any worker starts: a checkpoint made with another batch geometry (e.g. another worker count) cannot resume."""
+    from pipeline.train.state import read_state
+
+    saved = read_state(checkpoint).get("geometry")
+    if saved is not None and saved != geometry:
+        raise ConfigError(f"cannot resume {stage} from {checkpoint}: it was trained with world size {saved.get('world_size')} "
+                          f"(global batch {saved.get('global_batch')}), now {geometry['world_size']} "
+                          f"({geometry['global_batch']}); use the same workers, or a new output directory")
+
+
+def _fit_local(cfg: TrainConfig, job: StageJob, assignment, first_step: int) -> dict:
+    """The stage's loop in this process as the only rank, with `cpus` torch threads (what a Ray worker gets)."""
+    import math
+
+    import torch
+
+    from pipeline.train.loop import run_loop
+    from pipeline.train.world import LocalWorld
+
+    w = cfg.workers
+    if w.use_gpu and not torch.cuda.is_available():
+        raise ConfigError("workers.use_gpu is true but this process sees no GPU (executor: local)")
+    world = LocalWorld(job.sequences, assignment.rows[0], assignment.per_step, first_step,
+                       torch.device("cuda" if w.use_gpu else "cpu"), cfg.storage)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, math.ceil(w.cpus_per_worker)))
+    try:
+        return run_loop(job, world)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_ray(cfg: TrainConfig, stage: str, fingerprint: str, job: StageJob, assignment, first_step: int) -> dict:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train import stream
+    from pipeline.train.loop import train_loop
+
+    w = cfg.workers
+    datasets = stream.rank_datasets(job.sequences, assignment, first_step, cfg.storage, w.data_cpus)
     resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
     storage_path, storage_fs = _ray_storage(cfg)
     trainer = TorchTrainer(
@@ -232,23 +310,4 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         datasets=datasets,
         dataset_config=stream.data_config(),
     )
-    t0 = time.time()
-    result = trainer.fit()
-    info = dict(result.return_value or {})
-    consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
-    summary = {
-        **info,
-        "stage": stage,
-        "fingerprint": fingerprint,
-        "base_model": job.base_model,
-        "model": job.output_model,
-        "metrics": job.steps_path,
-        "samples_planned": len(plan),
-        "samples_consumed": int(len(consumed)),
-        "samples_per_category": plan.counts(),
-        "consumed_per_category": plan.counts(consumed),
-        "fit_seconds": time.time() - t0,
-    }
-    storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
-    log.info("%s complete in %.1f s: final loss %s", stage, summary["fit_seconds"], summary.get("final_loss"))
-    return summary
+    return dict(trainer.fit().return_value or {})

@@ -1,8 +1,9 @@
-"""The training loop each Ray Train worker runs for one stage.
+"""The training loop of one stage, run by every Ray Train worker or, under the local executor, by this
+process as the only rank (world.py is the one place the two differ: rank, world size, device, batches).
 
 The worker loads the stage's base model, splits off what the stage trains (freeze.py), spreads it
 over the workers (parallel.py: DDP or FSDP), and trains on the sequences Ray Data streams to it
-(stream.py). Resume: after a worker failure (Ray Train restarts the worker group) or when the same
+(stream.py; the local executor reads the same rows in the same order itself). Resume: after a worker failure (Ray Train restarts the worker group) or when the same
 stage is run again, the loop restores the newest checkpoint complete on storage (checkpoints.py):
 trainable tensors, optimizer state, step and metrics, and continues from the next step. The data
 order, the learning rate and the random seed are functions of the step, so a resumed stage ends
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.train.freeze import StagePlan
+    from pipeline.train.world import World
 
 log = logging.getLogger("vbpe.train")
 
@@ -92,11 +94,10 @@ class Run:
     optimizer: "torch.optim.Optimizer"
     scaler: "torch.amp.GradScaler"
     autocast: ContextManager
+    source: "World"  # where this rank's micro-batches come from
 
 
-def _setup(job: StageJob) -> tuple[Run, "torch.dtype"]:
-    import ray.train
-    import ray.train.torch
+def _setup(job: StageJob, world: "World") -> tuple[Run, "torch.dtype"]:
     import torch
 
     from pipeline import storage
@@ -105,24 +106,23 @@ def _setup(job: StageJob) -> tuple[Run, "torch.dtype"]:
 
     if job.storage:
         storage.set_default_storage(job.storage)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, size, device = world.rank, world.size, world.device
     precision = _resolve_precision(job.precision, device.type == "cuda")
     if device.type == "cuda" and job.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing)
     stage_plan = apply_stage(model, job.stage, job.n_old, job.unfreeze_fraction)
-    net = parallel.wrap(model, job.strategy, world, device, precision, job.cpu_offload)
+    net = parallel.wrap(model, job.strategy, size, device, precision, job.cpu_offload)
     params = stage_plan.trainable()  # after wrapping: FSDP replaces parameters by sharded ones
     fsdp_mixed = job.strategy == "fsdp" and precision == "bf16-mixed"  # FSDP's own policy casts, not autocast
     run = Run(
-        job=job, rank=rank, world=world, device=device, precision=precision,
+        job=job, rank=rank, world=size, device=device, precision=precision,
         model=model, net=net, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, job.settings),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed"),
         autocast=(torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision]))
                   if precision in DTYPES and not fsdp_mixed else contextlib.nullcontext()),
+        source=world,
     )
     return run, saved_dtype
 
@@ -268,12 +268,10 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
 
 
 def _batches_by_step(run: Run, start: int) -> Iterator[tuple[int, list[dict]]]:
-    from pipeline.train.stream import micro_batches
-
     grad_accum = run.job.geometry["grad_accum"]
     pending: list[dict] = []
     expected = start
-    for step, batch in micro_batches(run.rank, start, run.job.geometry["batch_size"]):
+    for step, batch in run.source.micro_batches(start, run.job.geometry["batch_size"]):
         if step != expected:
             raise RuntimeError(f"rank {run.rank}: expected data of step {expected}, got step {step}")
         pending.append(batch)
@@ -305,12 +303,19 @@ def _gather_ints(run: Run, value: int) -> list[int]:
 
 def train_loop(job: StageJob) -> dict:
     """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
-    from pipeline.train import parallel
-    from pipeline.train.export import save_model
+    from pipeline.train.world import ray_world
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, saved_dtype = _setup(job)
+    return run_loop(job, ray_world())
+
+
+def run_loop(job: StageJob, world: "World") -> dict:
+    """One rank's whole stage: resume, train, checkpoint, score the held-out set, export; rank 0 returns the summary."""
+    from pipeline.train import parallel
+    from pipeline.train.export import save_model
+
+    run, saved_dtype = _setup(job, world)
     progress = _resume(run)
     resumed_from = progress["step"]
     settings, stage, steps = job.settings, job.stage, job.steps

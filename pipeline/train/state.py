@@ -77,4 +77,11 @@ def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer
         raise ValueError(f"checkpoint does not match this stage's trainable parameters (missing {missing}, unexpected {extra})")
     with torch.no_grad():
         dcp.load(want, storage_reader=StoreReader(directory), no_dist=not dist.is_initialized())
+    return read_state(directory)
+
+
+def read_state(directory: str) -> dict:
+    """The loop's position saved with a checkpoint: step, metrics, fingerprint, batch geometry."""
+    from pipeline import storage
+
     return json.loads(storage.read_text(storage.join(directory, STATE)))
