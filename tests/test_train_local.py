@@ -90,7 +90,7 @@ def test_interrupted_local_stage_resumes_from_its_checkpoint_and_ends_where_the_
     assert not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
 
     with pytest.raises(ConfigError, match="cannot resume stage1 .* world size 1 .* now 2"):  # before any worker starts
-        run_stage(cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"executor": "ray", "num_workers": 2})}), "stage1")
+        run_stage(cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"executor": "ray", "workers": 2})}), "stage1")
 
     summary = run_stage(cfg, "stage1", hooks=stop)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
@@ -103,7 +103,7 @@ def test_interrupted_local_stage_resumes_from_its_checkpoint_and_ends_where_the_
 
 
 @pytest.mark.parametrize("workers, stage, message", [
-    ({"executor": "local", "num_workers": 2}, {}, "executor: local trains in this process as one rank; num_workers: 2"),
+    ({"executor": "local", "workers": 2}, {}, "executor: local trains in this process as one rank; workers: 2"),
     ({"executor": "local"}, {"strategy": "fsdp"}, "executor: local is one rank, and strategy: fsdp shards over several (stage2)"),
 ])
 def test_local_refuses_what_one_rank_cannot_do(inputs, tmp_path, workers, stage, message):
@@ -112,3 +112,50 @@ def test_local_refuses_what_one_rank_cannot_do(inputs, tmp_path, workers, stage,
         api.run(cfg, "all")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
     assert not os.path.exists(cfg.output) and not os.path.exists(cfg.model)  # refused before init and prepare
+
+
+def test_workers_block_has_the_shared_execution_fields_and_still_reads_the_old_names(inputs, tmp_path):
+    from schemas.base import ExecutionOptions
+    from schemas.train import TrainConfig, WorkersConfig
+
+    assert issubclass(WorkersConfig, ExecutionOptions)
+    import yaml
+
+    from pipeline.configargs import load_config
+
+    data = config(inputs, str(tmp_path / "a")).model_dump(mode="json")
+    data["workers"] = {"num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.1}  # a config written before the rename
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    old = load_config(TrainConfig, str(tmp_path / "old.yaml"))
+    new = TrainConfig.from_dict({**data, "workers": {"workers": 2, "cpus": 0.5, "data_cpus": 0.1}})
+    assert old == new and (new.workers.workers, new.workers.cpus, new.workers.executor) == (2, 0.5, "auto")
+    assert TrainConfig.from_yaml_text(old.to_yaml(), "t.yaml") == old  # written with the new names, read back
+    with pytest.raises(ConfigError, match="num_workers is the old name of workers: give one of them"):
+        WorkersConfig.from_dict({"num_workers": 2, "workers": 2})
+    defaults = WorkersConfig()  # an old config without `workers` still trains on one Ray Train worker
+    assert (defaults.executor, defaults.workers, defaults.cpus, defaults.world_size) == ("auto", 1, 1.0, 1)
+
+
+@pytest.mark.parametrize("workers, env, want", [
+    ({}, None, "ray"),  # the default: one Ray Train worker, as before
+    ({"workers": 2}, None, "ray"),
+    ({"workers": 0}, None, "local"),  # no Ray Train workers: this process trains
+    ({"executor": "local"}, "127.0.0.1:6379", "local"),
+    ({"workers": 0}, "127.0.0.1:6379", "workers: 0 means training in this process, but the executor is Ray (a cluster is named)"),
+    ({"workers": 0, "ray_address": "127.0.0.1:6379"}, None, "workers: 0 means training in this process, but the executor is Ray"),
+    ({"executor": "ray", "workers": 0}, None, "workers: 0 means training in this process, but the executor is Ray (executor: ray)"),
+])
+def test_executor_follows_the_shared_rule(inputs, tmp_path, monkeypatch, workers, env, want):
+    from pipeline.train.driver import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    cfg = config(inputs, str(tmp_path / "run"), workers=workers)
+    if want in ("ray", "local"):
+        assert executor(cfg) == want
+        assert cfg.workers.world_size == max(1, cfg.workers.workers)
+    else:
+        with pytest.raises(ConfigError) as err:
+            executor(cfg)
+        assert str(err.value).startswith(want) and "\n" not in str(err.value)

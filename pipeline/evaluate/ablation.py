@@ -400,7 +400,8 @@ def _run_arms(cfg: AblationConfig, shared: Shared, jobs: list[tuple[Arm, dict, f
         return [run_arm(cfg, shared, arm, vocab, scale) for arm, vocab, scale in jobs]
     at_once = arms_at_once(cfg, ray.cluster_resources())
     log.info("%d arms, %d at a time", len(jobs), at_once)
-    task = ray.remote(num_cpus=0, max_retries=0)(_arm_task)
+    # an arm training locally is its own rank and holds its CPUs; else it only drives Ray Train runs
+    task = ray.remote(num_cpus=cfg.workers.cpus if trains_locally(cfg) else 0, max_retries=0)(_arm_task)
     pending = [(i, (cfg.model_dump(mode="json"), shared.__dict__, arm.__dict__, vocab, scale))
                for i, (arm, vocab, scale) in enumerate(jobs)]
     running: dict = {}
@@ -414,13 +415,21 @@ def _run_arms(cfg: AblationConfig, shared: Shared, jobs: list[tuple[Arm, dict, f
     return results
 
 
+def trains_locally(cfg: AblationConfig) -> bool:
+    """Whether each arm's stages train in the arm's own process (`workers.executor` local, or auto with no workers)."""
+    from pipeline import execution
+
+    return execution.plan(cfg.workers).mode == "local"
+
+
 def arms_at_once(cfg: AblationConfig, resources: dict) -> int:
     """Arms whose Ray Train workers and data readers fit in the cluster together. More would deadlock: every
     arm's workers would hold their CPUs while the tasks streaming their sequences wait for one."""
     w = cfg.workers
-    need = {"CPU": w.num_workers * (w.cpus_per_worker + w.data_cpus)}
+    ranks, readers = (1, 0.0) if trains_locally(cfg) else (w.workers, w.data_cpus)  # local: the arm's task is its rank
+    need = {"CPU": ranks * (w.cpus + readers)}
     if w.use_gpu:
-        need["GPU"] = w.num_workers * w.gpus_per_worker
+        need["GPU"] = ranks * w.gpus_per_worker
     fits = [int(resources.get(k, 0.0) // v) for k, v in need.items() if v > 0]
     return max(1, min(fits) if fits else 1)
 

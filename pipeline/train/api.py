@@ -91,13 +91,13 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
     if step == "prepare":
         return summary
     if not local:
-        ensure_ray()
+        ensure_ray(cfg.workers.ray_address)
     for stage in stages:
         summary.results[stage] = driver.run_stage(cfg, stage, hooks=hooks, stats=summary.results["prepare"])
     return summary
 
 
-def ensure_ray() -> None:
+def ensure_ray(address: str | None = None) -> None:
     from pipeline import execution
 
-    execution.ensure_ray()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one
+    execution.ensure_ray(address)  # joins `address` or the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one

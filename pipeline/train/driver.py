@@ -189,17 +189,24 @@ def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
 
 
 def executor(cfg: TrainConfig, stages: tuple[str, ...] = STAGES) -> str:
-    """`local` or `ray` for these stages of `cfg`; the local executor is one rank, so FSDP and more workers refuse it."""
+    """`local` or `ray` for these stages of `cfg` (the shared rule, `execution.plan`); the local executor is one
+    rank, so FSDP and more workers refuse it, and Ray Train needs a worker count."""
+    from pipeline import execution
+
     w = cfg.workers
-    mode = "local" if w.executor == "local" else "ray"
+    mode = execution.plan(w).mode
+    if mode == "ray" and w.workers == 0:
+        raise ConfigError("workers: 0 means training in this process, but the executor is Ray "
+                          f"({'executor: ray' if w.executor == 'ray' else 'a cluster is named'}); set workers >= 1 "
+                          "(Ray Train workers) or executor: local")
     if mode == "local":
-        if w.num_workers > 1:
-            raise ConfigError(f"executor: local trains in this process as one rank; num_workers: {w.num_workers} "
+        if w.workers > 1:
+            raise ConfigError(f"executor: local trains in this process as one rank; workers: {w.workers} "
                               "needs executor: ray (or auto)")
         sharded = [s for s in stages if cfg.stage(s).strategy == "fsdp"]
         if sharded:
             raise ConfigError(f"executor: local is one rank, and strategy: fsdp shards over several ({', '.join(sharded)}); "
-                              "use executor: ray with num_workers >= 2, or strategy: ddp")
+                              "use executor: ray with workers >= 2, or strategy: ddp")
     return mode
 
 
@@ -217,9 +224,9 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
                            scfg.samples, shift_to=cfg.shift_target(stage), block=cfg.shuffle_block)
     log.info("%s: %d samples planned %s (executor %s)", stage, len(plan), plan.counts(), mode)
-    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
+    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.world_size, scfg.max_steps)
     assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
-                               scfg.batch_size, scfg.grad_accum, w.num_workers, geo.steps)
+                               scfg.batch_size, scfg.grad_accum, w.world_size, geo.steps)
     latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
     first_step = latest[0] if latest else 0
     geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
@@ -280,7 +287,7 @@ def _fit_local(cfg: TrainConfig, job: StageJob, assignment, first_step: int) -> 
     world = LocalWorld(job.sequences, assignment.rows[0], assignment.per_step, first_step,
                        torch.device("cuda" if w.use_gpu else "cpu"), cfg.storage)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, math.ceil(w.cpus_per_worker)))
+    torch.set_num_threads(max(1, math.ceil(w.cpus)))
     try:
         return run_loop(job, world)
     finally:
@@ -296,11 +303,11 @@ def _fit_ray(cfg: TrainConfig, stage: str, fingerprint: str, job: StageJob, assi
 
     w = cfg.workers
     datasets = stream.rank_datasets(job.sequences, assignment, first_step, cfg.storage, w.data_cpus)
-    resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
+    resources = {"CPU": w.cpus, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
     storage_path, storage_fs = _ray_storage(cfg)
     trainer = TorchTrainer(
         functools.partial(train_loop, job),
-        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=w.workers, use_gpu=w.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=f"{stage}-{fingerprint}",
             storage_path=storage_path,

@@ -148,7 +148,7 @@ def _resume(run: Run) -> dict:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
     if progress["geometry"] != run.job.geometry:
         raise ValueError(f"cannot resume {stage}: checkpoint batch geometry {progress['geometry']} != now "
-                         f"{run.job.geometry} (same num_workers needed)")
+                         f"{run.job.geometry} (same workers needed)")
     if "scaler" in progress:
         run.scaler.load_state_dict(progress["scaler"])
     log.info("%s: resuming at step %d of %d", stage, progress["step"], run.job.steps)

@@ -41,7 +41,7 @@ def memory_plan(cfg: TrainConfig, gpus: int | None = None, gpu_memory_gib: float
             "checkpointing": cfg.gradient_checkpointing, "unfreeze_fraction": getattr(cfg.stage(s), "unfreeze_fraction", 0.25)}
         for s in STAGES
     }
-    n = gpus or cfg.workers.num_workers
+    n = gpus or cfg.workers.world_size
     rows = memory.plan_table(shape, stages, n, int(gpu_memory_gib * memory.GIB), on_gpu=on_gpu)
     header = (f"model: {shape.params() / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
               f"vocabulary {shape.old_vocab} -> {shape.vocab}, {'tied' if shape.tied else 'untied'}); "
