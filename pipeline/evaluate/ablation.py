@@ -355,7 +355,7 @@ def run_arm(cfg: AblationConfig, shared: Shared, arm: Arm, vocab: dict, scale: f
                          "tokens": int(sum(r["tokens"] for r in steps[s])),
                          "target_tokens": int(sum(r["target_tokens"] for r in steps[s])),
                          "final_loss": done[s].get("final_loss"), "heldout_loss": done[s].get("heldout_loss"),
-                         "fit_seconds": done[s].get("fit_seconds")} for s in STAGES}
+                         "fit_seconds": done[s].get("fit_seconds"), "executor": done[s].get("executor")} for s in STAGES}
     tpi = _tokens_per_image(vocab["tokens"], held_keys)
     own = {k: round(v, 2) for k, v in seconds.items()}
     if arm.budget == "steps":  # the tokens-budget arm reuses the vocabulary of the steps arm with the same M
