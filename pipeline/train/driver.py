@@ -25,7 +25,7 @@ from pipeline import storage
 from pipeline.metrics import StageMetrics
 from pipeline.train.job import Hooks, StageJob
 from pipeline.train.paths import RunPaths
-from schemas.base import ConfigError, InputError
+from schemas.base import ConfigError, InputError, StorageOptions
 from schemas.train import STAGES, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ def base_model(cfg: TrainConfig, stage: str) -> str:
     return cfg.model if i == 0 else RunPaths(cfg.output).model(STAGES[i - 1])
 
 
-def _read_json(path: str) -> dict | None:
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+def _read_json(path: str, options: StorageOptions | None) -> dict | None:
+    return json.loads(storage.read_text(path, options)) if storage.exists(path, options) else None
 
 
 def run_init(cfg: TrainConfig, force: bool = False) -> dict:
@@ -46,29 +46,29 @@ def run_init(cfg: TrainConfig, force: bool = False) -> dict:
 
     if cfg.init is None:
         raise ConfigError("the config has no `init` section")
-    done = _read_json(storage.join(cfg.model, "vbpe_init.json"))
+    done = _read_json(storage.join(cfg.model, "vbpe_init.json"), cfg.storage)
     if done and not force:
         log.info("base model %s exists; skipping init", cfg.model)
         return {**done, "skipped": True}
-    return init_base_model(cfg.init, cfg.model)
+    return init_base_model(cfg.init, cfg.model, cfg.storage)
 
 
-def _tokenizer(model_dir: str):
+def _tokenizer(model_dir: str, options: StorageOptions | None):
     from transformers import AutoTokenizer
 
     from pipeline.storage import local_dir
 
-    with local_dir(model_dir) as d:
+    with local_dir(model_dir, options) as d:
         return AutoTokenizer.from_pretrained(d)
 
 
 def _refuse_stale_stages(cfg: TrainConfig, fingerprint: str) -> None:
     """New inputs must not replace the data that completed stages were trained on."""
     paths = RunPaths(cfg.output)
-    old = _read_json(paths.data.stats)
+    old = _read_json(paths.data.stats, cfg.storage)
     if old is None or old.get("fingerprint") == fingerprint:
         return
-    done = [s for s in STAGES if storage.exists(paths.done(s))]
+    done = [s for s in STAGES if storage.exists(paths.done(s), cfg.storage)]
     if done:
         raise InputError(
             f"the training inputs changed (prepared data {old.get('fingerprint')}, inputs now {fingerprint}) but "
@@ -81,13 +81,14 @@ def run_prepare(cfg: TrainConfig) -> dict:
     from pipeline.train.init import read_layout
     from pipeline.train.prepare import inputs_fingerprint, prepare
 
-    layout = read_layout(cfg.model)
-    tokenizer = _tokenizer(cfg.model)
-    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer)
+    layout = read_layout(cfg.model, cfg.storage)
+    tokenizer = _tokenizer(cfg.model, cfg.storage)
+    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer, cfg.storage)
     _refuse_stale_stages(cfg, fingerprint)
     files = RunPaths(cfg.output).data
-    with StageMetrics("train.prepare", files.metrics) as m:
-        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model))
+    with StageMetrics("train.prepare", files.metrics, storage_options=cfg.storage) as m:
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model),
+                        cfg.storage)
         m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
         m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
               reused=bool(stats.get("reused")))
@@ -97,12 +98,12 @@ def run_prepare(cfg: TrainConfig) -> dict:
 def _base_identity(cfg: TrainConfig, stage: str) -> str:
     i = STAGES.index(stage)
     if i > 0:
-        prev = _read_json(RunPaths(cfg.output).done(STAGES[i - 1]))
+        prev = _read_json(RunPaths(cfg.output).done(STAGES[i - 1]), cfg.storage)
         if prev is None:
             raise InputError(f"{STAGES[i - 1]} has not completed in {cfg.output}; run it before {stage}")
         return prev["fingerprint"]
-    parts = [storage.read_text(storage.join(cfg.model, name)) for name in ("config.json", "layout.yaml", "vbpe_init.json")
-             if storage.exists(storage.join(cfg.model, name))]
+    parts = [storage.read_text(storage.join(cfg.model, name), cfg.storage)
+             for name in ("config.json", "layout.yaml", "vbpe_init.json") if storage.exists(storage.join(cfg.model, name), cfg.storage)]
     if len(parts) < 2:
         raise ConfigError(f"{cfg.model} is not a model written by `vbpe train init` (config.json + layout.yaml needed)")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -140,11 +141,9 @@ def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: d
     worker loop (tests).
     """
     paths = RunPaths(cfg.output)
-    if cfg.storage:
-        storage.set_default_storage(cfg.storage)
     stats = stats or run_prepare(cfg)
     fingerprint = stage_fingerprint(cfg, stage, stats["fingerprint"])
-    done = _read_json(paths.done(stage))
+    done = _read_json(paths.done(stage), cfg.storage)
     if done is not None:
         if done["fingerprint"] != fingerprint:
             raise ConfigError(
@@ -153,7 +152,7 @@ def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: d
             )
         log.info("%s already complete (%s); skipping", stage, fingerprint)
         return {**done, "skipped": True}
-    with StageMetrics(f"train.{stage}", paths.stage_metrics(stage)) as m:
+    with StageMetrics(f"train.{stage}", paths.stage_metrics(stage), storage_options=cfg.storage) as m:
         summary = _fit(cfg, stage, fingerprint, hooks or Hooks())
         m.add(rows_in=summary["samples_consumed"], rows_out=summary["samples_consumed"])  # samples trained on
         m.set(**{k: summary[k] for k in ("samples_planned", "steps", "final_loss", "heldout_loss", "resumed_from_step",
@@ -170,7 +169,7 @@ def _job(cfg: TrainConfig, stage: str, fingerprint: str, schedule: dict, hooks: 
     from pipeline.train.init import read_layout
 
     paths = RunPaths(_absolute(cfg.output))
-    layout = read_layout(cfg.model)
+    layout = read_layout(cfg.model, cfg.storage)
     settings = cfg.stage(stage)
     return StageJob(
         stage=stage, settings=settings, fingerprint=fingerprint,
@@ -218,7 +217,7 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     paths = RunPaths(cfg.output)
     scfg, w = cfg.stage(stage), cfg.workers
     mode = executor(cfg, (stage,))
-    with storage.open_file(paths.data.sequences) as f:
+    with storage.open_file(paths.data.sequences, options=cfg.storage) as f:
         columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
     categories = columns.column("category").to_numpy(zero_copy_only=False)
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
@@ -227,12 +226,12 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
     geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.world_size, scfg.max_steps)
     assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
                                scfg.batch_size, scfg.grad_accum, w.world_size, geo.steps)
-    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
+    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint), cfg.storage).latest()
     first_step = latest[0] if latest else 0
     geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
                 "global_batch": geo.global_batch, "steps": geo.steps, "plan": len(plan)}
     if first_step:
-        _check_resumable(stage, latest[1], geometry)
+        _check_resumable(stage, latest[1], geometry, cfg.storage)
         log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
     job = _job(cfg, stage, fingerprint, {"steps": geo.steps, "targets": assignment.targets, "geometry": geometry,
                                          "first_step": first_step}, hooks)
@@ -256,16 +255,16 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         "consumed_per_category": plan.counts(consumed),
         "fit_seconds": time.time() - t0,
     }
-    storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
+    storage.write_text(paths.done(stage), json.dumps(summary, indent=1), cfg.storage)
     log.info("%s complete in %.1f s: final loss %s", stage, summary["fit_seconds"], summary.get("final_loss"))
     return summary
 
 
-def _check_resumable(stage: str, checkpoint: str, geometry: dict) -> None:
+def _check_resumable(stage: str, checkpoint: str, geometry: dict, options: StorageOptions | None) -> None:
     """Before any worker starts: a checkpoint made with another batch geometry (e.g. another worker count) cannot resume."""
     from pipeline.train.state import read_state
 
-    saved = read_state(checkpoint).get("geometry")
+    saved = read_state(checkpoint, options).get("geometry")
     if saved is not None and saved != geometry:
         raise ConfigError(f"cannot resume {stage} from {checkpoint}: it was trained with world size {saved.get('world_size')} "
                           f"(global batch {saved.get('global_batch')}), now {geometry['world_size']} "

@@ -52,7 +52,7 @@ def _optimizer(params: list[tuple[str, "nn.Parameter"]], settings) -> "torch.opt
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
 
 
-def _load_model(base: str, precision: str, device, gradient_checkpointing: bool):
+def _load_model(base: str, precision: str, device, gradient_checkpointing: bool, options=None):
     """The model to train (fp32 master weights unless pure bf16) and the dtype its checkpoint was saved in."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -62,7 +62,7 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
 
     hf_logging.disable_progress_bar()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    with local_dir(base) as d:
+    with local_dir(base, options) as d:
         saved_dtype = AutoConfig.from_pretrained(d).dtype or torch.float32
         model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
     model.config.use_cache = False
@@ -72,10 +72,10 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
     return model.to(device), saved_dtype
 
 
-def _write_metrics(path: str, rows: list[dict]) -> None:
+def _write_metrics(path: str, rows: list[dict], options=None) -> None:
     from pipeline import storage
 
-    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows), options)
 
 
 @dataclass
@@ -100,18 +100,15 @@ class Run:
 def _setup(job: StageJob, world: "World") -> tuple[Run, "torch.dtype"]:
     import torch
 
-    from pipeline import storage
     from pipeline.train import parallel
     from pipeline.train.freeze import apply_stage
 
-    if job.storage:
-        storage.set_default_storage(job.storage)
     rank, size, device = world.rank, world.size, world.device
     precision = _resolve_precision(job.precision, device.type == "cuda")
     if device.type == "cuda" and job.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing)
+    model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing, job.storage)
     stage_plan = apply_stage(model, job.stage, job.n_old, job.unfreeze_fraction)
     net = parallel.wrap(model, job.strategy, size, device, precision, job.cpu_offload)
     params = stage_plan.trainable()  # after wrapping: FSDP replaces parameters by sharded ones
@@ -140,10 +137,10 @@ def _resume(run: Run) -> dict:
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": run.job.geometry}
-    latest = CheckpointStore(run.job.checkpoints).latest()
+    latest = CheckpointStore(run.job.checkpoints, run.job.storage).latest()
     if latest is None:
         return progress
-    progress = ckpt.load(latest[1], run.params, run.optimizer)
+    progress = ckpt.load(latest[1], run.params, run.optimizer, run.job.storage)
     if progress["fingerprint"] != fingerprint:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
     if progress["geometry"] != run.job.geometry:
@@ -212,11 +209,11 @@ def _checkpoint(run: Run, progress: dict) -> str:
 
     if run.scaler.is_enabled():
         progress["scaler"] = run.scaler.state_dict()
-    store = CheckpointStore(run.job.checkpoints)
+    store = CheckpointStore(run.job.checkpoints, run.job.storage)
     path = store.save(progress["step"], run.rank, lambda d: ckpt.save(d, run.params, run.optimizer, progress, run.rank),
                       lambda: _barrier(run))
     if run.rank == 0:
-        _write_metrics(run.job.steps_path, progress["metrics"])
+        _write_metrics(run.job.steps_path, progress["metrics"], run.job.storage)
         store.prune(run.job.keep_checkpoints)
     run.job.hooks.after_checkpoint(run.job.stage, progress["step"], run.rank)
     return path
@@ -236,9 +233,10 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     from pipeline.train.loss import token_loss_sum
     from pipeline.train.stream import collate, read_rows
 
-    if not storage.exists(path):
+    options = run.job.storage
+    if not storage.exists(path, options):
         return None, 0
-    with storage.open_file(path) as f:
+    with storage.open_file(path, options=options) as f:
         n = pq.ParquetFile(f).metadata.num_rows
     if n == 0:
         return None, 0
@@ -250,7 +248,7 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     with torch.no_grad():
         for b in range(n_batches):
             rows = mine[b * batch_size : (b + 1) * batch_size]
-            table = read_rows(path, rows if len(rows) else np.zeros(1, np.int64))
+            table = read_rows(path, rows if len(rows) else np.zeros(1, np.int64), options)
             batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("input_ids", "labels")}
             ids, mask, labels = (torch.from_numpy(a).to(run.device) for a in collate(batch, run.job.pad_id, IGNORE))
             with run.autocast:
@@ -356,9 +354,9 @@ def run_loop(job: StageJob, world: "World") -> dict:
         "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,
         "worker_peak_rss_bytes": peak,
-        "checkpoint": checkpoint or CheckpointStore(job.checkpoints).path(steps),
+        "checkpoint": checkpoint or CheckpointStore(job.checkpoints, job.storage).path(steps),
     }
-    _write_metrics(job.steps_path, progress["metrics"])
-    save_model(full, job.n_old, saved_dtype, job.base_model, job.output_model, info)
+    _write_metrics(job.steps_path, progress["metrics"], job.storage)
+    save_model(full, job.n_old, saved_dtype, job.base_model, job.output_model, info, job.storage)
     log.info("%s: done (%d steps), model in %s", stage, steps, job.output_model)
     return info
