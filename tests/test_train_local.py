@@ -65,6 +65,8 @@ def test_local_stage_trains_checkpoints_scores_and_exports(local_run, inputs):
     assert run_stage(cfg, "stage1")["skipped"] is True
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_local_and_one_ray_worker_train_on_the_same_rows_with_the_same_losses(local_run, fast_ray, inputs, tmp_path):
     cfg, local, local_batches = local_run
     (tmp_path / "batches").mkdir()
