@@ -148,7 +148,7 @@ def test_workers_block_has_the_shared_execution_fields_and_still_reads_the_old_n
     ({"executor": "ray", "workers": 0}, None, "workers: 0 means training in this process, but the executor is Ray (executor: ray)"),
 ])
 def test_executor_follows_the_shared_rule(inputs, tmp_path, monkeypatch, workers, env, want):
-    from pipeline.train.driver import executor
+    from pipeline.train.executors import executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if env:

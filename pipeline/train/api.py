@@ -73,12 +73,12 @@ class TrainSummary:
 
 
 def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=None) -> TrainSummary:
-    from pipeline.train import driver
+    from pipeline.train import driver, executors
 
     if step not in STEPS:
         raise ConfigError(f"unknown train step {step!r}; expected one of {', '.join(STEPS)}")
     stages = STAGES if step == "all" else tuple(s for s in STAGES if s == step)
-    local = driver.executor(cfg, stages) == "local"  # refuses what one local rank cannot do before anything runs
+    local = executors.executor(cfg, stages) == "local"  # refuses what one local rank cannot do before anything runs
     summary = TrainSummary(step)
     if step in ("init", "all") and (step == "init" or cfg.init is not None):
         summary.results["init"] = driver.run_init(cfg, force=force_init)

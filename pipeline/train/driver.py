@@ -1,4 +1,4 @@
-"""Driver side: prepare data once, then one Ray Train `TorchTrainer` run per stage.
+"""Driver side: prepare data once, then one fit per stage (a Ray Train run, or local: executors.py).
 
 The run directory's files are named in `pipeline/train/paths.py`. Preparation and every stage
 record their run metrics (`pipeline.metrics.StageMetrics`) next to their outputs.
@@ -10,13 +10,11 @@ fingerprint (a changed config starts a new Ray run instead of resuming an incomp
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -116,26 +114,8 @@ def stage_fingerprint(cfg: TrainConfig, stage: str, data_fingerprint: str) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
-    """RunConfig(storage_path, storage_filesystem): S3 with a custom endpoint needs an explicit pyarrow filesystem."""
-    path = storage.join(cfg.output, "ray")
-    if not storage.is_remote(path):
-        os.makedirs(path, exist_ok=True)
-        return os.path.abspath(path), None
-    opts = cfg.storage
-    endpoint = (opts.endpoint_url if opts else None) or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint:
-        return path, None
-    import pyarrow.fs as pafs
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    fs = pafs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme or "https", region=(opts.region if opts else None) or "us-east-1")
-    return path.split("://", 1)[1], fs
-
-
 def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: dict | None = None) -> dict:
-    """Train one stage on Ray Train (or skip it when already complete).
+    """Train one stage (or skip it when already complete).
 
     `stats`: what run_prepare returned for this config (else it runs here); `hooks` reach into the
     worker loop (tests).
@@ -187,36 +167,14 @@ def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
     return storage.join(RunPaths(_absolute(cfg.output)).ray, f"{stage}-{fingerprint}")
 
 
-def executor(cfg: TrainConfig, stages: tuple[str, ...] = STAGES) -> str:
-    """`local` or `ray` for these stages of `cfg` (the shared rule, `execution.plan`); the local executor is one
-    rank, so FSDP and more workers refuse it, and Ray Train needs a worker count."""
-    from pipeline import execution
-
-    w = cfg.workers
-    mode = execution.plan(w).mode
-    if mode == "ray" and w.workers == 0:
-        raise ConfigError("workers: 0 means training in this process, but the executor is Ray "
-                          f"({'executor: ray' if w.executor == 'ray' else 'a cluster is named'}); set workers >= 1 "
-                          "(Ray Train workers) or executor: local")
-    if mode == "local":
-        if w.workers > 1:
-            raise ConfigError(f"executor: local trains in this process as one rank; workers: {w.workers} "
-                              "needs executor: ray (or auto)")
-        sharded = [s for s in stages if cfg.stage(s).strategy == "fsdp"]
-        if sharded:
-            raise ConfigError(f"executor: local is one rank, and strategy: fsdp shards over several ({', '.join(sharded)}); "
-                              "use executor: ray with workers >= 2, or strategy: ddp")
-    return mode
-
-
 def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
-    from pipeline.train import curriculum, stream
+    from pipeline.train import curriculum, executors, stream
     from pipeline.train.batches import Geometry
     from pipeline.train.checkpoints import CheckpointStore
 
     paths = RunPaths(cfg.output)
     scfg, w = cfg.stage(stage), cfg.workers
-    mode = executor(cfg, (stage,))
+    mode = executors.executor(cfg, (stage,))
     with storage.open_file(paths.data.sequences, options=cfg.storage) as f:
         columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
     categories = columns.column("category").to_numpy(zero_copy_only=False)
@@ -237,9 +195,9 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
                                          "first_step": first_step}, hooks)
     t0 = time.time()
     if mode == "local":
-        info = _fit_local(cfg, job, assignment, first_step)
+        info = executors.fit_local(cfg, job, assignment, first_step)
     else:
-        info = _fit_ray(cfg, stage, fingerprint, job, assignment, first_step)
+        info = executors.fit_ray(cfg, f"{stage}-{fingerprint}", job, assignment, first_step)
     consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
     summary = {
         **info,
@@ -269,51 +227,3 @@ def _check_resumable(stage: str, checkpoint: str, geometry: dict, options: Stora
         raise ConfigError(f"cannot resume {stage} from {checkpoint}: it was trained with world size {saved.get('world_size')} "
                           f"(global batch {saved.get('global_batch')}), now {geometry['world_size']} "
                           f"({geometry['global_batch']}); use the same workers, or a new output directory")
-
-
-def _fit_local(cfg: TrainConfig, job: StageJob, assignment, first_step: int) -> dict:
-    """The stage's loop in this process as the only rank, with `cpus` torch threads (what a Ray worker gets)."""
-    import math
-
-    import torch
-
-    from pipeline.train.loop import run_loop
-    from pipeline.train.world import LocalWorld
-
-    w = cfg.workers
-    if w.use_gpu and not torch.cuda.is_available():
-        raise ConfigError("workers.use_gpu is true but this process sees no GPU (executor: local)")
-    world = LocalWorld(job.sequences, assignment.rows[0], assignment.per_step, first_step,
-                       torch.device("cuda" if w.use_gpu else "cpu"), cfg.storage)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, math.ceil(w.cpus)))
-    try:
-        return run_loop(job, world)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_ray(cfg: TrainConfig, stage: str, fingerprint: str, job: StageJob, assignment, first_step: int) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.train import stream
-    from pipeline.train.loop import train_loop
-
-    w = cfg.workers
-    datasets = stream.rank_datasets(job.sequences, assignment, first_step, cfg.storage, w.data_cpus)
-    resources = {"CPU": w.cpus, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
-    storage_path, storage_fs = _ray_storage(cfg)
-    trainer = TorchTrainer(
-        functools.partial(train_loop, job),
-        scaling_config=ScalingConfig(num_workers=w.workers, use_gpu=w.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=f"{stage}-{fingerprint}",
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=w.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=stream.data_config(),
-    )
-    return dict(trainer.fit().return_value or {})
