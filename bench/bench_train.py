@@ -56,8 +56,8 @@ def strategies(out: str, steps: int, gpus: int = 0) -> dict:
                  "checkpoint_every": 10_000}
         cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"run-{strategy}"),
                                      "stage1": {**stage, "max_steps": 1}, "stage2": {**stage, "max_steps": 1}, "stage3": stage,
-                                     "workers": ({"num_workers": gpus, "use_gpu": True} if gpus
-                                                 else {"num_workers": 2, "cpus_per_worker": 0.75})})
+                                     "workers": ({"workers": gpus, "use_gpu": True} if gpus
+                                                 else {"workers": 2, "cpus": 0.75})})
         summary = api.run(cfg, "all").results["stage3"]
         rows = _steady([json.loads(line) for line in open(summary["metrics"])])
         workers = gpus or 2

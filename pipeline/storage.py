@@ -100,19 +100,10 @@ def _session(max_attempts: int):
     return _sessions[max_attempts]
 
 
-_default_options: StorageOptions | None = None
-
-
-def set_default_storage(options: StorageOptions | None) -> None:
-    """Deprecated: pass `options` per call. Kept only until train, report and the vocabulary file do."""
-    global _default_options
-    _default_options = options
-
-
 def _options(path: str, options: StorageOptions | None) -> StorageOptions:
-    if options is not None:
-        return options
-    return _default_options or StorageOptions()
+    """The caller's options; without them, the defaults (AWS_* variables). There is no process-wide default:
+    every stage passes its config's `storage` on every call."""
+    return options if options is not None else StorageOptions()
 
 
 def get_fs(path: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:

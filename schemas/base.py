@@ -6,7 +6,7 @@ can import these classes without a cycle.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -119,11 +119,18 @@ class ExecutionOptions(Config):
     cpus: float = Field(1.0, gt=0, description="CPUs each Ray worker reserves")
     ray_address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a private local one)")
 
+    renamed: ClassVar[dict[str, str]] = _EXECUTION_ALIASES  # old name -> field; a subclass may name its own
+
     @model_validator(mode="before")
     @classmethod
     def _old_names(cls, data: Any) -> Any:
+        return cls.canonical(data)
+
+    @classmethod
+    def canonical(cls, data: Any) -> Any:
+        """`data` with the old names of fields replaced by the fields' names (both given: an error)."""
         if isinstance(data, dict):
-            for old, new in _EXECUTION_ALIASES.items():
+            for old, new in cls.renamed.items():
                 if old in data and old not in cls.model_fields:
                     if new in data:
                         raise ValueError(f"{old} is the old name of {new}: give one of them")

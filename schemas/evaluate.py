@@ -3,7 +3,7 @@
 To run it bigger (a GPU cluster): more and larger scenes (`scenes.images`, `scenes.image_size`), a
 real VQ-GAN (`quantizer: {kind: taming|chameleon, ...}`), a real LLM (`llm.source: /models/...`),
 more merges (`merges: [1024, 8192]`), the authors' stage settings (`stage1..3`, see schemas/train.py)
-and `workers: {num_workers: 8, use_gpu: true}`.
+and `workers: {workers: 8, use_gpu: true}`.
 """
 from __future__ import annotations
 
@@ -86,8 +86,7 @@ class AblationConfig(Config):
                                         checkpoint_every=100_000, log_every=100)
     max_length: int = Field(1024, gt=2)
     # 0.75 + 0.25 (the reader streaming each worker's sequences): two arms side by side on 2 cores
-    workers: WorkersConfig = WorkersConfig(num_workers=1, cpus_per_worker=0.75, data_cpus=0.25, max_failures=1,
-                                           keep_checkpoints=1)
+    workers: WorkersConfig = WorkersConfig(workers=1, cpus=0.75, data_cpus=0.25, max_failures=1, keep_checkpoints=1)
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     eval_batch_size: int = Field(64, ge=1)
@@ -104,7 +103,10 @@ class AblationConfig(Config):
             for name in PRESET_SECTIONS:
                 given = data.get(name)
                 if isinstance(given, dict):
-                    data[name] = {**cls.model_fields[name].default.model_dump(exclude_unset=True), **given}
+                    preset = cls.model_fields[name].default
+                    if hasattr(preset, "canonical"):  # old field names given onto the preset's new ones
+                        given = preset.canonical(given)
+                    data[name] = {**preset.model_dump(exclude_unset=True), **given}
         return data
 
     @field_validator("merges")

@@ -6,12 +6,12 @@ decay, bf16, gradient checkpointing. Mixtures follow the paper (FD/PD/RD/ID).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import Config, StorageOptions
+from schemas.base import Config, ExecutionOptions, StorageOptions
 
 CATEGORIES = ("foundation", "perception", "reasoning", "instruction")
 CATEGORY_ALIASES = {"fd": "foundation", "pd": "perception", "rd": "reasoning", "id": "instruction"}
@@ -174,16 +174,34 @@ class FsdpConfig(Config):
     cpu_offload: bool = Field(False, description="keep parameter, gradient and optimizer shards in host memory between uses")
 
 
-class WorkersConfig(Config):
-    num_workers: int = Field(1, gt=0)
+class WorkersConfig(ExecutionOptions):
+    """Where the stages train: the execution fields every stage has (schemas.base.ExecutionOptions, same names and
+    meaning) plus train's own.
+
+    executor: `ray` (a Ray Train run of `workers` workers), `local` (this process is the only rank: no Ray Train,
+    no Ray Data, no torch.distributed; DDP with one worker), `auto` = Ray when `workers` > 0 or a cluster is
+    named (`ray_address`, RAY_ADDRESS), else local. `workers` is the world size (the global batch depends on
+    it); `workers: 0` means no Ray Train workers, i.e. local (on Ray it is refused: Ray Train needs a count).
+    `cpus`: CPUs per worker (local: the torch threads of the one rank). Old names `num_workers` and
+    `cpus_per_worker` are still accepted.
+    """
+
+    renamed: ClassVar[dict[str, str]] = {"num_workers": "workers", "cpus_per_worker": "cpus"}
+
+    workers: int = Field(1, ge=0, description="Ray Train workers (the world size); 0: train in this process (local)")
+    cpus: float = Field(1.0, gt=0, description="CPUs per worker (local: torch threads)")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
     data_cpus: float = Field(
         0.25, ge=0, description="CPUs per Ray Data task reading a worker's sequences (leave this much free beside the workers)"
     )
     gpus_per_worker: float = Field(1.0, ge=0)
-    max_failures: int = Field(2, ge=-1, description="automatic restarts from the last checkpoint; -1 = unlimited")
+    max_failures: int = Field(2, ge=-1, description="automatic restarts from the last checkpoint (Ray); -1 = unlimited")
     keep_checkpoints: int = Field(2, gt=0)
+
+    @property
+    def world_size(self) -> int:
+        """Ranks a run of these settings has (local: one)."""
+        return max(1, self.workers)
 
 
 class TrainConfig(Config):

@@ -1,6 +1,8 @@
 """A miniature of `vbpe eval ablation`, end to end on a real local Ray: scenes -> k-means -> grids -> two
-vocabularies -> tokens -> tiny LLM -> three Ray Train stages per arm -> held-out scores -> ablation.json.
-Then `vbpe train eval` on one arm's run, as a user would after training."""
+vocabularies -> tokens -> tiny LLM -> three train stages per arm -> held-out scores -> ablation.json.
+Then `vbpe train eval` on one arm's run, as a user would after training. The arms train with the local
+executor (each arm's task is its one rank): Ray Train's start-up would cost more than the tiny fits, and
+the local and Ray executors give the same losses (tests/test_train_local.py); the CPU preset keeps Ray Train."""
 from __future__ import annotations
 
 import json
@@ -30,6 +32,7 @@ MINI = {
     "stage2": {"max_steps": 2, "batch_size": 4, "lr": 1e-3},
     "stage3": {"max_steps": 2, "batch_size": 4, "lr": 1e-3},
     "eval_batch_size": 32,
+    "workers": {"executor": "local"},
 }
 
 
@@ -63,6 +66,7 @@ def test_ablation_json_has_both_arms_with_finite_heldout_figures(ablation):
         for t in h["by_type"].values():
             assert _finite(t["answer_loss"]) and _finite(t["answer_accuracy"])
         assert set(a["by_model"]) == {"base", "stage1", "stage2", "stage3"}
+    assert all(a["stages"][s]["executor"] == "local" for a in arms.values() for s in ("stage1", "stage2", "stage3"))
     assert saved["seed"] == 0 and saved["heldout_keys"] > 0 and saved["train_keys"] > 0
     assert saved["heldout_keys"] + saved["train_keys"] == 60
     # same budget in steps; BPE sequences are shorter, so fewer tokens
@@ -195,7 +199,10 @@ def test_arms_at_once_leave_room_for_the_readers_of_every_running_arm():
     from schemas.evaluate import AblationConfig
 
     preset = AblationConfig()
+    assert preset.workers.executor == "auto" and preset.workers.workers == 1  # the CPU preset trains on Ray Train
     assert arms_at_once(preset, {"CPU": 2.0}) == 2  # 0.75 + 0.25 each
+    local = AblationConfig.from_dict({"workers": {"executor": "local", "cpus": 1.0}})
+    assert arms_at_once(local, {"CPU": 2.0}) == 2  # an arm training here is its one rank, with no readers
     # a whole core per worker: a second arm's workers would take the CPU the first arm's reader needs
     assert arms_at_once(AblationConfig.from_dict({"workers": {"cpus_per_worker": 1.0}}), {"CPU": 2.0}) == 1
     gpu = AblationConfig.from_dict({"workers": {"use_gpu": True, "num_workers": 4, "cpus_per_worker": 4}})

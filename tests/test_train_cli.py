@@ -42,6 +42,18 @@ def test_init_and_prepare_from_yaml(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("vbpe train: error: invalid config") and "stage2.unfreeze_fraction" in err and "Traceback" not in err
 
+    path.write_text(yaml.safe_dump({**config, "workers": {"executor": "local"}, "stage3": {"strategy": "fsdp"}}))
+    assert vbpe(["train", "all", "--config", str(path)]) == 2  # refused before anything runs
+    err = capsys.readouterr().err
+    assert err.startswith("vbpe train: error: executor: local is one rank, and strategy: fsdp shards over several (stage3)")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run" / "stage1").exists()
+
+    path.write_text(yaml.safe_dump({**config, "workers": {"workers": 0}, "stage1": {"max_steps": 2, "checkpoint_every": 1}}))
+    assert vbpe(["train", "stage1", "--config", str(path)]) == 0  # workers: 0 trains here, without Ray
+    out = json.loads(capsys.readouterr().out)
+    assert out["executor"] == "local" and out["steps"] == 2 and out["geometry"]["world_size"] == 1
+    assert (tmp_path / "run" / "stage1" / "model" / "model.safetensors").exists()
+
 
 def test_plan_reads_the_model_config_only(tmp_path, capsys):
     """`vbpe train plan` needs config.json and the layout, no weights, and names what fits."""

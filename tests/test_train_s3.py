@@ -19,23 +19,26 @@ from schemas.train import CATEGORIES, TrainConfig
 
 @pytest.fixture(scope="module")
 def s3():
-    """Credentials go into the environment before Ray starts so that its workers inherit them."""
+    """Credentials go into the environment before Ray starts so that its workers inherit them; the endpoint
+    does not: it reaches every call (driver and workers) only through the config's StorageOptions."""
     with moto_s3("vbpe-train") as endpoint:
-        options = StorageOptions(endpoint_url=endpoint)
-        storage.set_default_storage(options)
-        yield options
-        storage.set_default_storage(None)
+        hidden = {k: os.environ.pop(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if k in os.environ}
+        try:
+            yield StorageOptions(endpoint_url=endpoint)
+        finally:
+            os.environ.update(hidden)
+
 
 def test_directories_round_trip(s3, tmp_path):
     (tmp_path / "src" / "sub").mkdir(parents=True)
     (tmp_path / "src" / "a.txt").write_text("a")
     (tmp_path / "src" / "sub" / "b.txt").write_text("b")
     for _ in range(2):  # publishing twice replaces, never nests
-        publish_dir(str(tmp_path / "src"), "s3://vbpe-train/dir")
-    with local_dir("s3://vbpe-train/dir") as d:
+        publish_dir(str(tmp_path / "src"), "s3://vbpe-train/dir", s3)
+    with local_dir("s3://vbpe-train/dir", s3) as d:
         assert sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs) == ["a.txt", "sub/b.txt"]
     with pytest.raises(FileNotFoundError):
-        with local_dir("s3://vbpe-train/nothing"):
+        with local_dir("s3://vbpe-train/nothing", s3):
             pass
 
 
@@ -59,16 +62,17 @@ def test_stage_on_s3(s3, ray_local, tmp_path, monkeypatch):
         "precision": "bf16-mixed",
         "storage": s3.model_dump(),
     })
+    assert "AWS_ENDPOINT_URL" not in os.environ  # the moto endpoint is known only to the config's storage options
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # read when the trainer starts
     run_init(cfg)
     summary = run_stage(cfg, "stage1")
     assert summary["steps"] == 5 and summary["precision"] == "bf16-mixed" and summary["checkpoint"].startswith("s3://vbpe-train/run/ray/stage1-")
-    fs, _ = storage.get_fs("s3://vbpe-train")
+    fs, _ = storage.get_fs("s3://vbpe-train", s3)
     files = set(fs.find("vbpe-train/run"))
     assert {"vbpe-train/run/stage1/model/model.safetensors", "vbpe-train/run/stage1/done.json", "vbpe-train/run/data/sequences.parquet"} <= files
     shards = [f for f in files if "/checkpoint-step-" in f and f.endswith(".safetensors")]
     assert shards and any(f.endswith("/COMPLETE.json") for f in files)
-    rows = storage.read_text("s3://vbpe-train/run/stage1/metrics.jsonl").splitlines()
+    rows = storage.read_text("s3://vbpe-train/run/stage1/metrics.jsonl", s3).splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert run_stage(cfg, "stage1")["skipped"]
 
@@ -88,13 +92,13 @@ def test_sharded_checkpoint_loads_straight_from_s3(s3, tmp_path):
     model(input_ids=torch.randint(0, len(tok), (2, 9)), labels=torch.randint(0, len(tok), (2, 9))).loss.backward()
     opt.step()
     ckpt.save(str(tmp_path / "ckpt"), params, opt, {"step": 1}, rank=0)
-    fs, _ = storage.get_fs("s3://vbpe-train")
+    fs, _ = storage.get_fs("s3://vbpe-train", s3)
     for name in os.listdir(tmp_path / "ckpt"):
         fs.put_file(str(tmp_path / "ckpt" / name), f"vbpe-train/ckpt/{name}")
     other = tiny.build_model(str(tmp_path / "src2"), len(tok), layers=2, seed=1)
     params2 = apply_stage(other, "stage2", len(tok) - 4).trainable()
     opt2 = torch.optim.AdamW([p for _, p in params2], lr=1e-2)
-    assert ckpt.load("s3://vbpe-train/ckpt", params2, opt2) == {"step": 1}
+    assert ckpt.load("s3://vbpe-train/ckpt", params2, opt2, s3) == {"step": 1}
     for (name, a), (_, b) in zip(params, params2):
         assert torch.equal(a, b), name
         for key in ("exp_avg", "exp_avg_sq", "step"):

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from schemas.base import ConfigError, InputError
+from schemas.base import ConfigError, InputError, StorageOptions
 from schemas.evaluate import AblationConfig
 from schemas.scenes import ScenesConfig
 from schemas.train import CATEGORIES, STAGES
@@ -48,14 +48,15 @@ FIT_SEED_OFFSET = 1_000_003  # the quantizer is fitted on other scenes than the 
 class Timings:
     """Seconds each part took when it did its work, kept across re-runs (a resumed part keeps its time)."""
 
-    def __init__(self, out: str):
-        self.path = storage.join(out, "timings.json")
-        self.data: dict[str, float] = json.loads(storage.read_text(self.path)) if storage.exists(self.path) else {}
+    def __init__(self, out: str, options: StorageOptions | None = None):
+        self.path, self.options = storage.join(out, "timings.json"), options
+        self.data: dict[str, float] = (json.loads(storage.read_text(self.path, options))
+                                       if storage.exists(self.path, options) else {})
 
     def record(self, key: str, seconds: float, did_work: bool) -> float:
         if did_work or key not in self.data:
             self.data[key] = round(seconds, 2)
-            storage.write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+            storage.write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n", self.options)
         return self.data[key]
 
 
@@ -67,14 +68,14 @@ def check_run_directory(cfg: AblationConfig) -> None:
     """A run directory holds one experiment: refuse other settings (arms may be added)."""
     path = storage.join(cfg.out, "ablation.config.json")
     mine = cfg.model_dump(mode="json", exclude=_EXTENSIBLE)
-    if storage.exists(path):
-        old = json.loads(storage.read_text(path))
+    if storage.exists(path, cfg.storage):
+        old = json.loads(storage.read_text(path, cfg.storage))
         changed = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
         if changed:
             raise ConfigError(f"{cfg.out} holds an ablation run with other settings ({', '.join(changed)}); "
                               "use a new --out (only merges, budgets, eval_batch_size and parallel_arms may change)")
         return
-    storage.write_text(path, json.dumps(mine, indent=1) + "\n")
+    storage.write_text(path, json.dumps(mine, indent=1) + "\n", cfg.storage)
 
 
 @dataclass
@@ -142,20 +143,20 @@ def _quantizer(cfg: AblationConfig, out: str):
         patch_size=k.patch_size, codebook_size=k.codebook_size, resample="nearest", fit_images=k.fit_images,
         fit_patches=k.fit_patches, fit_iterations=k.fit_iterations, seed=cfg.seed,
     )
-    if not storage.exists(q.codebook):
+    if not storage.exists(q.codebook, cfg.storage):
         spec = cfg.scenes.model_dump(mode="json")
         spec.update(seed=cfg.scenes.seed + FIT_SEED_OFFSET, images=k.fit_images, shards=1,
                     conversations={"foundation": 1, "perception": 0, "reasoning": 0, "instruction": 0})
-        fit = generate(ScenesConfig(out=storage.join(out, "quantizer", "fit-scenes"), **spec))
-        ensure_codebook(q, fit["shards"], IngestOptions(), None)
+        fit = generate(ScenesConfig(out=storage.join(out, "quantizer", "fit-scenes"), **spec, **_storage(cfg)))
+        ensure_codebook(q, fit["shards"], IngestOptions(), cfg.storage)
     return q
 
 
-def _records(conversations: str):
+def _records(conversations: str, options: StorageOptions | None):
     from pipeline.train.records import read_records
     from schemas.train import ConversationSource
 
-    records, rejects = read_records([ConversationSource(path=conversations)])
+    records, rejects = read_records([ConversationSource(path=conversations)], options=options)
     if rejects:
         raise InputError(f"{conversations}: {len(rejects)} records could not be read (first: {rejects[0].reason})")
     return records
@@ -179,11 +180,11 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
 
     seconds = {}
     t = time.time()
-    corpus = generate(ScenesConfig(out=storage.join(cfg.out, "corpus"), **cfg.scenes.model_dump(mode="json")))
+    corpus = generate(ScenesConfig(out=storage.join(cfg.out, "corpus"), **cfg.scenes.model_dump(mode="json"), **_storage(cfg)))
     seconds["scenes"] = timings.record("scenes", time.time() - t, not corpus.get("reused"))
 
     t = time.time()
-    fitted = cfg.quantizer is None and not storage.exists(storage.join(cfg.out, "quantizer", "kmeans.safetensors"))
+    fitted = cfg.quantizer is None and not storage.exists(storage.join(cfg.out, "quantizer", "kmeans.safetensors"), cfg.storage)
     q = _quantizer(cfg, cfg.out)
     seconds["quantizer_fit"] = timings.record("quantizer_fit", time.time() - t, fitted)
     t = time.time()
@@ -199,10 +200,10 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
 
     t = time.time()
     llm_dir = storage.join(cfg.out, "llm")
-    built = cfg.llm.source == "tiny" and not storage.exists(storage.join(llm_dir, "vbpe_llm.json"))
+    built = cfg.llm.source == "tiny" and not storage.exists(storage.join(llm_dir, "vbpe_llm.json"), cfg.storage)
     if cfg.llm.source == "tiny":
-        records = training_records(_records(corpus["conversations"]), cfg.heldout_fraction, cfg.heldout_salt)
-        llm_info = build_tiny_llm(llm_dir, WORDS, cfg.llm.tiny, records, cfg.seed)
+        records = training_records(_records(corpus["conversations"], cfg.storage), cfg.heldout_fraction, cfg.heldout_salt)
+        llm_info = build_tiny_llm(llm_dir, WORDS, cfg.llm.tiny, records, cfg.seed, cfg.storage)
     else:
         llm_dir, llm_info = cfg.llm.source, {"source": cfg.llm.source}
     seconds["llm"] = timings.record("llm", time.time() - t, built)
@@ -214,10 +215,10 @@ def prepare_shared(cfg: AblationConfig, timings: Timings) -> Shared:
 
 # ---------------------------------------------------------------- per vocabulary
 
-def _text_vocab_size(llm_dir: str) -> int:
+def _text_vocab_size(llm_dir: str, options: StorageOptions | None) -> int:
     from transformers import AutoConfig
 
-    with storage.local_dir(llm_dir) as d:
+    with storage.local_dir(llm_dir, options) as d:
         return int(AutoConfig.from_pretrained(d).get_text_config().vocab_size)
 
 
@@ -233,9 +234,9 @@ def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings
     vocab_path = storage.join(root, "vocab.json")
     seconds = {}
     t = time.time()
-    learned = not storage.exists(vocab_path)
+    learned = not storage.exists(vocab_path, cfg.storage)
     if not learned:
-        vocab = Vocabulary.load(vocab_path)
+        vocab = Vocabulary.load(vocab_path, cfg.storage)
     else:
         vocab = _stage("learn", LearnConfig(inputs=[shared.grids], out=vocab_path, merges=merges, alpha_rel=cfg.alpha_rel,
                                   sigma=cfg.sigma, holdout_fraction=cfg.heldout_fraction,
@@ -244,7 +245,7 @@ def prepare_vocabulary(cfg: AblationConfig, shared: Shared, merges: int, timings
     seconds["learn"] = timings.record(f"M{merges}/learn", time.time() - t, learned)
 
     t = time.time()
-    layout = IdLayout(text_vocab_size=_text_vocab_size(shared.llm), codebook_size=vocab.codebook_size,
+    layout = IdLayout(text_vocab_size=_text_vocab_size(shared.llm, cfg.storage), codebook_size=vocab.codebook_size,
                       num_merges=len(vocab.merges))
     tok = _stage("tokenize", TokenizeConfig(inputs=[shared.grids], vocab=vocab_path, out=storage.join(root, "tokens"),
                                             layout=layout, **_storage(cfg)))
@@ -282,31 +283,31 @@ def train_config(cfg: AblationConfig, shared: Shared, root: str, tokens: str, la
 
 # ---------------------------------------------------------------- per arm
 
-def _mean_tokens(output: str) -> float:
+def _mean_tokens(output: str, options: StorageOptions | None) -> float:
     from pipeline.train.paths import RunPaths
 
-    with storage.open_file(RunPaths(output).data.sequences) as f:
+    with storage.open_file(RunPaths(output).data.sequences, options=options) as f:
         n = pq.read_table(f, columns=["n_tokens"]).column("n_tokens").to_numpy()
     return float(n.mean())
 
 
-def _keys(path: str) -> set[str]:
-    with storage.open_file(path) as f:
+def _keys(path: str, options: StorageOptions | None) -> set[str]:
+    with storage.open_file(path, options=options) as f:
         return {k for k in pq.read_table(f, columns=["image"]).column("image").to_pylist() if k}
 
 
-def _steps_rows(output: str, stage: str) -> list[dict]:
+def _steps_rows(output: str, stage: str, options: StorageOptions | None) -> list[dict]:
     from pipeline.train.paths import RunPaths
 
-    text = storage.read_text(RunPaths(output).steps(stage))
+    text = storage.read_text(RunPaths(output).steps(stage), options)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _tokens_per_image(tokens_dir: str, heldout: set[str]) -> dict[str, float]:
-    files = storage.expand([tokens_dir], (".parquet",))
+def _tokens_per_image(tokens_dir: str, heldout: set[str], options: StorageOptions | None) -> dict[str, float]:
+    files = storage.expand([tokens_dir], (".parquet",), options)
     tables = []
     for f in files:
-        with storage.open_file(f) as fh:
+        with storage.open_file(f, options=options) as fh:
             tables.append(pq.read_table(fh, columns=["key", "n_tokens"]))
     keys = [k for t in tables for k in t.column("key").to_pylist()]
     n = np.concatenate([t.column("n_tokens").to_numpy() for t in tables])
@@ -347,16 +348,16 @@ def run_arm(cfg: AblationConfig, shared: Shared, arm: Arm, vocab: dict, scale: f
                "eval": sum(m.get("seconds") or 0.0 for m in ev["models"].values())}
 
     paths = RunPaths(output)
-    held_keys, train_keys = _keys(paths.data.heldout), _keys(paths.data.sequences)
+    held_keys, train_keys = _keys(paths.data.heldout, cfg.storage), _keys(paths.data.sequences, cfg.storage)
     if held_keys & train_keys:
         raise RuntimeError(f"arm {arm.name}: {len(held_keys & train_keys)} held-out images are in the training data")
-    steps = {s: _steps_rows(output, s) for s in STAGES}
+    steps = {s: _steps_rows(output, s, cfg.storage) for s in STAGES}
     stage_summary = {s: {"steps": len(steps[s]), "samples": steps[s][-1]["samples"] if steps[s] else 0,
                          "tokens": int(sum(r["tokens"] for r in steps[s])),
                          "target_tokens": int(sum(r["target_tokens"] for r in steps[s])),
                          "final_loss": done[s].get("final_loss"), "heldout_loss": done[s].get("heldout_loss"),
-                         "fit_seconds": done[s].get("fit_seconds")} for s in STAGES}
-    tpi = _tokens_per_image(vocab["tokens"], held_keys)
+                         "fit_seconds": done[s].get("fit_seconds"), "executor": done[s].get("executor")} for s in STAGES}
+    tpi = _tokens_per_image(vocab["tokens"], held_keys, cfg.storage)
     own = {k: round(v, 2) for k, v in seconds.items()}
     if arm.budget == "steps":  # the tokens-budget arm reuses the vocabulary of the steps arm with the same M
         own = {**{k: round(v, 2) for k, v in vocab["seconds"].items()}, **own}
@@ -388,7 +389,7 @@ def arm_train_config(cfg: AblationConfig, shared: Shared, arm: Arm, vocab: dict,
     root = storage.join(cfg.out, "vocab", f"M{arm.merges}")
     output = storage.join(cfg.out, "arms", arm.name)
     tcfg = train_config(cfg, shared, root, vocab["tokens"], vocab["layout"], output, scale)
-    storage.write_text(storage.join(output, "train.yaml"), tcfg.to_yaml())
+    storage.write_text(storage.join(output, "train.yaml"), tcfg.to_yaml(), cfg.storage)
     return tcfg
 
 
@@ -400,7 +401,8 @@ def _run_arms(cfg: AblationConfig, shared: Shared, jobs: list[tuple[Arm, dict, f
         return [run_arm(cfg, shared, arm, vocab, scale) for arm, vocab, scale in jobs]
     at_once = arms_at_once(cfg, ray.cluster_resources())
     log.info("%d arms, %d at a time", len(jobs), at_once)
-    task = ray.remote(num_cpus=0, max_retries=0)(_arm_task)
+    # an arm training locally is its own rank and holds its CPUs; else it only drives Ray Train runs
+    task = ray.remote(num_cpus=cfg.workers.cpus if trains_locally(cfg) else 0, max_retries=0)(_arm_task)
     pending = [(i, (cfg.model_dump(mode="json"), shared.__dict__, arm.__dict__, vocab, scale))
                for i, (arm, vocab, scale) in enumerate(jobs)]
     running: dict = {}
@@ -414,13 +416,21 @@ def _run_arms(cfg: AblationConfig, shared: Shared, jobs: list[tuple[Arm, dict, f
     return results
 
 
+def trains_locally(cfg: AblationConfig) -> bool:
+    """Whether each arm's stages train in the arm's own process (`workers.executor` local, or auto with no workers)."""
+    from pipeline import execution
+
+    return execution.plan(cfg.workers).mode == "local"
+
+
 def arms_at_once(cfg: AblationConfig, resources: dict) -> int:
     """Arms whose Ray Train workers and data readers fit in the cluster together. More would deadlock: every
     arm's workers would hold their CPUs while the tasks streaming their sequences wait for one."""
     w = cfg.workers
-    need = {"CPU": w.num_workers * (w.cpus_per_worker + w.data_cpus)}
+    ranks, readers = (1, 0.0) if trains_locally(cfg) else (w.workers, w.data_cpus)  # local: the arm's task is its rank
+    need = {"CPU": ranks * (w.cpus + readers)}
     if w.use_gpu:
-        need["GPU"] = w.num_workers * w.gpus_per_worker
+        need["GPU"] = ranks * w.gpus_per_worker
     fits = [int(resources.get(k, 0.0) // v) for k, v in need.items() if v > 0]
     return max(1, min(fits) if fits else 1)
 
@@ -431,19 +441,17 @@ def _arm_task(cfg: dict, shared: dict, arm: dict, vocab: dict, scale: float) -> 
     if not _logging.getLogger().handlers:
         _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     c = AblationConfig.model_validate(cfg)
-    if c.storage:
-        storage.set_default_storage(c.storage)
     return run_arm(c, Shared(**shared), Arm(**arm), vocab, scale)
 
 
 # ---------------------------------------------------------------- baselines and checks
 
-def majority_baseline(conversations: str, heldout: set[str]) -> dict:
+def majority_baseline(conversations: str, heldout: set[str], options: StorageOptions | None = None) -> dict:
     """Accuracy of answering every held-out question with the most common training answer to the same
     question text: what a model gets without looking at the image."""
     from pipeline.evaluate.answers import normalise
 
-    records = _records(conversations)
+    records = _records(conversations, options)
     answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in records:
         if r.image not in heldout:
@@ -486,15 +494,15 @@ def _check_same_split(arms: list[dict], held: set[str], vocabs: dict[int, dict],
             "learner_held_out_grids": {m: v["learner_held_out"] for m, v in vocabs.items()}}
 
 
-def compare_to_vq(results: list[dict]) -> list[dict]:
+def compare_to_vq(results: list[dict], options: StorageOptions | None = None) -> list[dict]:
     """Each BPE arm against the VQ-only arm on the same held-out answers after stage 3 (paired)."""
     from pipeline.evaluate.heldout import read_answers
     from pipeline.evaluate.paired import paired
 
-    vq = read_answers(results[0]["run"], "stage3")
+    vq = read_answers(results[0]["run"], "stage3", options)
     out = []
     for arm in results[1:]:
-        other = read_answers(arm["run"], "stage3")
+        other = read_answers(arm["run"], "stage3", options)
         entry = {"first": results[0]["name"], "second": arm["name"], "model": "stage3",
                  **paired({k: v[1] for k, v in vq.items()}, {k: v[1] for k, v in other.items()}), "by_type": {}}
         for c in CATEGORIES:
@@ -527,10 +535,8 @@ def run_ablation(cfg: AblationConfig) -> dict:
     from pipeline.train.driver import run_prepare
 
     t0 = time.time()
-    if cfg.storage:
-        storage.set_default_storage(cfg.storage)
     check_run_directory(cfg)
-    timings = Timings(cfg.out)
+    timings = Timings(cfg.out, cfg.storage)
     shared = prepare_shared(cfg, timings)
     arms = arms_of(cfg)
     vocabs: dict[int, dict] = {}
@@ -541,13 +547,13 @@ def run_ablation(cfg: AblationConfig) -> dict:
     for arm in arms:  # prepared data first: the tokens budget needs the sequence lengths of every vocabulary
         tcfg = arm_train_config(cfg, shared, arm, vocabs[arm.merges], 1.0)
         run_prepare(tcfg)
-        mean_tokens[arm.merges] = _mean_tokens(tcfg.output)
+        mean_tokens[arm.merges] = _mean_tokens(tcfg.output, cfg.storage)
     jobs = [(arm, vocabs[arm.merges], 1.0 if arm.budget == "steps" else mean_tokens[0] / mean_tokens[arm.merges])
             for arm in arms]
     t = time.time()
     results = _run_arms(cfg, shared, jobs)
     arms_seconds = time.time() - t
-    held = _keys(RunPaths(results[0]["run"]).data.heldout)
+    held = _keys(RunPaths(results[0]["run"]).data.heldout, cfg.storage)
     checks = _check_same_split(results, held, vocabs, cfg)
     checks["equal_steps"] = _steps_equal(results)
     out = {
@@ -558,8 +564,8 @@ def run_ablation(cfg: AblationConfig) -> dict:
         "train_keys": results[0]["train_keys"],
         "heldout_fraction": cfg.heldout_fraction,
         "arms": results,
-        "baselines": {"majority_answer": majority_baseline(shared.corpus["conversations"], held)},
-        "comparisons": compare_to_vq(results),
+        "baselines": {"majority_answer": majority_baseline(shared.corpus["conversations"], held, cfg.storage)},
+        "comparisons": compare_to_vq(results, cfg.storage),
         "checks": checks,
         "corpus": {"images": shared.corpus["images"], "image_size": cfg.scenes.image_size,
                    "conversations": shared.corpus["records_per_type"], "answers": shared.corpus["answers_per_type"]},
@@ -569,5 +575,5 @@ def run_ablation(cfg: AblationConfig) -> dict:
         "seconds": _seconds(shared, vocabs, timings.record("arms_wall", arms_seconds, any(not a["resumed"] for a in results)),
                             time.time() - t0, cfg.parallel_arms),
     }
-    out["files"] = report.write(out, cfg.out)
+    out["files"] = report.write(out, cfg.out, cfg.storage)
     return out

@@ -74,7 +74,7 @@ def warm_up(model, seqs: list[tuple[np.ndarray, np.ndarray]], spec: TinyLLM, pad
     return losses
 
 
-def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Record], seed: int) -> dict:
+def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Record], seed: int, options=None) -> dict:
     """Write a tokenizer + Llama (+ vbpe_llm.json) to `out`, warmed up on `records`' text; reused if present."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,8 +83,8 @@ def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Reco
 
     info_path = storage.join(out, "vbpe_llm.json")
     wanted = {"spec": spec.model_dump(mode="json"), "seed": seed, "words": list(words), "records": len(records)}
-    if storage.exists(info_path):
-        info = json.loads(storage.read_text(info_path))
+    if storage.exists(info_path, options):
+        info = json.loads(storage.read_text(info_path, options))
         if {k: info.get(k) for k in wanted} == wanted:
             return info
     t0 = time.time()
@@ -111,7 +111,7 @@ def build_tiny_llm(out: str, words: list[str], spec: TinyLLM, records: list[Reco
         }
         with open(os.path.join(tmp, "vbpe_llm.json"), "w") as f:
             json.dump(info, f, indent=1)
-        storage.put_dir(tmp, out)
+        storage.put_dir(tmp, out, options)
     log.info("tiny LLM (%d parameters, warm-up loss %s -> %s) in %s", info["parameters"], info["warmup_first_loss"],
              info["warmup_final_loss"], out)
     return info

@@ -73,7 +73,7 @@ def table_text(result: dict) -> str:
     return "\n".join(lines + comparison_lines(result))
 
 
-def plot(result: dict, path: str) -> None:
+def plot(result: dict, path: str, options=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,16 +107,16 @@ def plot(result: dict, path: str) -> None:
         local = os.path.join(tmp, "plot.png")
         fig.savefig(local, dpi=120)
         plt.close(fig)
-        with open(local, "rb") as src, storage.open_file(path, "wb") as dst:
+        with open(local, "rb") as src, storage.open_file(path, "wb", options) as dst:
             dst.write(src.read())
 
 
-def write(result: dict, out: str) -> dict[str, str]:
+def write(result: dict, out: str, options=None) -> dict[str, str]:
     files = {name: storage.join(out, name) for name in ("ablation.json", "ablation.png", "ablation.md")}
     result = {**result, "files": files}
-    storage.write_text(files["ablation.md"], table_markdown(result) + "\n")
-    plot(result, files["ablation.png"])
-    storage.write_text(files["ablation.json"], json.dumps(result, indent=1) + "\n")
+    storage.write_text(files["ablation.md"], table_markdown(result) + "\n", options)
+    plot(result, files["ablation.png"], options)
+    storage.write_text(files["ablation.json"], json.dumps(result, indent=1) + "\n", options)
     return files
 
 

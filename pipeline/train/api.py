@@ -73,13 +73,12 @@ class TrainSummary:
 
 
 def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=None) -> TrainSummary:
-    from pipeline import storage
-    from pipeline.train import driver
+    from pipeline.train import driver, executors
 
     if step not in STEPS:
         raise ConfigError(f"unknown train step {step!r}; expected one of {', '.join(STEPS)}")
-    if cfg.storage:
-        storage.set_default_storage(cfg.storage)
+    stages = STAGES if step == "all" else tuple(s for s in STAGES if s == step)
+    local = executors.executor(cfg, stages) == "local"  # refuses what one local rank cannot do before anything runs
     summary = TrainSummary(step)
     if step in ("init", "all") and (step == "init" or cfg.init is not None):
         summary.results["init"] = driver.run_init(cfg, force=force_init)
@@ -88,13 +87,14 @@ def run(cfg: TrainConfig, step: str = "all", *, force_init: bool = False, hooks=
     summary.results["prepare"] = driver.run_prepare(cfg)
     if step == "prepare":
         return summary
-    ensure_ray()
-    for stage in STAGES if step == "all" else (step,):
+    if not local:
+        ensure_ray(cfg.workers.ray_address)
+    for stage in stages:
         summary.results[stage] = driver.run_stage(cfg, stage, hooks=hooks, stats=summary.results["prepare"])
     return summary
 
 
-def ensure_ray() -> None:
+def ensure_ray(address: str | None = None) -> None:
     from pipeline import execution
 
-    execution.ensure_ray()  # joins the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one
+    execution.ensure_ray(address)  # joins `address` or the cluster under `ray job submit` / RAY_ADDRESS, else starts a private local one

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.train.sequences import IGNORE
+from schemas.base import StorageOptions
 
 
 @dataclass
@@ -24,8 +25,8 @@ class Sequences:
     targets: np.ndarray  # per row: labels that some position predicts (labels[1:] != IGNORE)
 
     @classmethod
-    def read(cls, path: str) -> "Sequences":
-        with storage.open_file(path) as f:
+    def read(cls, path: str, options: StorageOptions | None = None) -> "Sequences":
+        with storage.open_file(path, options=options) as f:
             table = pq.read_table(f, columns=["input_ids", "labels"])
         ids_col = table.column("input_ids").combine_chunks()
         lab_col = table.column("labels").combine_chunks()

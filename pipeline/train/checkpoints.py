@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipeline import storage
+from schemas.base import StorageOptions
 
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE.json"
@@ -34,14 +35,15 @@ def _name(step: int) -> str:
 @dataclass(frozen=True)
 class CheckpointStore:
     root: str  # local path or s3:// URL
+    options: StorageOptions | None = None
 
     def path(self, step: int) -> str:
         return storage.join(self.root, _name(step))
 
     def _listing(self) -> dict[int, str]:
-        if not storage.exists(self.root):
+        if not storage.exists(self.root, self.options):
             return {}
-        fs, p = storage.get_fs(self.root)
+        fs, p = storage.get_fs(self.root, self.options)
         out = {}
         for entry in fs.ls(p, detail=False):
             m = _NAME.search(entry.rstrip("/"))
@@ -53,8 +55,8 @@ class CheckpointStore:
         """The marker of a complete checkpoint, or None."""
         marker = storage.join(path, MARKER)
         try:
-            info = json.loads(storage.read_text(marker))
-            fs, p = storage.get_fs(path)
+            info = json.loads(storage.read_text(marker, self.options))
+            fs, p = storage.get_fs(path, self.options)
             sizes = {os.path.relpath(f, p): int(d["size"]) for f, d in fs.find(p, detail=True).items()}
         except (FileNotFoundError, ValueError, KeyError):
             return None
@@ -74,17 +76,18 @@ class CheckpointStore:
     def save(self, step: int, rank: int, write: Callable[[str], None], barrier: Callable[[], None]) -> str:
         """Every rank calls this: `write(local_dir)` writes this rank's files (names unique across ranks)."""
         dest = self.path(step)
-        if rank == 0 and storage.exists(dest):  # left by an attempt that died before completing it
-            storage.get_fs(dest)[0].rm(storage.get_fs(dest)[1], recursive=True)
+        if rank == 0 and storage.exists(dest, self.options):  # left by an attempt that died before completing it
+            fs, p = storage.get_fs(dest, self.options)
+            fs.rm(p, recursive=True)
         barrier()
         with tempfile.TemporaryDirectory(prefix="vbpe-ckpt-") as tmp:
             write(tmp)
-            _upload(tmp, dest)
+            _upload(tmp, dest, self.options)
         barrier()
         if rank == 0:
-            fs, p = storage.get_fs(dest)
+            fs, p = storage.get_fs(dest, self.options)
             files = {os.path.relpath(f, p): int(d["size"]) for f, d in fs.find(p, detail=True).items()}
-            storage.write_text(storage.join(dest, MARKER), json.dumps({"step": step, "files": files}, indent=1))
+            storage.write_text(storage.join(dest, MARKER), json.dumps({"step": step, "files": files}, indent=1), self.options)
         barrier()
         return dest
 
@@ -96,11 +99,11 @@ class CheckpointStore:
             if kept < keep:
                 kept += self._complete(path) is not None
                 continue
-            fs, p = storage.get_fs(path)
+            fs, p = storage.get_fs(path, self.options)
             fs.rm(p, recursive=True)
 
 
-def _upload(local: str, dest: str) -> None:
+def _upload(local: str, dest: str, options: StorageOptions | None) -> None:
     names = [os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_]
     if not storage.is_remote(dest):
         for name in names:
@@ -108,6 +111,6 @@ def _upload(local: str, dest: str) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copyfile(os.path.join(local, name), target)
         return
-    fs, p = storage.get_fs(dest)
+    fs, p = storage.get_fs(dest, options)
     for name in names:
         fs.put_file(os.path.join(local, name), f"{p.rstrip('/')}/{name}")

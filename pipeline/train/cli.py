@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
             add_train_eval_flags(p)
         if step == "plan":
-            p.add_argument("--gpus", type=int, help="GPUs to plan for (default: workers.num_workers)")
+            p.add_argument("--gpus", type=int, help="GPUs to plan for (default: workers.workers)")
             p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
             p.add_argument("--model-config", help="a config.json to plan for (default: init.source_model's, else model's)")
             p.add_argument("--json", action="store_true", help="print the plan as JSON")

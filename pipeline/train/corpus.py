@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.configargs import load_config
-from schemas.base import InputError
+from schemas.base import InputError, StorageOptions
 from schemas.layout import IdLayout
 from schemas.tokens import LAYOUT_FINGERPRINT_KEY
 
@@ -26,15 +26,15 @@ def corpus_key(image: str, rule: str) -> str:
     return os.path.splitext(name)[0] if rule == "stem" else name
 
 
-def _check_layout(path: str, metadata: dict | None, layout: IdLayout) -> None:
+def _check_layout(path: str, metadata: dict | None, layout: IdLayout, options: StorageOptions | None) -> None:
     """A corpus tokenized for another layout would feed the model the wrong rows: refuse it."""
     want = layout.fingerprint()
     got = (metadata or {}).get(LAYOUT_FINGERPRINT_KEY)
     if got is not None and got.decode() != want:
         raise InputError(f"{path} was tokenized with layout {got.decode()}, the model's layout is {want}")
     side = storage.join(path.rsplit("/", 1)[0], "layout.yaml")
-    if got is None and storage.exists(side):
-        other = load_config(IdLayout, side)
+    if got is None and storage.exists(side, options):
+        other = load_config(IdLayout, side, options)
         if other.fingerprint() != want:
             raise InputError(f"{side} (layout {other.fingerprint()}) differs from the model's layout ({want})")
 
@@ -53,17 +53,18 @@ def _ids_column(table: pa.Table, layout: IdLayout) -> list[np.ndarray]:
     ]
 
 
-def image_table(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[pa.Table, dict[str, int]]:
+def image_table(paths: list[str], keys: set[str], layout: IdLayout,
+                options: StorageOptions | None = None) -> tuple[pa.Table, dict[str, int]]:
     """(key, input_ids) of every corpus row whose key is wanted, files in sorted order (a key seen twice
     appears twice; its first row is the one used), and counts of what was read."""
     parts = []
     stats = {"corpus_files": 0, "corpus_rows": 0, "duplicate_keys": 0}
     wanted = pa.array(sorted(keys), pa.string())
-    for path in storage.expand(paths, (".parquet",)):
-        with storage.open_file(path) as f:
+    for path in storage.expand(paths, (".parquet",), options):
+        with storage.open_file(path, options=options) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
-            _check_layout(path, pf.schema_arrow.metadata, layout)
+            _check_layout(path, pf.schema_arrow.metadata, layout, options)
             if "key" not in names or not ({"input_ids", "tokens"} & set(names)):
                 raise InputError(f"{path}: not a tokenized corpus (needs `key` and `input_ids` or `tokens`)")
             column = "input_ids" if "input_ids" in names else "tokens"
@@ -81,9 +82,10 @@ def image_table(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[pa.
     return out, stats
 
 
-def load_images(paths: list[str], keys: set[str], layout: IdLayout) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def load_images(paths: list[str], keys: set[str], layout: IdLayout,
+                options: StorageOptions | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The LLM ids of every wanted key (its first occurrence), as a dict."""
-    table, stats = image_table(paths, keys, layout)
+    table, stats = image_table(paths, keys, layout, options)
     found: dict[str, np.ndarray] = {}
     for key, ids in zip(table.column("key").to_pylist(), table.column("input_ids").to_pylist()):
         found.setdefault(key, np.asarray(ids, np.int32))

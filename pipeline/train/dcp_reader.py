@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
 from pipeline import storage
+from schemas.base import StorageOptions
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
           "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
@@ -50,12 +51,13 @@ def _header(fs, path: str) -> tuple[int, dict]:
 class StoreReader(FileSystemReader):
     """A StorageReader over `pipeline.storage` for checkpoints written by HuggingFaceStorageWriter."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, options: StorageOptions | None = None):
         super().__init__(path=".")  # the local-path machinery of the base class is not used
         self.url = url.rstrip("/")
+        self.options = options
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
-        fs, root = storage.get_fs(self.url)
+        fs, root = storage.get_fs(self.url, self.options)
         tensors: dict[str, TensorStorageMetadata] = {}
         chunks: dict[MetadataIndex, _Chunk] = {}
         for path in sorted(p for p in fs.ls(root, detail=False) if p.endswith(".safetensors")):
@@ -79,7 +81,7 @@ class StoreReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        fs, _ = storage.get_fs(self.url)
+        fs, _ = storage.get_fs(self.url, self.options)
         cache: dict[MetadataIndex, torch.Tensor] = {}
         for req in plan.items:
             chunk: _Chunk = self.storage_data[req.storage_index]

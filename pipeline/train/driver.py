@@ -1,4 +1,4 @@
-"""Driver side: prepare data once, then one Ray Train `TorchTrainer` run per stage.
+"""Driver side: prepare data once, then one fit per stage (a Ray Train run, or local: executors.py).
 
 The run directory's files are named in `pipeline/train/paths.py`. Preparation and every stage
 record their run metrics (`pipeline.metrics.StageMetrics`) next to their outputs.
@@ -10,13 +10,11 @@ fingerprint (a changed config starts a new Ray run instead of resuming an incomp
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,7 +23,7 @@ from pipeline import storage
 from pipeline.metrics import StageMetrics
 from pipeline.train.job import Hooks, StageJob
 from pipeline.train.paths import RunPaths
-from schemas.base import ConfigError, InputError
+from schemas.base import ConfigError, InputError, StorageOptions
 from schemas.train import STAGES, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -37,8 +35,8 @@ def base_model(cfg: TrainConfig, stage: str) -> str:
     return cfg.model if i == 0 else RunPaths(cfg.output).model(STAGES[i - 1])
 
 
-def _read_json(path: str) -> dict | None:
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+def _read_json(path: str, options: StorageOptions | None) -> dict | None:
+    return json.loads(storage.read_text(path, options)) if storage.exists(path, options) else None
 
 
 def run_init(cfg: TrainConfig, force: bool = False) -> dict:
@@ -46,29 +44,29 @@ def run_init(cfg: TrainConfig, force: bool = False) -> dict:
 
     if cfg.init is None:
         raise ConfigError("the config has no `init` section")
-    done = _read_json(storage.join(cfg.model, "vbpe_init.json"))
+    done = _read_json(storage.join(cfg.model, "vbpe_init.json"), cfg.storage)
     if done and not force:
         log.info("base model %s exists; skipping init", cfg.model)
         return {**done, "skipped": True}
-    return init_base_model(cfg.init, cfg.model)
+    return init_base_model(cfg.init, cfg.model, cfg.storage)
 
 
-def _tokenizer(model_dir: str):
+def _tokenizer(model_dir: str, options: StorageOptions | None):
     from transformers import AutoTokenizer
 
     from pipeline.storage import local_dir
 
-    with local_dir(model_dir) as d:
+    with local_dir(model_dir, options) as d:
         return AutoTokenizer.from_pretrained(d)
 
 
 def _refuse_stale_stages(cfg: TrainConfig, fingerprint: str) -> None:
     """New inputs must not replace the data that completed stages were trained on."""
     paths = RunPaths(cfg.output)
-    old = _read_json(paths.data.stats)
+    old = _read_json(paths.data.stats, cfg.storage)
     if old is None or old.get("fingerprint") == fingerprint:
         return
-    done = [s for s in STAGES if storage.exists(paths.done(s))]
+    done = [s for s in STAGES if storage.exists(paths.done(s), cfg.storage)]
     if done:
         raise InputError(
             f"the training inputs changed (prepared data {old.get('fingerprint')}, inputs now {fingerprint}) but "
@@ -81,13 +79,14 @@ def run_prepare(cfg: TrainConfig) -> dict:
     from pipeline.train.init import read_layout
     from pipeline.train.prepare import inputs_fingerprint, prepare
 
-    layout = read_layout(cfg.model)
-    tokenizer = _tokenizer(cfg.model)
-    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer)
+    layout = read_layout(cfg.model, cfg.storage)
+    tokenizer = _tokenizer(cfg.model, cfg.storage)
+    fingerprint = inputs_fingerprint(cfg.data, layout, tokenizer, cfg.storage)
     _refuse_stale_stages(cfg, fingerprint)
     files = RunPaths(cfg.output).data
-    with StageMetrics("train.prepare", files.metrics) as m:
-        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model))
+    with StageMetrics("train.prepare", files.metrics, storage_options=cfg.storage) as m:
+        stats = prepare(cfg.data, tokenizer, layout, files.directory, fingerprint, cfg.prepare, _absolute(cfg.model),
+                        cfg.storage)
         m.add(rows_in=stats["records"], rows_out=stats["sequences"] + stats["heldout"], rows_rejected=stats["rejected"])
         m.set(sequences=stats["sequences"], heldout=stats["heldout"], reject_reasons=stats["reject_reasons"],
               reused=bool(stats.get("reused")))
@@ -97,12 +96,12 @@ def run_prepare(cfg: TrainConfig) -> dict:
 def _base_identity(cfg: TrainConfig, stage: str) -> str:
     i = STAGES.index(stage)
     if i > 0:
-        prev = _read_json(RunPaths(cfg.output).done(STAGES[i - 1]))
+        prev = _read_json(RunPaths(cfg.output).done(STAGES[i - 1]), cfg.storage)
         if prev is None:
             raise InputError(f"{STAGES[i - 1]} has not completed in {cfg.output}; run it before {stage}")
         return prev["fingerprint"]
-    parts = [storage.read_text(storage.join(cfg.model, name)) for name in ("config.json", "layout.yaml", "vbpe_init.json")
-             if storage.exists(storage.join(cfg.model, name))]
+    parts = [storage.read_text(storage.join(cfg.model, name), cfg.storage)
+             for name in ("config.json", "layout.yaml", "vbpe_init.json") if storage.exists(storage.join(cfg.model, name), cfg.storage)]
     if len(parts) < 2:
         raise ConfigError(f"{cfg.model} is not a model written by `vbpe train init` (config.json + layout.yaml needed)")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -115,36 +114,16 @@ def stage_fingerprint(cfg: TrainConfig, stage: str, data_fingerprint: str) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
-    """RunConfig(storage_path, storage_filesystem): S3 with a custom endpoint needs an explicit pyarrow filesystem."""
-    path = storage.join(cfg.output, "ray")
-    if not storage.is_remote(path):
-        os.makedirs(path, exist_ok=True)
-        return os.path.abspath(path), None
-    opts = cfg.storage
-    endpoint = (opts.endpoint_url if opts else None) or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint:
-        return path, None
-    import pyarrow.fs as pafs
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    fs = pafs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme or "https", region=(opts.region if opts else None) or "us-east-1")
-    return path.split("://", 1)[1], fs
-
-
 def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: dict | None = None) -> dict:
-    """Train one stage on Ray Train (or skip it when already complete).
+    """Train one stage (or skip it when already complete).
 
     `stats`: what run_prepare returned for this config (else it runs here); `hooks` reach into the
     worker loop (tests).
     """
     paths = RunPaths(cfg.output)
-    if cfg.storage:
-        storage.set_default_storage(cfg.storage)
     stats = stats or run_prepare(cfg)
     fingerprint = stage_fingerprint(cfg, stage, stats["fingerprint"])
-    done = _read_json(paths.done(stage))
+    done = _read_json(paths.done(stage), cfg.storage)
     if done is not None:
         if done["fingerprint"] != fingerprint:
             raise ConfigError(
@@ -153,7 +132,7 @@ def run_stage(cfg: TrainConfig, stage: str, hooks: Hooks | None = None, stats: d
             )
         log.info("%s already complete (%s); skipping", stage, fingerprint)
         return {**done, "skipped": True}
-    with StageMetrics(f"train.{stage}", paths.stage_metrics(stage)) as m:
+    with StageMetrics(f"train.{stage}", paths.stage_metrics(stage), storage_options=cfg.storage) as m:
         summary = _fit(cfg, stage, fingerprint, hooks or Hooks())
         m.add(rows_in=summary["samples_consumed"], rows_out=summary["samples_consumed"])  # samples trained on
         m.set(**{k: summary[k] for k in ("samples_planned", "steps", "final_loss", "heldout_loss", "resumed_from_step",
@@ -170,7 +149,7 @@ def _job(cfg: TrainConfig, stage: str, fingerprint: str, schedule: dict, hooks: 
     from pipeline.train.init import read_layout
 
     paths = RunPaths(_absolute(cfg.output))
-    layout = read_layout(cfg.model)
+    layout = read_layout(cfg.model, cfg.storage)
     settings = cfg.stage(stage)
     return StageJob(
         stage=stage, settings=settings, fingerprint=fingerprint,
@@ -189,56 +168,41 @@ def checkpoint_root(cfg: TrainConfig, stage: str, fingerprint: str) -> str:
 
 
 def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.train import curriculum, stream
+    from pipeline.train import curriculum, executors, stream
     from pipeline.train.batches import Geometry
     from pipeline.train.checkpoints import CheckpointStore
-    from pipeline.train.loop import train_loop
 
     paths = RunPaths(cfg.output)
     scfg, w = cfg.stage(stage), cfg.workers
-    with storage.open_file(paths.data.sequences) as f:
+    mode = executors.executor(cfg, (stage,))
+    with storage.open_file(paths.data.sequences, options=cfg.storage) as f:
         columns = pq.read_table(f, columns=["category", "n_tokens", "n_targets"])
     categories = columns.column("category").to_numpy(zero_copy_only=False)
     plan = curriculum.plan(categories, scfg.mixture.weights(), cfg.seed, STAGES.index(stage) + 1, scfg.epochs,
                            scfg.samples, shift_to=cfg.shift_target(stage), block=cfg.shuffle_block)
-    log.info("%s: %d samples planned %s", stage, len(plan), plan.counts())
-    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.num_workers, scfg.max_steps)
+    log.info("%s: %d samples planned %s (executor %s)", stage, len(plan), plan.counts(), mode)
+    geo = Geometry.of(len(plan), scfg.batch_size, scfg.grad_accum, w.world_size, scfg.max_steps)
     assignment = stream.assign(plan.rows, columns.column("n_tokens").to_numpy(), columns.column("n_targets").to_numpy(),
-                               scfg.batch_size, scfg.grad_accum, w.num_workers, geo.steps)
-    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint)).latest()
+                               scfg.batch_size, scfg.grad_accum, w.world_size, geo.steps)
+    latest = CheckpointStore(checkpoint_root(cfg, stage, fingerprint), cfg.storage).latest()
     first_step = latest[0] if latest else 0
-    if first_step:
-        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
     geometry = {"batch_size": geo.batch_size, "grad_accum": geo.grad_accum, "world_size": geo.world_size,
                 "global_batch": geo.global_batch, "steps": geo.steps, "plan": len(plan)}
+    if first_step:
+        _check_resumable(stage, latest[1], geometry, cfg.storage)
+        log.info("%s: resuming from the checkpoint of step %d (%s)", stage, first_step, latest[1])
     job = _job(cfg, stage, fingerprint, {"steps": geo.steps, "targets": assignment.targets, "geometry": geometry,
                                          "first_step": first_step}, hooks)
-    datasets = stream.rank_datasets(_absolute(paths.data.sequences), assignment, first_step, cfg.storage, w.data_cpus)
-
-    resources = {"CPU": w.cpus_per_worker, **({"GPU": w.gpus_per_worker} if w.use_gpu else {})}
-    storage_path, storage_fs = _ray_storage(cfg)
-    trainer = TorchTrainer(
-        functools.partial(train_loop, job),
-        scaling_config=ScalingConfig(num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=f"{stage}-{fingerprint}",
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=w.max_failures),
-        ),
-        datasets=datasets,
-        dataset_config=stream.data_config(),
-    )
     t0 = time.time()
-    result = trainer.fit()
-    info = dict(result.return_value or {})
+    if mode == "local":
+        info = executors.fit_local(cfg, job, assignment, first_step)
+    else:
+        info = executors.fit_ray(cfg, f"{stage}-{fingerprint}", job, assignment, first_step)
     consumed = np.arange(info["steps"] * info["geometry"]["global_batch"]) % len(plan)  # the last batch wraps around
     summary = {
         **info,
         "stage": stage,
+        "executor": mode,
         "fingerprint": fingerprint,
         "base_model": job.base_model,
         "model": job.output_model,
@@ -249,6 +213,17 @@ def _fit(cfg: TrainConfig, stage: str, fingerprint: str, hooks: Hooks) -> dict:
         "consumed_per_category": plan.counts(consumed),
         "fit_seconds": time.time() - t0,
     }
-    storage.write_text(paths.done(stage), json.dumps(summary, indent=1))
+    storage.write_text(paths.done(stage), json.dumps(summary, indent=1), cfg.storage)
     log.info("%s complete in %.1f s: final loss %s", stage, summary["fit_seconds"], summary.get("final_loss"))
     return summary
+
+
+def _check_resumable(stage: str, checkpoint: str, geometry: dict, options: StorageOptions | None) -> None:
+    """Before any worker starts: a checkpoint made with another batch geometry (e.g. another worker count) cannot resume."""
+    from pipeline.train.state import read_state
+
+    saved = read_state(checkpoint, options).get("geometry")
+    if saved is not None and saved != geometry:
+        raise ConfigError(f"cannot resume {stage} from {checkpoint}: it was trained with world size {saved.get('world_size')} "
+                          f"(global batch {saved.get('global_batch')}), now {geometry['world_size']} "
+                          f"({geometry['global_batch']}); use the same workers, or a new output directory")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | None = None, batch_size: int = 8) -> float:
+def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | None = None, batch_size: int = 8,
+              options=None) -> float:
+    """`options`: the StorageOptions of remote paths."""
     import torch
     from pipeline.train.loss import token_loss_sum
     from transformers import AutoModelForCausalLM
@@ -14,9 +16,9 @@ def mean_loss(model_dir: str, sequences: str, pad_id: int, rows: np.ndarray | No
     from pipeline.storage import local_dir
 
     hf_logging.disable_progress_bar()
-    seqs = Sequences.read(sequences)
+    seqs = Sequences.read(sequences, options)
     rows = np.arange(len(seqs)) if rows is None else np.asarray(rows)
-    with local_dir(model_dir) as d:
+    with local_dir(model_dir, options) as d:
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     total, count = 0.0, 0
     with torch.no_grad():

@@ -17,16 +17,18 @@ import torch
 
 from pipeline.storage import local_dir, put_dir as publish_dir
 from pipeline.train.freeze import merged_state_dict
+from schemas.base import StorageOptions
 
 EXTRAS = ("layout.yaml", "vbpe_init.json")
 
 
-def save_model(state: dict[str, torch.Tensor], n_old: int, dtype: torch.dtype, base: str, dest: str, info: dict) -> None:
+def save_model(state: dict[str, torch.Tensor], n_old: int, dtype: torch.dtype, base: str, dest: str, info: dict,
+               options: StorageOptions | None = None) -> None:
     """Rank 0: write `state` (a split or plain model's full state dict) as the HF model at `dest`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in merged_state_dict(state, n_old).items()}
-    with local_dir(base) as d, tempfile.TemporaryDirectory(prefix="vbpe-final-") as tmp:
+    with local_dir(base, options) as d, tempfile.TemporaryDirectory(prefix="vbpe-final-") as tmp:
         config = AutoConfig.from_pretrained(d)
         config.use_cache = True
         with torch.device("meta"):
@@ -38,4 +40,4 @@ def save_model(state: dict[str, torch.Tensor], n_old: int, dtype: torch.dtype, b
                 shutil.copyfile(os.path.join(d, extra), os.path.join(tmp, extra))
         with open(os.path.join(tmp, "vbpe_stage.json"), "w") as f:
             json.dump(info, f, indent=1)
-        publish_dir(tmp, dest)
+        publish_dir(tmp, dest, options)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 
 from pipeline import storage
+from schemas.base import StorageOptions
 
 CHUNK = 1 << 20
 
 
-def content_id(path: str) -> str:
-    fs, p = storage.get_fs(path)
+def content_id(path: str, options: StorageOptions | None = None) -> str:
+    fs, p = storage.get_fs(path, options)
     if storage.is_remote(path):
         info = fs.info(p)
         etag = info.get("ETag") or info.get("etag")

@@ -25,7 +25,7 @@ from pipeline import storage
 from pipeline.configargs import load_config
 from pipeline.train.chat import DEFAULT_CHAT_TEMPLATE
 from pipeline.storage import local_dir, put_dir as publish_dir
-from schemas.base import ConfigError
+from schemas.base import ConfigError, StorageOptions
 from schemas.layout import IdLayout
 from schemas.train import InitConfig
 
@@ -78,13 +78,13 @@ def init_rows(weight: torch.Tensor, n_old: int, rule: str, noise: float, generat
         weight[n_old:] = new.to(weight.dtype)
 
 
-def init_base_model(icfg: InitConfig, out: str) -> dict:
+def init_base_model(icfg: InitConfig, out: str, options: StorageOptions | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    layout = load_config(IdLayout, icfg.layout)
-    with local_dir(icfg.source_model) as src, local_dir(icfg.tokenizer or icfg.source_model) as tok_src:
+    layout = load_config(IdLayout, icfg.layout, options)
+    with local_dir(icfg.source_model, options) as src, local_dir(icfg.tokenizer or icfg.source_model, options) as tok_src:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     rows = model.get_input_embeddings().weight.shape[0]
@@ -131,13 +131,13 @@ def init_base_model(icfg: InitConfig, out: str) -> dict:
             f.write(layout.to_yaml())
         with open(os.path.join(tmp, "vbpe_init.json"), "w") as f:
             json.dump(info, f, indent=1)
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, options)
     log.info("base model with %d new rows (%s init) written to %s", info["new_rows"], icfg.rule, out)
     return info
 
 
-def read_layout(model_dir: str) -> IdLayout:
+def read_layout(model_dir: str, options: StorageOptions | None = None) -> IdLayout:
     path = storage.join(model_dir, "layout.yaml")
-    if not storage.exists(path):
+    if not storage.exists(path, options):
         raise ConfigError(f"{model_dir} has no layout.yaml: run `vbpe train init` first")
-    return load_config(IdLayout, path)
+    return load_config(IdLayout, path, options)

@@ -1,8 +1,9 @@
-"""The training loop each Ray Train worker runs for one stage.
+"""The training loop of one stage, run by every Ray Train worker or, under the local executor, by this
+process as the only rank (world.py is the one place the two differ: rank, world size, device, batches).
 
 The worker loads the stage's base model, splits off what the stage trains (freeze.py), spreads it
 over the workers (parallel.py: DDP or FSDP), and trains on the sequences Ray Data streams to it
-(stream.py). Resume: after a worker failure (Ray Train restarts the worker group) or when the same
+(stream.py; the local executor reads the same rows in the same order itself). Resume: after a worker failure (Ray Train restarts the worker group) or when the same
 stage is run again, the loop restores the newest checkpoint complete on storage (checkpoints.py):
 trainable tensors, optimizer state, step and metrics, and continues from the next step. The data
 order, the learning rate and the random seed are functions of the step, so a resumed stage ends
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.train.freeze import StagePlan
+    from pipeline.train.world import World
 
 log = logging.getLogger("vbpe.train")
 
@@ -50,7 +52,7 @@ def _optimizer(params: list[tuple[str, "nn.Parameter"]], settings) -> "torch.opt
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
 
 
-def _load_model(base: str, precision: str, device, gradient_checkpointing: bool):
+def _load_model(base: str, precision: str, device, gradient_checkpointing: bool, options=None):
     """The model to train (fp32 master weights unless pure bf16) and the dtype its checkpoint was saved in."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -60,7 +62,7 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
 
     hf_logging.disable_progress_bar()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    with local_dir(base) as d:
+    with local_dir(base, options) as d:
         saved_dtype = AutoConfig.from_pretrained(d).dtype or torch.float32
         model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
     model.config.use_cache = False
@@ -70,10 +72,10 @@ def _load_model(base: str, precision: str, device, gradient_checkpointing: bool)
     return model.to(device), saved_dtype
 
 
-def _write_metrics(path: str, rows: list[dict]) -> None:
+def _write_metrics(path: str, rows: list[dict], options=None) -> None:
     from pipeline import storage
 
-    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows), options)
 
 
 @dataclass
@@ -92,37 +94,32 @@ class Run:
     optimizer: "torch.optim.Optimizer"
     scaler: "torch.amp.GradScaler"
     autocast: ContextManager
+    source: "World"  # where this rank's micro-batches come from
 
 
-def _setup(job: StageJob) -> tuple[Run, "torch.dtype"]:
-    import ray.train
-    import ray.train.torch
+def _setup(job: StageJob, world: "World") -> tuple[Run, "torch.dtype"]:
     import torch
 
-    from pipeline import storage
     from pipeline.train import parallel
     from pipeline.train.freeze import apply_stage
 
-    if job.storage:
-        storage.set_default_storage(job.storage)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, size, device = world.rank, world.size, world.device
     precision = _resolve_precision(job.precision, device.type == "cuda")
     if device.type == "cuda" and job.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing)
+    model, saved_dtype = _load_model(job.base_model, precision, device, job.gradient_checkpointing, job.storage)
     stage_plan = apply_stage(model, job.stage, job.n_old, job.unfreeze_fraction)
-    net = parallel.wrap(model, job.strategy, world, device, precision, job.cpu_offload)
+    net = parallel.wrap(model, job.strategy, size, device, precision, job.cpu_offload)
     params = stage_plan.trainable()  # after wrapping: FSDP replaces parameters by sharded ones
     fsdp_mixed = job.strategy == "fsdp" and precision == "bf16-mixed"  # FSDP's own policy casts, not autocast
     run = Run(
-        job=job, rank=rank, world=world, device=device, precision=precision,
+        job=job, rank=rank, world=size, device=device, precision=precision,
         model=model, net=net, stage_plan=stage_plan, params=params, optimizer=_optimizer(params, job.settings),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16-mixed"),
         autocast=(torch.autocast(device.type, dtype=getattr(torch, DTYPES[precision]))
                   if precision in DTYPES and not fsdp_mixed else contextlib.nullcontext()),
+        source=world,
     )
     return run, saved_dtype
 
@@ -140,15 +137,15 @@ def _resume(run: Run) -> dict:
 
     stage, fingerprint = run.job.stage, run.job.fingerprint
     progress = {"step": 0, "metrics": [], "fingerprint": fingerprint, "geometry": run.job.geometry}
-    latest = CheckpointStore(run.job.checkpoints).latest()
+    latest = CheckpointStore(run.job.checkpoints, run.job.storage).latest()
     if latest is None:
         return progress
-    progress = ckpt.load(latest[1], run.params, run.optimizer)
+    progress = ckpt.load(latest[1], run.params, run.optimizer, run.job.storage)
     if progress["fingerprint"] != fingerprint:
         raise ValueError(f"the checkpoint of {stage} was made with another config ({progress['fingerprint']} != {fingerprint})")
     if progress["geometry"] != run.job.geometry:
         raise ValueError(f"cannot resume {stage}: checkpoint batch geometry {progress['geometry']} != now "
-                         f"{run.job.geometry} (same num_workers needed)")
+                         f"{run.job.geometry} (same workers needed)")
     if "scaler" in progress:
         run.scaler.load_state_dict(progress["scaler"])
     log.info("%s: resuming at step %d of %d", stage, progress["step"], run.job.steps)
@@ -212,11 +209,11 @@ def _checkpoint(run: Run, progress: dict) -> str:
 
     if run.scaler.is_enabled():
         progress["scaler"] = run.scaler.state_dict()
-    store = CheckpointStore(run.job.checkpoints)
+    store = CheckpointStore(run.job.checkpoints, run.job.storage)
     path = store.save(progress["step"], run.rank, lambda d: ckpt.save(d, run.params, run.optimizer, progress, run.rank),
                       lambda: _barrier(run))
     if run.rank == 0:
-        _write_metrics(run.job.steps_path, progress["metrics"])
+        _write_metrics(run.job.steps_path, progress["metrics"], run.job.storage)
         store.prune(run.job.keep_checkpoints)
     run.job.hooks.after_checkpoint(run.job.stage, progress["step"], run.rank)
     return path
@@ -236,9 +233,10 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     from pipeline.train.loss import token_loss_sum
     from pipeline.train.stream import collate, read_rows
 
-    if not storage.exists(path):
+    options = run.job.storage
+    if not storage.exists(path, options):
         return None, 0
-    with storage.open_file(path) as f:
+    with storage.open_file(path, options=options) as f:
         n = pq.ParquetFile(f).metadata.num_rows
     if n == 0:
         return None, 0
@@ -250,7 +248,7 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
     with torch.no_grad():
         for b in range(n_batches):
             rows = mine[b * batch_size : (b + 1) * batch_size]
-            table = read_rows(path, rows if len(rows) else np.zeros(1, np.int64))
+            table = read_rows(path, rows if len(rows) else np.zeros(1, np.int64), options)
             batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("input_ids", "labels")}
             ids, mask, labels = (torch.from_numpy(a).to(run.device) for a in collate(batch, run.job.pad_id, IGNORE))
             with run.autocast:
@@ -268,12 +266,10 @@ def heldout_loss(run: Run, path: str, batch_size: int = 8) -> tuple[float | None
 
 
 def _batches_by_step(run: Run, start: int) -> Iterator[tuple[int, list[dict]]]:
-    from pipeline.train.stream import micro_batches
-
     grad_accum = run.job.geometry["grad_accum"]
     pending: list[dict] = []
     expected = start
-    for step, batch in micro_batches(run.rank, start, run.job.geometry["batch_size"]):
+    for step, batch in run.source.micro_batches(start, run.job.geometry["batch_size"]):
         if step != expected:
             raise RuntimeError(f"rank {run.rank}: expected data of step {expected}, got step {step}")
         pending.append(batch)
@@ -305,12 +301,19 @@ def _gather_ints(run: Run, value: int) -> list[int]:
 
 def train_loop(job: StageJob) -> dict:
     """Ray Train's per-worker function for one stage; rank 0 returns the stage summary."""
-    from pipeline.train import parallel
-    from pipeline.train.export import save_model
+    from pipeline.train.world import ray_world
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, saved_dtype = _setup(job)
+    return run_loop(job, ray_world())
+
+
+def run_loop(job: StageJob, world: "World") -> dict:
+    """One rank's whole stage: resume, train, checkpoint, score the held-out set, export; rank 0 returns the summary."""
+    from pipeline.train import parallel
+    from pipeline.train.export import save_model
+
+    run, saved_dtype = _setup(job, world)
     progress = _resume(run)
     resumed_from = progress["step"]
     settings, stage, steps = job.settings, job.stage, job.steps
@@ -351,9 +354,9 @@ def train_loop(job: StageJob) -> dict:
         "precision": run.precision,
         "seconds_this_attempt": time.time() - t_start,
         "worker_peak_rss_bytes": peak,
-        "checkpoint": checkpoint or CheckpointStore(job.checkpoints).path(steps),
+        "checkpoint": checkpoint or CheckpointStore(job.checkpoints, job.storage).path(steps),
     }
-    _write_metrics(job.steps_path, progress["metrics"])
-    save_model(full, job.n_old, saved_dtype, job.base_model, job.output_model, info)
+    _write_metrics(job.steps_path, progress["metrics"], job.storage)
+    save_model(full, job.n_old, saved_dtype, job.base_model, job.output_model, info, job.storage)
     log.info("%s: done (%d steps), model in %s", stage, steps, job.output_model)
     return info

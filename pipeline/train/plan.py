@@ -12,22 +12,23 @@ from schemas.layout import IdLayout
 from schemas.train import STAGES, TrainConfig
 
 
-def _read_json(path: str) -> dict:
-    if not storage.exists(path):
+def _read_json(path: str, options) -> dict:
+    if not storage.exists(path, options):
         raise ConfigError(f"no model config at {path}")
-    return json.loads(storage.read_text(path))
+    return json.loads(storage.read_text(path, options))
 
 
 def model_shape(cfg: TrainConfig, model_config: str | None = None) -> memory.ModelShape:
     """The model's shape after the vocabulary extension: the source model's config plus the layout's rows."""
     layout_path = cfg.init.layout if cfg.init else storage.join(cfg.model, "layout.yaml")
-    layout = load_config(IdLayout, layout_path) if storage.exists(layout_path) else None
+    opts = cfg.storage
+    layout = load_config(IdLayout, layout_path, opts) if storage.exists(layout_path, opts) else None
     if model_config:
-        config = _read_json(model_config)
+        config = _read_json(model_config, opts)
     elif cfg.init:
-        config = _read_json(storage.join(cfg.init.source_model, "config.json"))
+        config = _read_json(storage.join(cfg.init.source_model, "config.json"), opts)
     else:
-        config = _read_json(storage.join(cfg.model, "config.json"))
+        config = _read_json(storage.join(cfg.model, "config.json"), opts)
     if layout is None:
         return memory.ModelShape.from_config(config)
     return memory.ModelShape.from_config(config, vocab=layout.total_size, old_vocab=layout.text_vocab_size)
@@ -41,7 +42,7 @@ def memory_plan(cfg: TrainConfig, gpus: int | None = None, gpu_memory_gib: float
             "checkpointing": cfg.gradient_checkpointing, "unfreeze_fraction": getattr(cfg.stage(s), "unfreeze_fraction", 0.25)}
         for s in STAGES
     }
-    n = gpus or cfg.workers.num_workers
+    n = gpus or cfg.workers.world_size
     rows = memory.plan_table(shape, stages, n, int(gpu_memory_gib * memory.GIB), on_gpu=on_gpu)
     header = (f"model: {shape.params() / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
               f"vocabulary {shape.old_vocab} -> {shape.vocab}, {'tied' if shape.tied else 'untied'}); "

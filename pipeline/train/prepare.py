@@ -33,7 +33,7 @@ from pipeline.train.identity import content_id
 from pipeline.train.paths import PreparedFiles
 from pipeline.train.records import read_file, source_files
 from pipeline.train.sequences import IGNORE, RESULT_SCHEMA, SequenceBuilder, records_table
-from schemas.base import ConfigError
+from schemas.base import ConfigError, StorageOptions
 from schemas.grids import REJECTS_SCHEMA
 from schemas.layout import IdLayout
 from schemas.train import CATEGORIES, SEQUENCES_SCHEMA, DataConfig, PrepareConfig
@@ -53,19 +53,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def inputs_fingerprint(data: DataConfig, layout: IdLayout, tokenizer: Any) -> str:
+def inputs_fingerprint(data: DataConfig, layout: IdLayout, tokenizer: Any, options: StorageOptions | None = None) -> str:
     """Changes when the data config, the layout, the tokenizer or the content of any input file changes."""
-    files = [path for path, _ in source_files(data.conversations)] + storage.expand(data.corpus, (".parquet",))
-    contents = [(path, content_id(path)) for path in files]
+    files = [path for path, _ in source_files(data.conversations, options)] + storage.expand(data.corpus, (".parquet",), options)
+    contents = [(path, content_id(path, options)) for path in files]
     blob = json.dumps([data.model_dump(mode="json"), layout.fingerprint(), tokenizer_fingerprint(tokenizer), contents])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _file_records(batch: pa.Table, inline: bool) -> Iterator[pa.Table]:
+def _file_records(batch: pa.Table, inline: bool, options: StorageOptions | None) -> Iterator[pa.Table]:
     """Ray Data map: one conversation file -> its records (and parse rejects), a block at a time."""
     path, category = batch.column("path")[0].as_py(), batch.column("category")[0].as_py()
     items = []
-    for item in read_file(path, category, inline):
+    for item in read_file(path, category, inline, options):
         items.append(item)
         if len(items) == RECORDS_PER_BLOCK:
             yield records_table(items)
@@ -88,17 +88,17 @@ def _use_ray(execution: PrepareConfig) -> bool:
     return execution.workers > 0 or bool(os.environ.get("RAY_ADDRESS"))
 
 
-def _results_here(sources, data, tokenizer, layout, execution) -> tuple[Iterator[pa.Table], dict]:
+def _results_here(sources, data, tokenizer, layout, execution, options) -> tuple[Iterator[pa.Table], dict]:
     inline = data.images == "inline"
-    records = records_table([item for path, category in sources for item in read_file(path, category, inline)])
+    records = records_table([item for path, category in sources for item in read_file(path, category, inline, options)])
     keys = _wanted_keys(iter([records]), data.image_key)
-    images, counts = image_table(data.corpus, keys, layout) if keys else (image_table([], set(), layout)[0], {})
+    images, counts = image_table(data.corpus, keys, layout, options) if keys else (image_table([], set(), layout)[0], {})
     builder = SequenceBuilder(tokenizer, data, layout, images)
     step = execution.batch_size
     return (builder(records.slice(i, step)) for i in range(0, records.num_rows, step)), counts
 
 
-def _results_on_ray(sources, data, tokenizer_dir, layout, execution) -> tuple[Iterator[pa.Table], dict]:
+def _results_on_ray(sources, data, tokenizer_dir, layout, execution, options) -> tuple[Iterator[pa.Table], dict]:
     import ray
     import ray.data
 
@@ -108,14 +108,16 @@ def _results_on_ray(sources, data, tokenizer_dir, layout, execution) -> tuple[It
     inline = data.images == "inline"
     files = ray.data.from_items([{"path": p, "category": c} for p, c in sources], override_num_blocks=max(1, len(sources)))
     files.context.execution_options.preserve_order = True
-    records = files.map_batches(_file_records, batch_size=1, batch_format="pyarrow", fn_kwargs={"inline": inline}).materialize()
+    records = files.map_batches(_file_records, batch_size=1, batch_format="pyarrow",
+                                fn_kwargs={"inline": inline, "options": options}).materialize()
     keys = _wanted_keys(records.select_columns(["images", "reason"]).iter_batches(batch_format="pyarrow", batch_size=None),
                         data.image_key)
-    images, counts = image_table(data.corpus, keys, layout) if keys else (image_table([], set(), layout)[0], {})
+    images, counts = image_table(data.corpus, keys, layout, options) if keys else (image_table([], set(), layout)[0], {})
     actors = execution.workers or max(1, int(ray.available_resources().get("CPU", 1) // execution.cpus))
     results = records.map_batches(
         SequenceBuilder,
-        fn_constructor_kwargs={"tokenizer": tokenizer_dir, "data": data, "layout": layout, "images": ray.put(images)},
+        fn_constructor_kwargs={"tokenizer": tokenizer_dir, "data": data, "layout": layout, "images": ray.put(images),
+                               "options": options},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=execution.cpus,
         batch_size=execution.batch_size, batch_format="pyarrow",
     )
@@ -133,10 +135,11 @@ class _Writers:
     rejects keep the input order.
     """
 
-    def __init__(self, files: PreparedFiles):
+    def __init__(self, files: PreparedFiles, options: StorageOptions | None = None):
         import tempfile
 
         self.files = files
+        self.options = options
         self._outputs = contextlib.ExitStack()  # whole files or none: aborted when preparation fails
         self._staging = tempfile.TemporaryDirectory(prefix="vbpe-prepare-")
         self.per_cat_writers: dict[str, pq.ParquetWriter] = {}
@@ -149,7 +152,7 @@ class _Writers:
         self.held_images: set[str] = set()
 
     def _open(self, path: str, schema: pa.Schema) -> pq.ParquetWriter:
-        return pq.ParquetWriter(self._outputs.enter_context(storage.atomic_write(path)), schema)
+        return pq.ParquetWriter(self._outputs.enter_context(storage.atomic_write(path, self.options)), schema)
 
     def _writer(self, name: str) -> pq.ParquetWriter:
         if name == "heldout":
@@ -225,7 +228,7 @@ class _Writers:
             self._flush(name, force=True)
         for writer in (self.heldout, self.rejects, *self.per_cat_writers.values()):
             writer.close()
-        with storage.atomic_write(self.files.sequences) as handle:
+        with storage.atomic_write(self.files.sequences, self.options) as handle:
             out = pq.ParquetWriter(handle, SEQUENCES_SCHEMA)
             for c in CATEGORIES:
                 if c in self.per_cat_writers:
@@ -244,29 +247,30 @@ def _held_out_images(keys: set[str], data: DataConfig) -> int:
 
 
 def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fingerprint: str | None = None,
-            execution: PrepareConfig | None = None, tokenizer_dir: str | None = None) -> dict:
+            execution: PrepareConfig | None = None, tokenizer_dir: str | None = None,
+            options: StorageOptions | None = None) -> dict:
     """Write sequences, held-out sequences and rejects, then stats.json (the marker of a complete preparation).
 
     `fingerprint`: inputs_fingerprint() of these arguments, when the caller has computed it already.
-    `tokenizer_dir`: where Ray actors load the same tokenizer from (needed on Ray).
+    `tokenizer_dir`: where Ray actors load the same tokenizer from (needed on Ray). `options`: the run's storage.
     """
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no end-of-sequence token; set one before training")
     execution = execution or PrepareConfig()
     files = PreparedFiles(out_dir)
-    fingerprint = fingerprint or inputs_fingerprint(data, layout, tokenizer)
-    if storage.exists(files.stats):
-        old = json.loads(storage.read_text(files.stats))
+    fingerprint = fingerprint or inputs_fingerprint(data, layout, tokenizer, options)
+    if storage.exists(files.stats, options):
+        old = json.loads(storage.read_text(files.stats, options))
         if old.get("fingerprint") == fingerprint:
             log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
             return {**old, "reused": True}
-    sources = source_files(data.conversations)
+    sources = source_files(data.conversations, options)
     on_ray = _use_ray(execution)
     if on_ray and tokenizer_dir is None:
         raise ConfigError("preparing on Ray needs the tokenizer's directory")
-    results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution) if on_ray
-                       else _results_here(sources, data, tokenizer, layout, execution))
-    with _Writers(files) as out:
+    results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution, options) if on_ray
+                       else _results_here(sources, data, tokenizer, layout, execution, options))
+    with _Writers(files, options) as out:
         for table in results:
             out.add(table)
     c = out.c
@@ -293,7 +297,7 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fi
         **counts,
         "trailing_prompts_dropped": c["trailing_prompts_dropped"],
     }
-    storage.write_text(files.stats, json.dumps(stats, indent=1))
+    storage.write_text(files.stats, json.dumps(stats, indent=1), options)
     log.info(
         "prepared %d sequences (%d held out, %d rejected, %d truncated) from %d records",
         stats["sequences"], stats["heldout"], stats["rejected"], stats["truncated"], stats["records"],

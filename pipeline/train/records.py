@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from schemas.base import InputError
+from schemas.base import InputError, StorageOptions
 from schemas.train import CATEGORIES, CATEGORY_ALIASES, ConversationSource
 from pipeline import storage
 from pipeline.rejects import Reject
@@ -45,16 +45,16 @@ class Record:
         return self.images[0] if self.images else None
 
 
-def _rows(path: str) -> Iterator[tuple[int, Any]]:
+def _rows(path: str, options: StorageOptions | None) -> Iterator[tuple[int, Any]]:
     """(row, raw record) pairs; a JSONL line that does not parse is yielded as an exception to reject."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        with storage.open_file(path) as f:
+        with storage.open_file(path, options=options) as f:
             table = pq.read_table(f)
         yield from enumerate(table.to_pylist())
         return
-    text = storage.read_text(path)
+    text = storage.read_text(path, options)
     if path.endswith(".jsonl"):
         for i, line in enumerate(text.splitlines()):
             if not line.strip():
@@ -146,14 +146,15 @@ def parse(raw: Any, default_category: str | None, source: str, row: int, inline:
 SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
-def source_files(sources: list[ConversationSource]) -> list[tuple[str, str | None]]:
+def source_files(sources: list[ConversationSource], options: StorageOptions | None = None) -> list[tuple[str, str | None]]:
     """(file, default category) of every conversation file, in order."""
-    return [(path, src.category) for src in sources for path in storage.expand(src.paths(), SUFFIXES)]
+    return [(path, src.category) for src in sources for path in storage.expand(src.paths(), SUFFIXES, options)]
 
 
-def read_file(path: str, default_category: str | None, inline: bool = False) -> Iterator[Record | Reject]:
+def read_file(path: str, default_category: str | None, inline: bool = False,
+              options: StorageOptions | None = None) -> Iterator[Record | Reject]:
     """Every row of one file, as a Record or as the Reject that says why not."""
-    for row, raw in _rows(path):
+    for row, raw in _rows(path, options):
         try:
             yield parse(raw, default_category, path, row, inline)
         except ValueError as err:
@@ -161,11 +162,12 @@ def read_file(path: str, default_category: str | None, inline: bool = False) -> 
             yield Reject(None if key is None else str(key), path, row, str(err))
 
 
-def read_records(sources: list[ConversationSource], inline: bool = False) -> tuple[list[Record], list[Reject]]:
+def read_records(sources: list[ConversationSource], inline: bool = False,
+                 options: StorageOptions | None = None) -> tuple[list[Record], list[Reject]]:
     """Every input row ends up in exactly one of the two lists."""
     records: list[Record] = []
     rejects: list[Reject] = []
-    for path, category in source_files(sources):
-        for item in read_file(path, category, inline):
+    for path, category in source_files(sources, options):
+        for item in read_file(path, category, inline, options):
             (records if isinstance(item, Record) else rejects).append(item)
     return records, rejects

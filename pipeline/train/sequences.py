@@ -124,13 +124,14 @@ def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
 class SequenceBuilder:
     """Records -> results. Holds the tokenizer and the corpus images the records need (key -> ids)."""
 
-    def __init__(self, tokenizer: Any, data: DataConfig, layout: IdLayout, images: pa.Table):
+    def __init__(self, tokenizer: Any, data: DataConfig, layout: IdLayout, images: pa.Table, options=None):
+        """`tokenizer`: a tokenizer, or the directory to load it from (`options`: its StorageOptions when remote)."""
         if isinstance(tokenizer, str):
             from transformers import AutoTokenizer
 
             from pipeline.storage import local_dir
 
-            with local_dir(tokenizer) as d:
+            with local_dir(tokenizer, options) as d:
                 tokenizer = AutoTokenizer.from_pretrained(d)
         if type(images).__name__ == "ObjectRef":  # shared through the object store when on Ray
             import ray

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from schemas.base import StorageOptions
+
 STATE = "state.json"
 
 
@@ -52,29 +54,36 @@ def save(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer
             json.dump(state, f)
 
 
-def saved_keys(directory: str) -> set[str]:
+def saved_keys(directory: str, options: StorageOptions | None = None) -> set[str]:
     from pipeline.train.dcp_reader import StoreReader
 
-    return set(StoreReader(directory).read_metadata().state_dict_metadata)
+    return set(StoreReader(directory, options).read_metadata().state_dict_metadata)
 
 
-def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> dict:
+def load(directory: str, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+         options: StorageOptions | None = None) -> dict:
     """Restore in place, every rank reading only the chunks of its own shards, from a local path or an
     s3:// URL; the checkpoint must hold exactly the stage's trainable tensors."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    from pipeline import storage
     from pipeline.train.dcp_reader import StoreReader
 
     _optimizer_state(params, optimizer)
     want = tensors(params, optimizer)
-    have = saved_keys(directory)
+    have = saved_keys(directory, options)
     wanted_params = {k for k in want if k.startswith("param/")}
     if {k for k in have if k.startswith("param/")} != wanted_params:
         missing = sorted(wanted_params - have)[:3]
         extra = sorted(k for k in have if k.startswith("param/") and k not in wanted_params)[:3]
         raise ValueError(f"checkpoint does not match this stage's trainable parameters (missing {missing}, unexpected {extra})")
     with torch.no_grad():
-        dcp.load(want, storage_reader=StoreReader(directory), no_dist=not dist.is_initialized())
-    return json.loads(storage.read_text(storage.join(directory, STATE)))
+        dcp.load(want, storage_reader=StoreReader(directory, options), no_dist=not dist.is_initialized())
+    return read_state(directory, options)
+
+
+def read_state(directory: str, options: StorageOptions | None = None) -> dict:
+    """The loop's position saved with a checkpoint: step, metrics, fingerprint, batch geometry."""
+    from pipeline import storage
+
+    return json.loads(storage.read_text(storage.join(directory, STATE), options))

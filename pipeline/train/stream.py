@@ -65,15 +65,29 @@ def read_rows(path: str, rows: np.ndarray, options: StorageOptions | None = None
     return table.take(pa.array(local, pa.int64()))
 
 
-def _read_item(batch, path: str, per_step: int, options: StorageOptions | None):
-    """Ray Data map: one item (first step + row indices) -> its sequences, with their step and row."""
+def read_item(path: str, first_step: int, rows: np.ndarray, per_step: int, options: StorageOptions | None):
+    """One item (its first step + row indices) -> its sequences, with their step and row."""
     import pyarrow as pa
 
+    table = read_rows(path, rows, options)
+    steps = first_step + np.arange(len(rows)) // per_step
+    return table.append_column("step", pa.array(steps, pa.int64())).append_column("row", pa.array(rows, pa.int64()))
+
+
+def items(rows: np.ndarray, per_step: int, first_step: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first step, row indices) of one rank's items from `first_step` on: a few steps each, in training order.
+    Ray Data maps these (rank_datasets); the local executor reads them in this process (world.py)."""
+    steps = len(rows) // per_step
+    steps_per_item = max(1, ROWS_PER_ITEM // per_step)
+    for s in range(first_step, steps, steps_per_item):
+        yield s, rows[s * per_step : min(steps, s + steps_per_item) * per_step]
+
+
+def _read_item(batch, path: str, per_step: int, options: StorageOptions | None):
+    """Ray Data map: one item -> its sequences (read_item)."""
     first = int(batch.column("first_step")[0].as_py())
     rows = np.asarray(batch.column("rows")[0].values.to_numpy(zero_copy_only=False), np.int64)
-    table = read_rows(path, rows, options)
-    steps = first + np.arange(len(rows)) // per_step
-    return table.append_column("step", pa.array(steps, pa.int64())).append_column("row", pa.array(rows, pa.int64()))
+    return read_item(path, first, rows, per_step, options)
 
 
 def rank_datasets(path: str, assignment: Assignment, first_step: int, options: StorageOptions | None,
@@ -83,18 +97,13 @@ def rank_datasets(path: str, assignment: Assignment, first_step: int, options: S
     import ray.data
 
     per_step = assignment.per_step
-    steps_per_item = max(1, ROWS_PER_ITEM // per_step)
     out = {}
     for r, rows in enumerate(assignment.rows):
-        steps = len(rows) // per_step
-        items = [
-            pa.table({"first_step": pa.array([s], pa.int64()),
-                      "rows": pa.array([rows[s * per_step : min(steps, s + steps_per_item) * per_step]], pa.list_(pa.int64()))})
-            for s in range(first_step, steps, steps_per_item)
-        ]
-        if not items:
-            items = [pa.table({"first_step": pa.array([], pa.int64()), "rows": pa.array([], pa.list_(pa.int64()))})]
-        out[f"rank{r}"] = ray.data.from_arrow(items).map_batches(
+        tables = [pa.table({"first_step": pa.array([s], pa.int64()), "rows": pa.array([chunk], pa.list_(pa.int64()))})
+                  for s, chunk in items(rows, per_step, first_step)]
+        if not tables:
+            tables = [pa.table({"first_step": pa.array([], pa.int64()), "rows": pa.array([], pa.list_(pa.int64()))})]
+        out[f"rank{r}"] = ray.data.from_arrow(tables).map_batches(
             _read_item, batch_size=1, batch_format="pyarrow", zero_copy_batch=True, num_cpus=cpus_per_task,
             fn_kwargs={"path": path, "per_step": per_step, "options": options},
         )

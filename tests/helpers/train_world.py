@@ -58,7 +58,7 @@ def config(inputs, out: str, tied: bool = False, num_workers: int = 1, **extra) 
         "stage1": {**stage, "lr": 1e-2},
         "stage2": {**stage, "lr": 3e-3},
         "stage3": {**stage, "lr": 3e-3},
-        "workers": {"num_workers": num_workers, "max_failures": 0},
+        "workers": {"workers": num_workers, "max_failures": 0},
         "gradient_checkpointing": False,
     }
     for key, value in extra.items():

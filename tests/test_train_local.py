@@ -1,0 +1,163 @@
+"""The local train executor (`workers: {executor: local}`): the same loop in this process as the only
+rank. It trains on the same rows, step by step, as a one-worker Ray Train run of the same config and
+gives the same losses; checkpoints, resume, metrics, held-out loss and export work as under Ray; what
+one rank cannot do (FSDP, more workers) is refused in one line."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from pipeline.train import api
+from pipeline.train.driver import run_stage
+from pipeline.train.evaluate import mean_loss
+from pipeline.train.job import Hooks
+from schemas.base import ConfigError
+from tests.helpers.train_hooks import RecordBatches
+from tests.helpers.train_world import config, fast_ray, inputs, weights  # noqa: F401
+
+LOCAL = {"executor": "local"}
+STAGE1 = {"checkpoint_every": 3}
+
+
+class InterruptOnce(Hooks):
+    """Raise (as Ctrl-C or a dying driver would stop the local run) right after the checkpoint of `step`."""
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, marker
+
+    def after_checkpoint(self, stage, step, rank) -> None:
+        if step == self.step and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise KeyboardInterrupt(f"test: interrupted after the checkpoint of step {step}")
+
+
+def _rows(path: str) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def local_run(inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    (root / "batches").mkdir()
+    cfg = config(inputs, str(root / "run"), workers=LOCAL, stage1=STAGE1)
+    api.run(cfg, "init")
+    return cfg, run_stage(cfg, "stage1", hooks=RecordBatches(str(root / "batches"))), root / "batches"
+
+
+def test_local_stage_trains_checkpoints_scores_and_exports(local_run, inputs):
+    cfg, summary, _ = local_run
+    _, layout = inputs
+    assert summary["executor"] == "local" and summary["steps"] == 8 and summary["resumed_from_step"] == 0
+    rows = _rows(summary["metrics"])
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert summary["final_loss"] == rows[-1]["loss"]
+    ckpts = sorted(os.listdir(os.path.dirname(summary["checkpoint"])))
+    assert ckpts == ["checkpoint-step-00000006", "checkpoint-step-00000008"]  # every 3 steps and the last; keep 2
+    model = os.path.join(cfg.output, "stage1", "model")
+    heldout = os.path.join(cfg.output, "data", "heldout.parquet")
+    assert summary["heldout_sequences"] == 16
+    assert summary["heldout_loss"] == pytest.approx(mean_loss(model, heldout, layout.pad_id), rel=1e-4)
+    metrics = json.loads(open(os.path.join(cfg.output, "stage1", "metrics.json")).read())
+    assert metrics["rows_in"] == summary["samples_consumed"] == 32
+    assert run_stage(cfg, "stage1")["skipped"] is True
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_local_and_one_ray_worker_train_on_the_same_rows_with_the_same_losses(local_run, fast_ray, inputs, tmp_path):
+    cfg, local, local_batches = local_run
+    (tmp_path / "batches").mkdir()
+    ray_cfg = config(inputs, str(tmp_path / "run"), workers={"executor": "ray"}, stage1=STAGE1)
+    ray = run_stage(ray_cfg, "stage1", hooks=RecordBatches(str(tmp_path / "batches")))
+    assert ray["executor"] == "ray" and ray["steps"] == local["steps"]
+    assert _rows(local_batches / "stage1-0.jsonl") == _rows(tmp_path / "batches" / "stage1-0.jsonl")
+    got, want = _rows(local["metrics"]), _rows(ray["metrics"])
+    for a, b in zip(got, want):
+        assert (a["step"], a["tokens"], a["target_tokens"], a["samples"]) == (b["step"], b["tokens"], b["target_tokens"], b["samples"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7) and a["lr"] == b["lr"]
+    assert local["heldout_loss"] == pytest.approx(ray["heldout_loss"], rel=1e-6)
+    a, b = weights(os.path.join(cfg.output, "stage1", "model")), weights(os.path.join(ray_cfg.output, "stage1", "model"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_interrupted_local_stage_resumes_from_its_checkpoint_and_ends_where_the_uninterrupted_one_did(local_run, inputs, tmp_path):
+    ref_cfg, ref, _ = local_run
+    cfg = config(inputs, str(tmp_path / "run"), workers=LOCAL, stage1={"checkpoint_every": 2})
+    stop = InterruptOnce(step=4, marker=str(tmp_path / "stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, "stage1", hooks=stop)
+    assert not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
+
+    with pytest.raises(ConfigError, match="cannot resume stage1 .* world size 1 .* now 2"):  # before any worker starts
+        run_stage(cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"executor": "ray", "workers": 2})}), "stage1")
+
+    summary = run_stage(cfg, "stage1", hooks=stop)
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    rows = _rows(summary["metrics"])
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in _rows(ref["metrics"])]
+    want = weights(os.path.join(ref_cfg.output, "stage1", "model"))
+    got = weights(os.path.join(cfg.output, "stage1", "model"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("workers, stage, message", [
+    ({"executor": "local", "workers": 2}, {}, "executor: local trains in this process as one rank; workers: 2"),
+    ({"executor": "local"}, {"strategy": "fsdp"}, "executor: local is one rank, and strategy: fsdp shards over several (stage2)"),
+])
+def test_local_refuses_what_one_rank_cannot_do(inputs, tmp_path, workers, stage, message):
+    cfg = config(inputs, str(tmp_path / "run"), tied=True, workers=workers, stage2=stage)
+    with pytest.raises(ConfigError) as err:
+        api.run(cfg, "all")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not os.path.exists(cfg.output) and not os.path.exists(cfg.model)  # refused before init and prepare
+
+
+def test_workers_block_has_the_shared_execution_fields_and_still_reads_the_old_names(inputs, tmp_path):
+    from schemas.base import ExecutionOptions
+    from schemas.train import TrainConfig, WorkersConfig
+
+    assert issubclass(WorkersConfig, ExecutionOptions)
+    import yaml
+
+    from pipeline.configargs import load_config
+
+    data = config(inputs, str(tmp_path / "a")).model_dump(mode="json")
+    data["workers"] = {"num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.1}  # a config written before the rename
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    old = load_config(TrainConfig, str(tmp_path / "old.yaml"))
+    new = TrainConfig.from_dict({**data, "workers": {"workers": 2, "cpus": 0.5, "data_cpus": 0.1}})
+    assert old == new and (new.workers.workers, new.workers.cpus, new.workers.executor) == (2, 0.5, "auto")
+    assert TrainConfig.from_yaml_text(old.to_yaml(), "t.yaml") == old  # written with the new names, read back
+    with pytest.raises(ConfigError, match="num_workers is the old name of workers: give one of them"):
+        WorkersConfig.from_dict({"num_workers": 2, "workers": 2})
+    defaults = WorkersConfig()  # an old config without `workers` still trains on one Ray Train worker
+    assert (defaults.executor, defaults.workers, defaults.cpus, defaults.world_size) == ("auto", 1, 1.0, 1)
+
+
+@pytest.mark.parametrize("workers, env, want", [
+    ({}, None, "ray"),  # the default: one Ray Train worker, as before
+    ({"workers": 2}, None, "ray"),
+    ({"workers": 0}, None, "local"),  # no Ray Train workers: this process trains
+    ({"executor": "local"}, "127.0.0.1:6379", "local"),
+    ({"workers": 0}, "127.0.0.1:6379", "workers: 0 means training in this process, but the executor is Ray (a cluster is named)"),
+    ({"workers": 0, "ray_address": "127.0.0.1:6379"}, None, "workers: 0 means training in this process, but the executor is Ray"),
+    ({"executor": "ray", "workers": 0}, None, "workers: 0 means training in this process, but the executor is Ray (executor: ray)"),
+])
+def test_executor_follows_the_shared_rule(inputs, tmp_path, monkeypatch, workers, env, want):
+    from pipeline.train.executors import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    cfg = config(inputs, str(tmp_path / "run"), workers=workers)
+    if want in ("ray", "local"):
+        assert executor(cfg) == want
+        assert cfg.workers.world_size == max(1, cfg.workers.workers)
+    else:
+        with pytest.raises(ConfigError) as err:
+            executor(cfg)
+        assert str(err.value).startswith(want) and "\n" not in str(err.value)
