@@ -38,12 +38,27 @@ MINI = {
 
 @pytest.fixture(scope="module")
 def ablation(ray_local, tmp_path_factory):
-    from pipeline.evaluate.ablation import run_ablation
+    """Run through the stage runner, as `vbpe eval ablation` and `python -m jobs.ablation` run it."""
+    from pipeline.runner import execute
+    from pipeline.stage import get_stage
     from schemas.evaluate import AblationConfig
 
     out = tmp_path_factory.mktemp("ablation")
     cfg = AblationConfig.from_dict({**MINI, "out": str(out)})
-    return cfg, run_ablation(cfg)
+    summary = execute(get_stage("ablation"), cfg)
+    return cfg, summary.result
+
+
+def test_the_runner_records_the_ablations_metrics_and_a_json_safe_summary(ablation):
+    from pipeline.evaluate.api import AblationSummary
+    from pipeline.metrics import metrics_path
+
+    cfg, result = ablation
+    m = json.loads(open(metrics_path(cfg.out)).read())
+    assert m["stage"] == "ablation" and m["status"] == "ok" and m["rows_in"] == m["rows_out"] == 60 and m["arms"] == 2
+    summary = AblationSummary(result).to_json()
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert [a["name"] for a in summary["arms"]] == ["vq", "bpe12"] and summary["ablation"].endswith("ablation.json")
 
 
 def _finite(x) -> bool:
