@@ -86,6 +86,10 @@ def preparation(out: str, records: int) -> dict:
     for name, prep in (("local", {"executor": "local"}), ("ray_1_actor", {"executor": "ray", "workers": 1, "cpus": 0.9}),
                        ("ray_2_actors", {"executor": "ray", "workers": 2, "cpus": 0.9})):
         seconds = {}
+        if prep["executor"] == "ray":  # the first Ray run also starts the local cluster: not the stage's start-up
+            warm = TrainConfig.from_dict({**small, "output": os.path.join(out, f"prep-{name}-warm"), "prepare": prep})
+            api.run(warm, "init")
+            api.run(warm, "prepare")
         for size, world in (("small", small), ("big", big)):
             cfg = TrainConfig.from_dict({**world, "output": os.path.join(out, f"prep-{name}-{size}"), "prepare": prep})
             api.run(cfg, "init")
@@ -94,10 +98,11 @@ def preparation(out: str, records: int) -> dict:
             seconds[size] = (time.perf_counter() - t0, stats["records"])
         (t_big, n_big), (t_small, n_small) = seconds["big"], seconds["small"]
         result[name] = {"records": n_big, "seconds": round(t_big, 2), "records_per_s": round(n_big / t_big),
-                        "startup_s": round(t_small, 2), "steady_records_per_s": round((n_big - n_small) / max(t_big - t_small, 1e-9))}
+                        "startup_s": round(t_small, 2), "steady_records_per_s": round((n_big - n_small) / (t_big - t_small)) if t_big > t_small else None}
     local = result["local"]["records_per_s"]
     result["ray_2_actors_over_local"] = round(result["ray_2_actors"]["records_per_s"] / local, 2)
-    result["ray_2_over_1_actor_steady"] = round(result["ray_2_actors"]["steady_records_per_s"] / result["ray_1_actor"]["steady_records_per_s"], 2)
+    steady = [result[k]["steady_records_per_s"] for k in ("ray_2_actors", "ray_1_actor")]
+    result["ray_2_over_1_actor_steady"] = round(steady[0] / steady[1], 2) if all(steady) else None
     return result
 
 
