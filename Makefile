@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(PY) -m pipeline.cli demo --out demo-out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow" tests

@@ -1,12 +1,9 @@
 """The sharded learner on a real local Ray: the vocabulary does not depend on the worker count."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import threading
-import time
 
 import pytest
 
@@ -42,63 +39,58 @@ def test_checkpoint_written_by_two_workers_resumes_on_three(tmp_path, ray_local)
     assert resumed.merges == straight.merges
 
 
-def _kill_one_worker_when(pointer, at_least: int, done: threading.Event, killed: list) -> None:
-    """SIGKILL one of this run's learner actors once its checkpoint holds `at_least` merges."""
+KILL_MERGES, KILL_AT, EVERY = 120, 40, 20
+
+
+def _kill_a_worker() -> int:
+    """SIGKILL the last of this run's learner actors (as a lost node would); returns its pid."""
     import ray
 
     from pipeline.learn.distributed import ACTOR_PREFIX
 
-    deadline = time.time() + 300
-    while not done.is_set() and time.time() < deadline:
-        try:
-            merges = len(json.loads(pointer.read_text())["merges"]) if pointer.exists() else 0
-        except ValueError:  # being replaced
-            merges = 0
-        if merges >= at_least:
-            names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                           if a["name"].startswith(ACTOR_PREFIX))
-            actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == names[-1]]
-            handle = ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"])
-            pid = ray.get(handle.pid.remote())
-            os.kill(pid, signal.SIGKILL)
-            killed.append((pid, merges))
-            return
-        time.sleep(0.02)
+    actors = sorted((a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(ACTOR_PREFIX)),
+                    key=lambda a: a["name"])
+    handle = ray.get_actor(actors[-1]["name"], namespace=actors[-1]["namespace"])
+    pid = ray.get(handle.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
-def _learn_and_kill(tmp_path, name: str, **kw):
+def _learn_and_kill(tmp_path, monkeypatch, name: str, **kw):
+    """Learn on 2 workers and kill one right after the checkpoint of KILL_AT merges is complete (a deterministic
+    point: the kill is done before the run goes on, so the run can be short)."""
+    from pipeline.learn.checkpoint import Checkpoint
+
     cfg = LearnConfig(inputs=[str(tmp_path / "grids")], out=str(tmp_path / f"{name}.json"), progress=False,
-                      actor_cpus=0.5, workers=2, merges=KILL_MERGES, checkpoint_every=20, alpha_rel=0.02, **kw)
-    done, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_one_worker_when,
-                               args=(tmp_path / f"{name}.checkpoint" / "checkpoint.json", 40, done, killed))
-    watcher.start()
-    try:
-        return cfg, run(cfg), killed
-    finally:
-        done.set()
-        watcher.join()
+                      actor_cpus=0.5, workers=2, merges=KILL_MERGES, checkpoint_every=EVERY, alpha_rel=0.02, **kw)
+    killed, save = [], Checkpoint.save
 
+    def save_then_kill(self, merges, *args, **kwargs):
+        save(self, merges, *args, **kwargs)
+        if len(merges) >= KILL_AT and not killed:
+            killed.append((_kill_a_worker(), len(merges)))
 
-KILL_MERGES = 1500
+    monkeypatch.setattr(Checkpoint, "save", save_then_kill)
+    vocab = run(cfg)
+    return cfg, vocab, killed
 
 
 @pytest.fixture(scope="module")
 def kill_corpus(tmp_path_factory):
     base = tmp_path_factory.mktemp("kill")
     (base / "grids").mkdir()
-    write_synthetic(base / "grids", 300, parts=2, side=24, codebook_size=600)
+    write_synthetic(base / "grids", 200, parts=2, side=20, codebook_size=400)
     straight = run(LearnConfig(inputs=[str(base / "grids")], out=str(base / "straight.json"), merges=KILL_MERGES,
                                progress=False, checkpoint_every=0, alpha_rel=0.02))
     return base, straight
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_from_the_checkpoint(kill_corpus, ray_local, caplog, tmp_path):
+def test_a_killed_worker_is_restarted_from_the_checkpoint(kill_corpus, ray_local, caplog, tmp_path, monkeypatch):
     base, straight = kill_corpus
     (tmp_path / "grids").symlink_to(base / "grids")
     with caplog.at_level(logging.WARNING, logger="pipeline.learn.api"):
-        _, vocab, killed = _learn_and_kill(tmp_path, "restarted")
+        _, vocab, killed = _learn_and_kill(tmp_path, monkeypatch, "restarted")
     assert killed, "the run finished before a worker could be killed: make it longer"
     assert any("restarting the workers (1 of 2) from the checkpoint" in r.getMessage() for r in caplog.records)
     assert vocab.merges == straight.merges and vocab.corpus == straight.corpus
@@ -106,16 +98,17 @@ def test_a_killed_worker_is_restarted_from_the_checkpoint(kill_corpus, ray_local
 
 
 @pytest.mark.slow
-def test_a_killed_worker_without_restarts_stops_with_one_line_and_resume_finishes(kill_corpus, ray_local, tmp_path):
+def test_a_killed_worker_without_restarts_stops_with_one_line_and_resume_finishes(kill_corpus, ray_local, tmp_path, monkeypatch):
     from pipeline.learn.distributed import WorkerLost
 
     base, straight = kill_corpus
     (tmp_path / "grids").symlink_to(base / "grids")
     with pytest.raises(WorkerLost) as err:
-        _learn_and_kill(tmp_path, "stopped", restarts=0)
+        _learn_and_kill(tmp_path, monkeypatch, "stopped", restarts=0)
+    monkeypatch.undo()
     message = str(err.value)
     assert "\n" not in message and "run again with --resume" in message
     resumed = run(LearnConfig(inputs=[str(tmp_path / "grids")], out=str(tmp_path / "stopped.json"), progress=False,
-                              actor_cpus=0.5, workers=2, merges=KILL_MERGES, checkpoint_every=20, alpha_rel=0.02,
+                              actor_cpus=0.5, workers=2, merges=KILL_MERGES, checkpoint_every=EVERY, alpha_rel=0.02,
                               resume=True))
     assert resumed.merges == straight.merges and resumed.fingerprint() == straight.fingerprint()

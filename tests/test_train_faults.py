@@ -25,41 +25,52 @@ def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
         run_stage(cfg, "stage2")
 
 
-def test_worker_killed_right_after_a_checkpoint_resumes_from_it(fast_ray, inputs, tmp_path):
+@pytest.fixture(scope="module")
+def killed_run(fast_ray, inputs, tmp_path_factory):
+    """Stage 1 with a worker killed right after the checkpoint of step 4 (restarted by Ray Train), trained on a
+    copy of the conversations: the completed stage that the edited-conversation test then invalidates."""
+    import shutil
+
+    root, _ = inputs
+    tmp = tmp_path_factory.mktemp("killed")
+    conv = tmp / "conv"
+    shutil.copytree(root / "conv", conv)
+    cfg = config(inputs, str(tmp / "run"), data={"conversations": [{"path": str(conv)}]},
+                 stage1={"checkpoint_every": 2, "max_steps": 6}, workers={"max_failures": 1})
+    run_init(cfg)
+    crash = CrashOnce(step=4, marker=str(tmp / "crashed"), when="checkpoint")
+    return cfg, conv, crash, run_stage(cfg, "stage1", hooks=crash)
+
+
+def test_worker_killed_right_after_a_checkpoint_resumes_from_it(killed_run):
     """The newest checkpoint complete on storage is the resume point, whether or not Ray Train
     registered it before the worker died (#10 item 18)."""
-    cfg = config(inputs, str(tmp_path / "run"), stage1={"checkpoint_every": 2, "max_steps": 6}, workers={"max_failures": 1})
-    run_init(cfg)
-    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"), when="checkpoint")
-    summary = run_stage(cfg, "stage1", hooks=crash)
+    _, _, crash, summary = killed_run
     assert os.path.exists(crash.marker) and summary["resumed_from_step"] == 4 and summary["steps"] == 6
 
 
-def test_edited_conversation_invalidates_the_stages_trained_on_it(fast_ray, inputs, tmp_path):
+def test_edited_conversation_invalidates_the_stages_trained_on_it(killed_run):
     """Same size, same modification time, other content: the prepared data is stale, and so is the
     completed stage; the run says so instead of skipping it, and nothing is overwritten (#10 item 14)."""
-    import shutil
-
     from schemas.base import InputError
 
-    root, _ = inputs
-    conv = tmp_path / "conv"
-    shutil.copytree(root / "conv", conv)
-    cfg = config(inputs, str(tmp_path / "run"), data={"conversations": [{"path": str(conv)}]}, stage1={"max_steps": 2})
-    run_init(cfg)
-    first = run_stage(cfg, "stage1")
+    cfg, conv, _, first = killed_run
     path = conv / "good.jsonl"
     text, stat = path.read_text(), os.stat(path)
-    path.write_text(text.replace("a red cat", "a red dog", 1))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.read_text() != text and os.path.getsize(path) == stat.st_size
-    stats = (tmp_path / "run" / "data" / "stats.json").read_text()
-    with pytest.raises(InputError, match="inputs changed .* stage1 already completed"):
-        run_stage(cfg, "stage1")
-    with pytest.raises(InputError, match="stage1 already completed"):
-        api.run(cfg, "prepare")
-    assert (tmp_path / "run" / "data" / "stats.json").read_text() == stats  # the data stage1 used is kept
-    path.write_text(text)
+    try:
+        path.write_text(text.replace("a red cat", "a red dog", 1))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.read_text() != text and os.path.getsize(path) == stat.st_size
+        stats_path = os.path.join(cfg.output, "data", "stats.json")
+        stats = open(stats_path).read()
+        with pytest.raises(InputError, match="inputs changed .* stage1 already completed"):
+            run_stage(cfg, "stage1")
+        with pytest.raises(InputError, match="stage1 already completed"):
+            api.run(cfg, "prepare")
+        assert open(stats_path).read() == stats  # the data stage1 used is kept
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]
 
 
