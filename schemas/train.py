@@ -157,14 +157,14 @@ class InitConfig(Config):
     chat_template: str | None = Field(None, description="Jinja chat template when the tokenizer has none (or to replace it)")
 
 
-class PrepareConfig(Config):
-    """Where `prepare` tokenizes records: in this process or as a Ray Data map over actors."""
+class PrepareConfig(ExecutionOptions):
+    """Where `prepare` tokenizes records: in this process or as a Ray Data map over actors.
 
-    executor: Literal["auto", "local", "ray"] = Field(
-        "auto", description="auto: Ray when workers > 0 or a cluster is named (RAY_ADDRESS), else this process"
-    )
-    workers: int = Field(0, ge=0, description="Ray Data actors; 0: as many as the free CPUs hold at `cpus` each")
-    cpus: float = Field(1.0, gt=0, description="CPUs per actor")
+    The execution fields every stage has (schemas.base.ExecutionOptions, same names and meaning): `auto` is
+    Ray when `workers` > 0 or a cluster is named (`ray_address`, RAY_ADDRESS), else this process; on Ray,
+    `workers` actors of `cpus` each (0: as many as the free CPUs hold) on the cluster at `ray_address`.
+    """
+
     batch_size: int = Field(256, gt=0, description="records per tokenization batch")
 
 

@@ -1,7 +1,7 @@
 """Two workers over gloo on CPU, tiny tied Llama, activation checkpointing: the three stages under DDP
 and under FSDP (`fully_shard`) give the same losses, FSDP keeps the freezing exact, both see every
-sequence exactly as the schedule says (streamed through Ray Data), a worker killed right after a
-sharded checkpoint resumes to the same final weights, and a worker's memory does not grow with the data."""
+sequence exactly as the schedule says (streamed through Ray Data), a killed worker and then a killed
+driver (each right after a sharded checkpoint) resume to the same final weights, and a worker's memory does not grow with the data."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from pipeline.train.driver import run_stage
 from pipeline.train.evaluate import mean_loss
 from schemas.layout import IdLayout
 from schemas.train import STAGES
-from tests.helpers.train_hooks import CrashOnce, RecordBatches
+from tests.helpers.train_hooks import RecordBatches
 from tests.helpers.train_world import check_freezing, config, fast_ray, inputs, run_all, stage_models, weights  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -96,16 +96,30 @@ def test_every_sequence_is_seen_as_scheduled(runs):
 
 
 def test_killed_worker_resumes_a_sharded_stage_to_the_same_weights(runs, tmp_path):
-    """Stage 3 under FSDP (everything trained, optimizer state sharded): a worker killed right after the
-    checkpoint of step 4 is restarted and the stage ends bit for bit where the uninterrupted one did."""
-    cfg, summaries, _ = runs["fsdp"]
-    copy = tmp_path / "run"
+    """Stage 3 under FSDP (everything trained, optimizer state sharded), its first attempt in a driver process of
+    its own: a worker killed right after the checkpoint of step 4 is restarted by Ray Train, then the driver is
+    SIGKILLed right after the checkpoint of step 8. Run again, the stage resumes at step 8, every step is trained
+    once on the uninterrupted run's rows, and the stage ends bit for bit where the uninterrupted one did."""
+    import signal
+
+    from tests.helpers.killed_driver import run_killed, wait_until_gone
+
+    cfg, summaries, batches = runs["fsdp"]
+    copy, seen = tmp_path / "run", tmp_path / "batches"
     shutil.copytree(cfg.output, copy, ignore=shutil.ignore_patterns("stage3", "ray"))
-    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"), rank=1, when="checkpoint")
+    seen.mkdir()
     again = cfg.model_copy(update={"output": str(copy)})
-    summary = run_stage(again, "stage3", hooks=crash)
-    assert os.path.exists(crash.marker) and summary["resumed_from_step"] == 4
+    marker = str(tmp_path / "crashed")
+    first = run_killed(again, "stage3", tmp_path, kill_after=8, crash_step=4, crash_rank=1, marker=marker, batches=str(seen))
+    assert first.returncode == -signal.SIGKILL, first.log
+    assert os.path.exists(marker)
+    wait_until_gone(first.job_id)
+    summary = run_stage(again, "stage3", hooks=RecordBatches(str(seen)))
+    assert summary["resumed_from_step"] == 8
     assert summary["fingerprint"] == summaries[3]["fingerprint"]
+    for rank in range(2):  # steps 1-4, 5-8 (after the worker restart), 9-10 (after the driver's)
+        got, want = ([json.loads(line) for line in open(d / f"stage3-{rank}.jsonl")] for d in (seen, batches))
+        assert got == want
     ref, got = weights(os.path.join(cfg.output, "stage3", "model")), weights(copy / "stage3" / "model")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     shards = [f for f in os.listdir(os.path.join(summary["checkpoint"])) if f.endswith(".safetensors")]

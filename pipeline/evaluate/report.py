@@ -172,14 +172,15 @@ def heldout_rows(models: dict[str, dict]) -> list[list[str]]:
     return out
 
 
-def html_section(paths: list[str], workdir: str) -> tuple[str, dict[str, str]]:
+def html_section(paths: list[str], workdir: str, options=None) -> tuple[str, dict[str, str]]:
     """HTML for `vbpe report --evaluation ...`: each held-out results file (heldout.json of `vbpe train
-    eval`) or ablation.json as a table and a plot. Returns (html, {file name: local png path})."""
+    eval`) or ablation.json, read with the report's storage options, as a table and a plot.
+    Returns (html, {file name: local png path})."""
     import html
 
     parts, files = ["<h2>Held-out evaluation</h2>"], {}
     for i, path in enumerate(paths):
-        data = json.loads(storage.read_text(path))
+        data = json.loads(storage.read_text(path, options))
         fmt = data.get("format", "")
         if fmt.startswith("vbpe.ablation"):
             png = os.path.join(workdir, f"evaluation_{i}_ablation.png")

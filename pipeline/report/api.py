@@ -127,7 +127,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     vocab.check_codebook(corpus.codebook_size)
     vocab.check_quantizer(corpus.quantizer_fingerprint)
     shards = storage.expand(cfg.shards, SHARD_SUFFIXES, cfg.storage) if cfg.shards else []  # fail early on a bad path
-    storage.expand(cfg.evaluation, (".json",), cfg.storage) if cfg.evaluation else None
+    evaluation = [f for p in cfg.evaluation or [] for f in storage.expand([p], (".json",), cfg.storage)]  # in the order given
     V, M = vocab.codebook_size, len(vocab.merges)
     sample = read_holdout(corpus, cfg.holdout_fraction, cfg.holdout_salt, cfg.max_holdout_grids, options=cfg.storage,
                           fingerprint=bool(vocab.corpus.fingerprint))
@@ -239,7 +239,7 @@ def _run(cfg: ReportConfig, metrics: StageMetrics) -> dict[str, Any]:
     if cfg.evaluation:
         from pipeline.evaluate.report import html_section
 
-        sections, eval_files = html_section(cfg.evaluation, local)
+        sections, eval_files = html_section(evaluation, local, cfg.storage)
         files.update(eval_files)
         summary["evaluation"] = list(cfg.evaluation)
     page_path = os.path.join(local, "report.html")

@@ -1,6 +1,6 @@
 """Conversation records -> training sequences (Parquet), once per run directory, reused while inputs are unchanged.
 
-Three passes, in this process or on Ray (`prepare.executor`): read every conversation file into
+Three passes, in this process or on Ray (`prepare`, decided by the shared rule `pipeline.execution.plan`): read every conversation file into
 records (one Ray Data task per file), gather the corpus ids of the images they name, and turn
 records into sequences (`sequences.SequenceBuilder`: chat template, tokenizer, images, overflow
 rule, held-out decision), the expensive part, as a Ray Data map over a pool of actors that share
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.execution import plan
 from pipeline.train.corpus import corpus_key, image_table
 from pipeline.train.identity import content_id
 from pipeline.train.paths import PreparedFiles
@@ -82,12 +83,6 @@ def _wanted_keys(records: Iterator[pa.Table], rule: str) -> set[str]:
     return keys
 
 
-def _use_ray(execution: PrepareConfig) -> bool:
-    if execution.executor != "auto":
-        return execution.executor == "ray"
-    return execution.workers > 0 or bool(os.environ.get("RAY_ADDRESS"))
-
-
 def _results_here(sources, data, tokenizer, layout, execution, options) -> tuple[Iterator[pa.Table], dict]:
     inline = data.images == "inline"
     records = records_table([item for path, category in sources for item in read_file(path, category, inline, options)])
@@ -98,13 +93,13 @@ def _results_here(sources, data, tokenizer, layout, execution, options) -> tuple
     return (builder(records.slice(i, step)) for i in range(0, records.num_rows, step)), counts
 
 
-def _results_on_ray(sources, data, tokenizer_dir, layout, execution, options) -> tuple[Iterator[pa.Table], dict]:
+def _results_on_ray(sources, data, tokenizer_dir, layout, execution, placement, options) -> tuple[Iterator[pa.Table], dict]:
     import ray
     import ray.data
 
-    from pipeline.train.api import ensure_ray
+    from pipeline.execution import ensure_ray
 
-    ensure_ray()
+    ensure_ray(placement.address)
     inline = data.images == "inline"
     files = ray.data.from_items([{"path": p, "category": c} for p, c in sources], override_num_blocks=max(1, len(sources)))
     files.context.execution_options.preserve_order = True
@@ -265,10 +260,11 @@ def prepare(data: DataConfig, tokenizer: Any, layout: IdLayout, out_dir: str, fi
             log.info("prepared data in %s is up to date (%d sequences)", out_dir, old["sequences"])
             return {**old, "reused": True}
     sources = source_files(data.conversations, options)
-    on_ray = _use_ray(execution)
+    placement = plan(execution)  # the shared rule: auto is Ray when workers > 0 or a cluster is named
+    on_ray = placement.on_ray
     if on_ray and tokenizer_dir is None:
         raise ConfigError("preparing on Ray needs the tokenizer's directory")
-    results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution, options) if on_ray
+    results, counts = (_results_on_ray(sources, data, tokenizer_dir, layout, execution, placement, options) if on_ray
                        else _results_here(sources, data, tokenizer, layout, execution, options))
     with _Writers(files, options) as out:
         for table in results:

@@ -49,3 +49,28 @@ class RecordBatches(Hooks):
     def after_step(self, stage, step, rank, records) -> None:
         with open(os.path.join(self.directory, f"{stage}-{rank}.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "rows": [int(r) for r in records]}) + "\n")
+
+
+class KillDriver(Hooks):
+    """SIGKILL the driver process `pid` (as a killed `vbpe train` or a lost head node would) right after the
+    checkpoint of `step` is complete on storage, then hold every rank there until Ray kills the job's workers,
+    so nothing past that checkpoint reaches storage. `then`: hooks that run before (e.g. CrashOnce, RecordBatches)."""
+
+    def __init__(self, step: int, pid: int, *then: Hooks):
+        self.step, self.pid, self.then = step, pid, then
+
+    def after_step(self, stage, step, rank, records) -> None:
+        for hooks in self.then:
+            hooks.after_step(stage, step, rank, records)
+
+    def after_checkpoint(self, stage, step, rank) -> None:
+        for hooks in self.then:
+            hooks.after_checkpoint(stage, step, rank)
+        if step == self.step:
+            import signal
+            import time
+
+            if rank == 0:
+                os.kill(self.pid, signal.SIGKILL)
+            time.sleep(300)  # Ray kills a job's actors once it notices that their driver is gone
+            os._exit(1)
