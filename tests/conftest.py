@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the single-test end-to-end module last. Any module not listed keeps its place after these.
 LONGEST_FIRST = ["test_train_fsdp.py", "test_ablation.py", "test_cluster_e2e.py", "test_train_ray.py",
                  "test_learn_ray.py", "test_quantize_pipeline.py", "test_s3_outage.py", "test_train_faults.py",
-                 "test_submit_ray.py", "test_tokenize_shards.py", "test_train_model.py", "test_train_s3.py"]
+                 "test_train_local.py", "test_submit_ray.py", "test_tokenize_shards.py", "test_train_model.py", "test_train_s3.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
