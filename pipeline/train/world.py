@@ -63,14 +63,13 @@ class LocalWorld:
     size: int = 1
 
     def micro_batches(self, start_step: int, batch_size: int) -> Iterator[tuple[int, dict]]:
+        return stream.by_step(self._batches(start_step, batch_size), self.rank, start_step)
+
+    def _batches(self, start_step: int, batch_size: int) -> Iterator[dict]:
         for first, rows in stream.items(self.rows, self.per_step, self.first_step):
             if first + len(rows) // self.per_step <= start_step:
                 continue  # the whole item is before the resume point: not even read
             table = stream.read_item(self.path, first, rows, self.per_step, self.options)
             for start in range(0, table.num_rows, batch_size):
                 part = table.slice(start, batch_size)
-                batch = {c: part.column(c).to_numpy(zero_copy_only=False) for c in part.column_names}
-                if batch["step"][0] != batch["step"][-1]:
-                    raise RuntimeError(f"a micro-batch spans steps {batch['step'][0]} and {batch['step'][-1]}")
-                if batch["step"][0] >= start_step:
-                    yield int(batch["step"][0]), batch
+                yield {c: part.column(c).to_numpy(zero_copy_only=False) for c in part.column_names}
