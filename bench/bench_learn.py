@@ -23,6 +23,7 @@ import numpy as np
 from bench.synthetic import synthetic_grids
 
 V = 8192
+TRANSPORTS = ("mesh", "graph", "calls", "relay")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -204,14 +205,14 @@ def overhead(out: str, quick: bool = False) -> dict:
                           rng.integers(0, 64, size=n * 256).astype(np.int32)), 64, "synthetic")
     merges = 300 if quick else 2000
     runs = {"local": _learn_cli(corpus, os.path.join(out, "overhead-local.json"), merges, 0)}
-    for transport in ("graph", "calls", "relay"):
+    for transport in TRANSPORTS:
         runs[transport] = _learn_cli(corpus, os.path.join(out, f"overhead-{transport}.json"), merges, 2, None,
                                      ("--transport", transport, "--actor-cpus", "1"))
     per = {k: r["metrics"]["driver_step_s"] / max(1, r["metrics"]["steps"]) * 1e3 for k, r in runs.items()}
     return {
         "merges": runs["local"]["merges"], "workers": 2,
         "ms_per_merge": {k: round(v, 3) for k, v in per.items()},
-        "overhead_ms_per_merge": {k: round(per[k] - per["local"], 3) for k in ("graph", "calls", "relay")},
+        "overhead_ms_per_merge": {k: round(per[k] - per["local"], 3) for k in TRANSPORTS},
         "same_vocabulary": len({r["fingerprint"] for r in runs.values()}) == 1,
     }
 
@@ -228,16 +229,22 @@ def workers(out: str, quick: bool = False, results: dict | None = None) -> dict:
         runs[f"w{w}"] = _learn_cli(corpus, os.path.join(out, f"workers-{n_grids}-w{w}.json"), merges, w, None,
                                    ("--actor-cpus", "1"))
     out_ = {
-        "grids": n_grids, "merges": runs["local"]["merges"],
+        "grids": n_grids, "merges": runs["local"]["merges"], "transport": _default_transport(),
         "wall_s": {k: r["wall_s"] for k, r in runs.items()},
         "w2_over_w1": round(runs["w2"]["wall_s"] / runs["w1"]["wall_s"], 3),
         "w2_over_local": round(runs["w2"]["wall_s"] / runs["local"]["wall_s"], 3),
         "same_vocabulary": len({r["fingerprint"] for r in runs.values()}) == 1,
         "memory": {k: _memory(r) for k, r in runs.items()},
     }
-    latency = (results or {}).get("overhead", {}).get("overhead_ms_per_merge", {}).get("graph")
+    latency = (results or {}).get("overhead", {}).get("overhead_ms_per_merge", {}).get(_default_transport())
     out_["cost_model"] = cost_model(runs["w2"], latency)
     return out_
+
+
+def _default_transport() -> str:
+    from schemas.learn import LearnConfig
+
+    return LearnConfig.model_fields["transport"].default
 
 
 def cost_model(run: dict, latency_ms: float | None) -> dict:

@@ -24,9 +24,10 @@ class LearnConfig(JobConfig):
     sigma: float = Field(1.0, gt=0, allow_inf_nan=False, description="width of the Gaussian kernel over offsets, in cells")
     min_frequency: int = Field(2, ge=1)
     codebook_size: int | None = Field(None, ge=1, description="V; overrides the files' vbpe.codebook_size")
-    transport: Literal["graph", "calls", "relay"] = Field(
-        "graph", description="how a merge step reaches the actors: a compiled Ray graph (default), actor calls passing "
-                             "deltas actor to actor, or actor calls relaying deltas through the driver")
+    transport: Literal["mesh", "graph", "calls", "relay"] = Field(
+        "mesh", description="how the actors exchange a merge's deltas and candidates: direct TCP connections between "
+                            "them, many merges per driver call (mesh, default); a compiled Ray graph per merge (graph); "
+                            "actor calls passing deltas actor to actor (calls) or relaying them through the driver (relay)")
     restarts: int = Field(2, ge=0, description="times lost Ray workers are restarted from the last checkpoint")
     checkpoint_dir: str | None = Field(None, description="default: <out>.checkpoint")
     checkpoint_every: int = Field(1000, ge=0, description="merges between checkpoints; 0 = none")

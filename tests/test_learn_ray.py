@@ -1,4 +1,6 @@
-"""The sharded learner on a real local Ray: the vocabulary does not depend on the worker count."""
+"""The sharded learner on a real local Ray: the vocabulary does not depend on the worker count or the
+transport; a killed actor is restarted from the checkpoint, or stops the run with one line and --resume
+finishes it."""
 from __future__ import annotations
 
 import logging
@@ -23,9 +25,9 @@ def test_same_vocabulary_for_any_number_of_workers(tmp_path, ray_local):
         return run(cfg)
 
     local = learn(0)
-    for workers in (1, 2, 3):
-        sharded = learn(workers)
-        assert sharded.merges == local.merges, f"{workers} workers"
+    for workers, transport in ((1, "mesh"), (2, "mesh"), (3, "mesh"), (2, "graph"), (3, "relay")):
+        sharded = learn(workers, transport=transport)
+        assert sharded.merges == local.merges, f"{workers} workers, {transport}"
         assert sharded.corpus == local.corpus
     assert not ray_local.util.list_named_actors()
 

@@ -19,20 +19,36 @@ from pipeline.bpe.worker import LearnerWorker
 from schemas.base import InputError
 
 
-def merge_loop(workers, candidates: list[Choice | None], V: int, target: int, merges: list[Merge],
-               on_merge=None) -> str:
-    """The contract's loop: merges are appended to `merges` until `target`; returns why it stopped."""
+def merge_loop(workers, candidates: list[Choice | None] | None, V: int, target: int, merges: list[Merge],
+               on_merge=None, boundary=None) -> str:
+    """The contract's loop: merges are appended to `merges` until `target`; returns why it stopped.
+
+    `workers.run` does up to `count` merges per call: one in this process and over Ray calls or the
+    compiled graph, many over the mesh transport (the actors then choose the merges themselves and
+    keep the candidates). `boundary(n)` is the next merge count after n at which `on_merge` must see
+    the workers' state exactly that far (a checkpoint): no call runs past it."""
     while len(merges) < target:
-        choice = best_of(candidates)
-        if choice is None:
+        count = target - len(merges)
+        if boundary is not None:
+            count = max(1, min(count, boundary(len(merges)) - len(merges)))
+        done, candidates, exhausted = workers.run(candidates, V + len(merges), count)
+        for choice, merged in done:
+            merges.append(Merge(V + len(merges), (choice.a, choice.b), choice.frequency, choice.consistency,
+                                choice.priority, choice.offset, choice.histogram, merged))
+            if on_merge is not None:
+                on_merge(merges)
+        if exhausted:
             return "no eligible pair left"
-        new_id = V + len(merges)
-        candidates, done = workers.step(choice.a, choice.b, new_id, *choice.offset)
-        merges.append(Merge(new_id, (choice.a, choice.b), choice.frequency, choice.consistency,
-                            choice.priority, choice.offset, choice.histogram, done))
-        if on_merge is not None:
-            on_merge(merges, candidates)
     return "requested merges reached"
+
+
+def one_step(workers, candidates: list[Choice | None], next_id: int, count: int):
+    """`run` for workers that take one merge per call (`step`): the best candidate, applied everywhere."""
+    choice = best_of(candidates)
+    if choice is None:
+        return [], candidates, True
+    candidates, merged = workers.step(choice.a, choice.b, next_id, *choice.offset)
+    return [(choice, merged)], candidates, False
 
 
 def fix_alpha(alpha: float | None, alpha_rel: float | None, max_frequency: int) -> float:
@@ -56,6 +72,9 @@ class LocalWorkers:
             del parts
         alpha = fix_alpha(alpha, alpha_rel, max(w.max_frequency() for w in ws))
         return alpha, [w.start(alpha) for w in ws]
+
+    def run(self, candidates: list[Choice | None], next_id: int, count: int):
+        return one_step(self, candidates, next_id, count)
 
     def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
         t0 = time.perf_counter()

@@ -271,7 +271,7 @@ def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, se
                file=sys.stderr, disable=not cfg.progress, mininterval=1.0, dynamic_ncols=True)
     state = {"tokens": tokens}
 
-    def on_merge(done: list[Merge], _candidates) -> None:
+    def on_merge(done: list[Merge]) -> None:
         m = done[-1]
         state["tokens"] -= m.merged
         bar.update(1)
@@ -280,6 +280,8 @@ def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, se
             checkpoint.save(done, alpha, settings, group.save_state, fingerprint)
 
     try:
-        return merge_loop(group, candidates, V, cfg.merges, merges, on_merge)
+        every = cfg.checkpoint_every
+        return merge_loop(group, candidates, V, cfg.merges, merges, on_merge,
+                          boundary=(lambda n: (n // every + 1) * every) if every else None)
     finally:
         bar.close()

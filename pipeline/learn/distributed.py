@@ -16,18 +16,21 @@ the workers from the last checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import time
 import uuid
 
 import numpy as np
 
-from pipeline.bpe.learner import fix_alpha
+from pipeline.bpe.learner import fix_alpha, one_step
 from pipeline.bpe.shard import Deltas
-from pipeline.bpe.stats import Choice
+from pipeline.bpe.stats import Choice, best_of
 from pipeline.bpe.worker import LearnerWorker
 from pipeline.codegrids import Corpus
+from pipeline.learn.mesh import Mesh, PeerLost, deltas_frame, frame_deltas
 from pipeline.learn.shard_group import LoadReport, ShardGroup
 from schemas.base import ConfigError, InputError, RunInterrupted, StorageOptions
 
@@ -56,6 +59,8 @@ class _WorkerActor:
             return
         self.worker = LearnerWorker(self.group, partition, partitions, sigma, min_frequency)
         self.best: Choice | None = None
+        self.mesh: Mesh | None = None
+        self.candidates: list[Choice | None] = []
 
     def _out(self, parts: list[Deltas]):
         return parts[0] if len(parts) == 1 else tuple(parts)  # num_returns = partitions
@@ -91,6 +96,43 @@ class _WorkerActor:
         self.best, merged = self.worker.reduce(*parts)
         return self.best, merged
 
+    def listen(self, token: bytes, timeout_s: float) -> tuple[str, int]:
+        """Open this actor's end of the mesh transport; returns the address its peers connect to."""
+        import ray
+
+        self.mesh = Mesh(self.worker.partition, self.worker.partitions, token, timeout_s)
+        return self.mesh.listen(ray.util.get_node_ip_address())
+
+    def connect(self, addresses: list[tuple[str, int]], candidates: list[Choice | None]) -> None:
+        self.mesh.connect(addresses)
+        self.candidates = list(candidates)
+
+    def run(self, count: int, next_id: int, max_seconds: float) -> tuple[list[tuple[Choice, int]] | int, bool]:
+        """Up to `count` merges without the driver: every actor picks the same best of all candidates,
+        merges, sends each partition its deltas, reduces its own, and sends its candidate to all.
+        Worker 0 ends the batch early after `max_seconds` (its flag travels with the candidates, so
+        all stop at the same merge). Returns the merges done (choice, instances merged) and
+        whether no eligible pair is left."""
+        mesh, w, done = self.mesh, self.worker, []
+        t_end = time.perf_counter() + max_seconds
+        while len(done) < count:
+            choice = best_of(self.candidates)
+            if choice is None:
+                break
+            parts = w.merge(choice.a, choice.b, next_id + len(done), *choice.offset)
+            frames = [b"" if j == w.partition else deltas_frame(p) for j, p in enumerate(parts)]
+            got = mesh.exchange(frames)
+            mine = [parts[j] if j == w.partition else frame_deltas(f) for j, f in enumerate(got)]
+            best, merged = w.reduce(*mine)
+            stop = w.partition == 0 and time.perf_counter() > t_end
+            replies = [_read_candidate(f) for f in mesh.exchange([_candidate_frame(best, merged, stop)] * w.partitions)]
+            self.candidates = [c for c, _, _ in replies]
+            done.append((choice, sum(m for _, m, _ in replies)))
+            if replies[0][2]:
+                break
+        # the others' merges are worker 0's (the same candidates everywhere): they send only how many
+        return (done if w.partition == 0 else len(done)), best_of(self.candidates) is None
+
     def save_state(self, directory: str) -> str:
         return self.group.save_state(directory)
 
@@ -101,7 +143,23 @@ class _WorkerActor:
         return os.getpid()
 
     def resources(self) -> dict:
-        return self.worker.resources()
+        out = self.worker.resources()
+        if self.mesh is not None:
+            out["mesh_sent_bytes"] = self.mesh.sent_bytes
+        return out
+
+
+def _candidate_frame(best: Choice | None, merged: int, stop: bool) -> bytes:
+    """A candidate as JSON (floats round-trip exactly through repr)."""
+    c = None if best is None else [best.a, best.b, best.frequency, best.consistency, best.priority, list(best.offset),
+                                   best.histogram]
+    return json.dumps([c, merged, stop]).encode()
+
+
+def _read_candidate(frame) -> tuple[Choice | None, int, bool]:
+    c, merged, stop = json.loads(bytes(frame))
+    choice = None if c is None else Choice(c[0], c[1], c[2], c[3], c[4], tuple(c[5]), [tuple(h) for h in c[6]])
+    return choice, merged, stop
 
 
 def _lost(err: Exception) -> bool:
@@ -109,6 +167,8 @@ def _lost(err: Exception) -> bool:
 
     if isinstance(err, rex.RayActorError) and err.actor_init_failed:
         return False  # a bug in the worker's setup: restarting cannot help
+    if isinstance(err, rex.RayTaskError) and isinstance(err.cause, PeerLost):
+        return True  # a survivor noticed first that a peer is gone
     return isinstance(err, (rex.RayActorError, rex.RayChannelError, rex.ObjectLostError, rex.OwnerDiedError))
 
 
@@ -121,6 +181,7 @@ class RayWorkers:
         import ray
 
         self.transport, self.step_timeout_s = transport, step_timeout_s
+        self.batch_seconds = 1.0  # a mesh batch returns at least this often (progress, logs)
         self.step_s, self.steps, self.first_step_s = 0.0, 0, None
         self.partitions = workers
         actor_cls = ray.remote(_WorkerActor)
@@ -166,7 +227,14 @@ class RayWorkers:
         candidates = self._get([a.start.remote(alpha) for a in self.actors])
         if self.transport == "graph":
             self._compile()
+        elif self.transport == "mesh":
+            self._connect(candidates)
         return alpha, candidates
+
+    def _connect(self, candidates: list[Choice | None]) -> None:
+        token = secrets.token_bytes(32)
+        addresses = self._get([a.listen.remote(token, self.step_timeout_s) for a in self.actors])
+        self._get([a.connect.remote(addresses, candidates) for a in self.actors], timeout=self.step_timeout_s)
 
     def _compile(self) -> None:
         from ray.dag import InputNode, MultiOutputNode
@@ -191,6 +259,20 @@ class RayWorkers:
             parts = [self._get(p, timeout=self.step_timeout_s) for p in parts]
         return self._get([a.reduce.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)],
                          timeout=self.step_timeout_s)
+
+    def run(self, candidates: list[Choice | None] | None, next_id: int, count: int):
+        """Merges from `next_id` on (merge_loop's interface): many per call over the mesh, else one."""
+        if self.transport != "mesh":
+            return one_step(self, candidates, next_id, count)
+        t0 = time.perf_counter()
+        out = self._get([a.run.remote(count, next_id, self.batch_seconds) for a in self.actors])
+        (done, exhausted), others = out[0], out[1:]
+        if any(n != len(done) or e != exhausted for n, e in others):
+            raise RuntimeError(f"learner workers disagree after merge {next_id}: {[len(done)] + [n for n, _ in others]} "
+                               f"merges done (a bug: please report it)")
+        self.step_s += time.perf_counter() - t0
+        self.steps += len(done)
+        return done, None, exhausted
 
     def step(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[list[Choice | None], int]:
         t0 = time.perf_counter()
