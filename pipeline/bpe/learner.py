@@ -2,8 +2,9 @@
 
 `merge_loop` is the contract's loop over a set of workers (worker.py), wherever they run: this
 process (`LocalWorkers`) or Ray actors (the learn stage's `RayWorkers`). Both offer `start`
-(count every occurrence, fix alpha, return each partition's candidate) and `step` (apply one
-merge everywhere, return the new candidates). `learn_arrays` runs it on arrays in memory.
+(count every occurrence, fix alpha, return each partition's candidate) and `run` (apply the
+next merge, or several where the workers choose them themselves, and say what was merged).
+`learn_arrays` runs it on arrays in memory.
 """
 from __future__ import annotations
 

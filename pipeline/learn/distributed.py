@@ -1,15 +1,14 @@
 """Learner workers on Ray actors: each reads its own rows, holds its grids and one partition of
 the pair statistics (pipeline.bpe.worker), so the driver holds no per-pair table at all.
 
-One merge is a fixed two-phase pipeline over the same actors every time: every actor applies
-the merge to its grids and cuts its deltas by partition; every actor then adds the parts
-addressed to its partition and returns its candidate; the driver picks the best of W small
-candidates. With `transport: graph` (default) this pipeline is a Ray Compiled Graph: compiled
-once, then each merge is one `execute` whose messages move through shared-memory channels,
-actor to actor, without a task submission per call. `transport: calls` does the same with
-ordinary actor calls (the deltas still go actor to actor as object references); `relay` brings
-every part to the driver and sends it out again. docs/learn.md has the measurements behind the
-default.
+One merge is two exchanges between the same actors every time: every actor applies the merge to
+its grids and sends each partition its share of the deltas; every actor adds the parts addressed
+to its partition and sends its candidate to all. With `transport: mesh` (default) the actors do
+this over direct connections (mesh.py) and choose each next merge themselves (the best of the W
+candidates, the same everywhere), many merges per driver call. With `graph` the two phases are
+a Ray Compiled Graph driven merge by merge, with `calls` ordinary actor calls (deltas actor to
+actor as object references), with `relay` calls that bring every part through the driver.
+docs/learn.md has the measurements behind the default.
 
 A dead actor (killed, out of memory, node lost) surfaces as `WorkerLost`; the stage restarts
 the workers from the last checkpoint.
@@ -265,7 +264,9 @@ class RayWorkers:
         if self.transport != "mesh":
             return one_step(self, candidates, next_id, count)
         t0 = time.perf_counter()
-        out = self._get([a.run.remote(count, next_id, self.batch_seconds) for a in self.actors])
+        # a batch ends after about batch_seconds, past it by one merge at most
+        out = self._get([a.run.remote(count, next_id, self.batch_seconds) for a in self.actors],
+                        timeout=self.step_timeout_s + self.batch_seconds)
         (done, exhausted), others = out[0], out[1:]
         if any(n != len(done) or e != exhausted for n, e in others):
             raise RuntimeError(f"learner workers disagree after merge {next_id}: {[len(done)] + [n for n, _ in others]} "
