@@ -98,3 +98,13 @@ def test_a_peer_that_hangs_is_given_up_after_the_timeout():
     assert time.perf_counter() - t0 < 10
     for m in meshes:
         m.close()
+
+
+def test_a_survivors_peer_lost_is_a_lost_worker_and_other_errors_are_not():
+    """Over the mesh a survivor often reports the death before Ray does: that must restart, not crash."""
+    import ray.exceptions as rex
+
+    from pipeline.learn.distributed import _lost
+
+    assert _lost(rex.RayTaskError("run", "Traceback ...", PeerLost("learner worker 1 closed its connection")))
+    assert not _lost(rex.RayTaskError("run", "Traceback ...", ValueError("a bug")))
