@@ -28,8 +28,22 @@ def test_same_vocabulary_for_any_number_of_workers(tmp_path, ray_local):
     for workers, transport in ((1, "mesh"), (2, "mesh"), (3, "mesh"), (2, "graph"), (3, "relay")):
         sharded = learn(workers, transport=transport)
         assert sharded.merges == local.merges, f"{workers} workers, {transport}"
-        assert sharded.corpus == local.corpus
+        assert sharded.corpus == local.corpus and sharded.stopped == local.stopped
     assert not ray_local.util.list_named_actors()
+
+
+def test_a_run_to_exhaustion_stops_where_the_local_one_does(tmp_path, ray_local):
+    """Over the mesh the actors find out themselves that no pair is left, in the middle of a batch that
+    checkpoints every 97 merges: the same merges, the same reason, the same checkpoint as in process."""
+    write_synthetic(tmp_path / "grids", 24, parts=2, side=8, codebook_size=40)
+    vocabs = {}
+    for workers in (0, 2):
+        vocabs[workers] = run(LearnConfig(inputs=[str(tmp_path / "grids")], out=str(tmp_path / f"x{workers}.json"),
+                                          merges=100_000, workers=workers, actor_cpus=0.5, progress=False,
+                                          checkpoint_every=97))
+    local, mesh = vocabs[0], vocabs[2]
+    assert local.stopped == mesh.stopped == "no eligible pair left" and 97 < len(local.merges) < 100_000
+    assert mesh.merges == local.merges and mesh.fingerprint() == local.fingerprint()
 
 
 def test_checkpoint_written_by_two_workers_resumes_on_three(tmp_path, ray_local):

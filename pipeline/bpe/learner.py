@@ -38,8 +38,10 @@ def merge_loop(workers, candidates: list[Choice | None] | None, V: int, target: 
                                 choice.priority, choice.offset, choice.histogram, merged))
             if on_merge is not None:
                 on_merge(merges)
-        if exhausted:
+        if exhausted and len(merges) < target:
             return "no eligible pair left"
+        if not done:
+            raise RuntimeError(f"the workers did no merge after {len(merges)} and say pairs are left (a bug)")
     return "requested merges reached"
 
 
