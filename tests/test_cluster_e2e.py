@@ -82,7 +82,7 @@ def workspace(tmp_path_factory):
             "ingest": {"max_pixels": 1_000_000}, "batch_size": 8, "cpus": 0.5, "cpus_per_reader": 0.5}),
         "learn": write_yaml(root / "learn.yaml", {
             "inputs": [str(root / "codes" / "grids")], "out": str(root / "vocab" / "vocab.json"), "merges": 8,
-            "progress": False, "executor": "local", "min_frequency": 2}),
+            "progress": False, "workers": 2, "cpus": 0.5, "min_frequency": 2}),  # two actors over the mesh
         "tokenize": write_yaml(root / "tokenize.yaml", {
             "inputs": [str(root / "codes" / "grids")], "vocab": str(root / "vocab" / "vocab.json"),
             "out": str(root / "tokens"), "layout": {"text_vocab_size": 32, "codebook_size": 16, "num_merges": 8},
@@ -113,6 +113,8 @@ def test_the_documented_local_recipe_end_to_end(workspace):
         assert learn.returncode == 0, learn.stderr + learn.stdout
         vocab = json.load(open(root / "vocab" / "vocab.json"))
         assert len(vocab["merges"]) == 8 and vocab["corpus"]["grids"] == 11
+        learned = json.load(open(root / "vocab" / "vocab.metrics.json"))
+        assert len(learned["workers_resources"]) == 2 and all(w["mesh_sent_bytes"] > 0 for w in learned["workers_resources"])
 
         first = vbpe_submit(cluster, "tokenize", "--config", cfg["tokenize"], "--schedule-date", "2026-03-01")
         assert first.returncode == 0, first.stderr + first.stdout
