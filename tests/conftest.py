@@ -21,9 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The longest modules (by --durations on the 2-core box), longest first: run first, so that the two xdist
 # workers finish together. `make test` passes --no-loadscope-reorder, else xdist orders modules by their number of tests, which put
 # the single-test end-to-end module last. Any module not listed keeps its place after these.
-LONGEST_FIRST = ["test_train_fsdp.py", "test_ablation.py", "test_cluster_e2e.py", "test_train_ray.py",
-                 "test_learn_ray.py", "test_quantize_pipeline.py", "test_s3_outage.py", "test_train_faults.py",
-                 "test_train_local.py", "test_submit_ray.py", "test_tokenize_shards.py", "test_train_model.py", "test_train_s3.py"]
+LONGEST_FIRST = ["test_train_fsdp.py", "test_ablation.py", "test_cluster_e2e.py", "test_train_local.py",
+                 "test_learn_ray.py", "test_quantize_pipeline.py", "test_s3_outage.py", "test_submit_ray.py",
+                 "test_train_faults.py", "test_tokenize_shards.py", "test_train_s3.py", "test_train_model.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,7 +1,7 @@
 """Train faults and stale inputs as real Ray Train runs on a tiny Llama (one worker): a stage needs the
 previous one, a worker killed right after a checkpoint resumes from it, an edited conversation invalidates
-the stages trained on it, prepare on Ray Data equals prepare in process. Split from test_train_ray.py so
-the two xdist workers share the train runs."""
+the stages trained on it, prepare on Ray Data equals prepare in process. Apart from test_train_local.py
+(the three stages, one Ray Train worker against the local executor) so the two xdist workers share the train runs."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,10 @@
-"""The local train executor (`workers: {executor: local}`): the same loop in this process as the only
-rank. It trains on the same rows, step by step, as a one-worker Ray Train run of the same config and
-gives the same losses; checkpoints, resume, metrics, held-out loss and export work as under Ray; what
-one rank cannot do (FSDP, more workers) is refused in one line."""
+"""The three stages on a tiny Llama, trained by the local executor (`workers: {executor: local}`: the
+same loop in this process as the only rank): freezing per parameter, falling loss, held-out loss,
+metrics, skip on re-run, resume after an interruption, and one-line refusals of what one rank cannot
+do. Then what needs Ray Train (one worker): it trains on the same rows, step by step, as the local
+executor and gives the same losses, and a Ray Train run that crashes with retries off resumes, run
+again, to the same weights. Faults and stale inputs: test_train_faults.py. Two workers, DDP vs FSDP:
+test_train_fsdp.py."""
 from __future__ import annotations
 
 import json
@@ -14,9 +17,11 @@ from pipeline.train import api
 from pipeline.train.driver import run_stage
 from pipeline.train.evaluate import mean_loss
 from pipeline.train.job import Hooks
+from pipeline.train.schedule import lr_at
 from schemas.base import ConfigError
-from tests.helpers.train_hooks import RecordBatches
-from tests.helpers.train_world import config, fast_ray, inputs, weights  # noqa: F401
+from schemas.train import STAGES
+from tests.helpers.train_hooks import CrashOnce, RecordBatches
+from tests.helpers.train_world import check_freezing, config, fast_ray, inputs, run_all, stage_models, weights  # noqa: F401
 
 LOCAL = {"executor": "local"}
 STAGE1 = {"checkpoint_every": 3}
@@ -40,15 +45,25 @@ def _rows(path: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def local_run(inputs, tmp_path_factory):
+    """`vbpe train all` on the local executor: the init, stage 1, 2 and 3 summaries, and the rows each step trained on."""
     root = tmp_path_factory.mktemp("local")
     (root / "batches").mkdir()
     cfg = config(inputs, str(root / "run"), workers=LOCAL, stage1=STAGE1)
+    return cfg, run_all(cfg, hooks=RecordBatches(str(root / "batches"))), root / "batches"
+
+
+@pytest.fixture(scope="module")
+def ray_run(fast_ray, inputs, tmp_path_factory):
+    """Stage 1 of the same config as a Ray Train run of one worker (the reference of the Ray tests here)."""
+    root = tmp_path_factory.mktemp("ray")
+    (root / "batches").mkdir()
+    cfg = config(inputs, str(root / "run"), workers={"executor": "ray"}, stage1=STAGE1)
     api.run(cfg, "init")
     return cfg, run_stage(cfg, "stage1", hooks=RecordBatches(str(root / "batches"))), root / "batches"
 
 
 def test_local_stage_trains_checkpoints_scores_and_exports(local_run, inputs):
-    cfg, summary, _ = local_run
+    cfg, (_, summary, *_), _ = local_run
     _, layout = inputs
     assert summary["executor"] == "local" and summary["steps"] == 8 and summary["resumed_from_step"] == 0
     rows = _rows(summary["metrics"])
@@ -65,15 +80,61 @@ def test_local_stage_trains_checkpoints_scores_and_exports(local_run, inputs):
     assert run_stage(cfg, "stage1")["skipped"] is True
 
 
+def test_three_stages_freeze_train_score_record_and_skip(local_run, inputs):
+    cfg, summaries, _ = local_run
+    _, layout = inputs
+    init, *stages = summaries
+    assert [s["executor"] for s in stages] == ["local"] * 3
+    assert init["new_rows"] == layout.total_size - layout.text_vocab_size
+    stats = json.loads(open(os.path.join(cfg.output, "data", "stats.json")).read())
+    assert stats["records"] == 66 and stats["sequences"] == 48 and stats["heldout"] == 16
+    assert stats["reject_reasons"] == {"unknown category": 1, "unknown image key": 1}
+
+    models = stage_models(cfg)
+    sd = [weights(m) for m in models]
+    for i, stage in enumerate(STAGES):
+        check_freezing(sd[i], sd[i + 1], stage, layout.text_vocab_size, layers=1)
+    assert [s["layers_unfrozen"] for s in stages] == [0, 1, 0]
+    assert stages[0]["samples_per_category"] == {"foundation": 24, "perception": 6}  # 80/20 of 15 per epoch, 2 epochs
+    assert stages[1]["samples_per_category"] == {"foundation": 24, "instruction": 6, "perception": 18, "reasoning": 12}
+    assert [s["steps"] for s in stages] == [8, 15, 15]
+    assert stages[0]["consumed_per_category"] == {"foundation": 26, "perception": 6}  # 8 steps x 4, the last batch wraps
+
+    seqs = os.path.join(cfg.output, "data", "sequences.parquet")
+    losses = [mean_loss(m, seqs, layout.pad_id) for m in models]
+    assert losses[0] > losses[1] > losses[2] > losses[3], losses
+    assert losses[3] < 0.5 * losses[0], losses
+    heldout = os.path.join(cfg.output, "data", "heldout.parquet")
+    for model, s in zip(models[1:], stages):  # each stage scored the held-out set at its end, as the saved model does
+        assert s["heldout_sequences"] == 16 and s["heldout_loss"] == pytest.approx(mean_loss(model, heldout, layout.pad_id), rel=1e-4)
+
+    for stage, s in zip(STAGES, stages):
+        rows = _rows(s["metrics"])
+        assert [r["step"] for r in rows] == list(range(1, s["steps"] + 1))
+        assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 and r["target_tokens"] > 0 for r in rows)
+        peak = cfg.stage(stage).lr
+        assert [r["lr"] for r in rows] == [lr_at(i, s["steps"], peak, "cosine", 0.03) for i in range(s["steps"])]
+        assert s["geometry"]["global_batch"] == 4 and s["resumed_from_step"] == 0 and s["checkpoint"]
+
+    again = run_all(cfg)  # everything complete: nothing trains again
+    assert all(s.get("skipped") for s in again)
+    for stage in STAGES:  # each stage recorded its run metrics beside its outputs
+        m = json.loads(open(os.path.join(cfg.output, stage, "metrics.json")).read())
+        assert m["stage"] == f"train.{stage}" and m["status"] == "ok" and m["rows_in"] == m["rows_out"] > 0
+    prep = json.loads(open(os.path.join(cfg.output, "data", "metrics.json")).read())
+    assert prep["rows_in"] == 66 and prep["rows_out"] == 64 and prep["rows_rejected"] == 2 and prep["rows_accounted"]
+    changed = config(inputs, cfg.output, workers=LOCAL, stage1={**STAGE1, "lr": 5e-3})
+    with pytest.raises(ConfigError, match="already completed"):
+        run_stage(changed, "stage1")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_local_and_one_ray_worker_train_on_the_same_rows_with_the_same_losses(local_run, fast_ray, inputs, tmp_path):
-    cfg, local, local_batches = local_run
-    (tmp_path / "batches").mkdir()
-    ray_cfg = config(inputs, str(tmp_path / "run"), workers={"executor": "ray"}, stage1=STAGE1)
-    ray = run_stage(ray_cfg, "stage1", hooks=RecordBatches(str(tmp_path / "batches")))
+def test_local_and_one_ray_worker_train_on_the_same_rows_with_the_same_losses(local_run, ray_run):
+    cfg, (_, local, *_), local_batches = local_run
+    ray_cfg, ray, ray_batches = ray_run
     assert ray["executor"] == "ray" and ray["steps"] == local["steps"]
-    assert _rows(local_batches / "stage1-0.jsonl") == _rows(tmp_path / "batches" / "stage1-0.jsonl")
+    assert _rows(local_batches / "stage1-0.jsonl") == _rows(ray_batches / "stage1-0.jsonl")
     got, want = _rows(local["metrics"]), _rows(ray["metrics"])
     for a, b in zip(got, want):
         assert (a["step"], a["tokens"], a["target_tokens"], a["samples"]) == (b["step"], b["tokens"], b["target_tokens"], b["samples"])
@@ -83,8 +144,28 @@ def test_local_and_one_ray_worker_train_on_the_same_rows_with_the_same_losses(lo
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_ray_stage_resumes_and_matches(ray_run, inputs, tmp_path):
+    """A Ray Train worker that crashes with retries off fails the run; running the stage again resumes from
+    its last checkpoint and ends exactly where the uninterrupted Ray Train run ended."""
+    ref_cfg, _, _ = ray_run
+    cfg = config(inputs, str(tmp_path / "run"), workers={"executor": "ray"}, stage1={"checkpoint_every": 1})
+    crash = CrashOnce(step=4, marker=str(tmp_path / "crashed"))
+    with pytest.raises(Exception):
+        run_stage(cfg, "stage1", hooks=crash)
+    assert os.path.exists(crash.marker) and not os.path.exists(os.path.join(cfg.output, "stage1", "done.json"))
+    summary = run_stage(cfg, "stage1", hooks=crash)
+    assert summary["executor"] == "ray" and 0 < summary["resumed_from_step"] <= 4 and summary["steps"] == 8
+    rows = _rows(summary["metrics"])
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    ref = weights(os.path.join(ref_cfg.output, "stage1", "model"))
+    got = weights(os.path.join(cfg.output, "stage1", "model"))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
 def test_interrupted_local_stage_resumes_from_its_checkpoint_and_ends_where_the_uninterrupted_one_did(local_run, inputs, tmp_path):
-    ref_cfg, ref, _ = local_run
+    ref_cfg, (_, ref, *_), _ = local_run
     cfg = config(inputs, str(tmp_path / "run"), workers=LOCAL, stage1={"checkpoint_every": 2})
     stop = InterruptOnce(step=4, marker=str(tmp_path / "stopped"))
     with pytest.raises(KeyboardInterrupt):

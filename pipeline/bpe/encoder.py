@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import FORWARD, MAX_FORWARD
 from pipeline.bpe.hashtable import get, new_table, slot_for

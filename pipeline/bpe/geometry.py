@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import NEIGHBOURS
 from pipeline.bpe.vocab import Vocabulary

@@ -8,7 +8,7 @@ into caller-owned record arrays. Capacity is a power of two; callers `grow` at h
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 EMPTY = -1
 

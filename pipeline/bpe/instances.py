@@ -9,7 +9,7 @@ needs no bookkeeping: such an instance simply no longer carries the token being 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import NEIGHBOURS, OFF_BIAS, OFF_SPAN
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe import shard_kernels as K
 from pipeline.bpe.hashtable import capacity, grow, new_table

@@ -16,7 +16,7 @@ returns its position; the Python side grows the table and calls again from there
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import ID_BITS, MAX_FORWARD, NEIGHBOURS, OFF_BITS
 from pipeline.bpe.hashtable import EMPTY, clear_keys, slot_for

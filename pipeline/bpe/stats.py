@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_MASK, OFF_SPAN
 from pipeline.bpe.hashtable import EMPTY, mix, new_table

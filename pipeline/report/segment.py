@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.numba_cache import njit
 
 from pipeline.bpe.encoder import BpeEncoder
 
