@@ -270,17 +270,17 @@ def _run_loop(cfg, group, candidates, V, merges, tokens, n_grids, checkpoint, se
     bar = tqdm(total=cfg.merges, initial=min(len(merges), cfg.merges), desc="merges", unit="merge",
                file=sys.stderr, disable=not cfg.progress, mininterval=1.0, dynamic_ncols=True)
     state = {"tokens": tokens}
+    every = cfg.checkpoint_every  # a checkpoint after every multiple of it (batched workers stop there)
 
     def on_merge(done: list[Merge]) -> None:
         m = done[-1]
         state["tokens"] -= m.merged
         bar.update(1)
         bar.set_postfix_str(f"F={m.frequency} S={m.consistency:.3f} tok/grid={state['tokens'] / n_grids:.1f}", refresh=False)
-        if cfg.checkpoint_every and len(done) % cfg.checkpoint_every == 0 and len(done) < cfg.merges:
+        if every and len(done) % every == 0 and len(done) < cfg.merges:
             checkpoint.save(done, alpha, settings, group.save_state, fingerprint)
 
     try:
-        every = cfg.checkpoint_every
         return merge_loop(group, candidates, V, cfg.merges, merges, on_merge,
                           boundary=(lambda n: (n // every + 1) * every) if every else None)
     finally:
