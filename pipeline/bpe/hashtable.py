@@ -7,6 +7,8 @@ into caller-owned record arrays. Capacity is a power of two; callers `grow` at h
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 from pipeline.numba_cache import njit
 
@@ -80,3 +82,54 @@ def clear_keys(t, keys, n):
         while t[2 * i] != EMPTY:
             t[2 * i] = EMPTY
             i = (i + 1) & mask
+
+
+class ResizableArray:
+    """A flat array that grows without a second copy of itself.
+
+    Growing a table by rehashing into a new array holds the old and the new one at once (2.4x the
+    table at the growth step: the run's peak), and so does growing the token lists' arena. Here the
+    array lives in a private anonymous mapping that `resize` extends with mremap (Linux), moving
+    pages instead of data, so growing costs only the new part (a table then re-homes its entries
+    in place, `stats._rehash_in_place`). Where the mapping cannot be resized, the array is copied
+    (the old peak, nothing worse).
+    """
+
+    def __init__(self, n: int, dtype=np.int64, fill=EMPTY):
+        self.dtype, self.fill = np.dtype(dtype), fill
+        self._map: mmap.mmap | None = None
+        try:
+            self._map = mmap.mmap(-1, self._bytes(n), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (AttributeError, OSError, ValueError):  # no private anonymous maps here
+            self.array = np.full(n, 0 if fill is None else fill, self.dtype)
+            return
+        self.array = np.frombuffer(self._map, self.dtype, count=n)
+        if fill is not None:  # else left as the kernel gives it (zeros), and untouched pages cost nothing
+            self.array[:] = fill
+
+    def _bytes(self, n: int) -> int:
+        return max(n * self.dtype.itemsize, 8)
+
+    def resize(self, n: int) -> np.ndarray:
+        """The array with n entries: the first min(n, old) kept, any new ones `fill`."""
+        old = self.array.shape[0]
+        if self._map is not None:
+            self.array = None  # the mapping cannot move while a view of it exists
+            try:
+                self._map.resize(self._bytes(n))
+                self.array = np.frombuffer(self._map, self.dtype, count=n)
+            except (OSError, ValueError, SystemError, BufferError):  # refused (a view still exists?): copy once
+                kept = np.frombuffer(self._map, self.dtype, count=min(n, old))
+                self.array = np.full(n, 0 if self.fill is None else self.fill, self.dtype)
+                self.array[: kept.shape[0]] = kept
+                del kept
+                self._map = None
+                return self.array
+        else:
+            out = np.full(n, 0 if self.fill is None else self.fill, self.dtype)
+            out[: min(n, old)] = self.array[: min(n, old)]
+            self.array = out
+            return out
+        if n > old and self.fill is not None:
+            self.array[old:] = self.fill
+        return self.array

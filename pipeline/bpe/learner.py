@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from pipeline.bpe.constants import MAX_SIDE
+from pipeline.bpe.pair_filter import combine
 from pipeline.bpe.shard import GridShards
 from pipeline.bpe.stats import Choice, best_of
 from pipeline.bpe.vocab import Merge
@@ -68,6 +69,11 @@ class LocalWorkers:
 
     def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
         ws = self.workers
+        if ws[0].filters_pairs:
+            w0 = ws[0]
+            f = combine((w.base_pair_counts() for w in ws), w0.shards.codebook_size, w0.stats.min_frequency)
+            for w in ws:
+                w.set_filter(f)
         for r in range(max(w.count_rounds for w in ws)):
             parts = [w.count(r) for w in ws]
             for j, w in enumerate(ws):

@@ -13,8 +13,9 @@ import numpy as np
 from pipeline.numba_cache import njit
 
 from pipeline.bpe import shard_kernels as K
-from pipeline.bpe.hashtable import capacity, grow, new_table
+from pipeline.bpe.hashtable import ResizableArray, capacity, grow, new_table
 from pipeline.bpe.instances import init_instances, segmentation
+from pipeline.bpe.pair_filter import PairFilter, count_base_pairs
 
 
 @dataclass
@@ -61,7 +62,7 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return v[keep]
 
 
-COUNT_CELLS = 1 << 22  # cells counted at a time: bounds the temporary memory of the first count
+COUNT_CELLS = 1 << 20  # cells counted at a time: bounds the temporary memory of the first count (and object store use)
 ARENA_SLACK = 8  # token lists keep 1/8 spare room; when full, dead entries are dropped before growing
 
 
@@ -93,7 +94,11 @@ class Shard:
         # instances of token t, ascending anchors: tl_arena[tl_start[t] : tl_start[t] + tl_len[t]] (dead ones dropped lazily)
         n_tok = max(self.V, int(self.tok.max()) + 1 if self.tok.size else 0)
         room = max(1024, self.n_cells // ARENA_SLACK)
-        self.tl_arena, self.tl_start, self.tl_len, top = K.index_tokens(self.owner, self.tok, n_tok, room)
+        arena, self.tl_start, self.tl_len, top = K.index_tokens(self.owner, self.tok, n_tok, room)
+        self._arena = ResizableArray(arena.shape[0], np.int32, None)  # grows in place (hashtable.py)
+        self._arena.array[:] = arena
+        del arena
+        self.tl_arena = self._arena.array
         self.meta[K.M_TL_TOP] = top
 
     @property
@@ -113,13 +118,23 @@ class Shard:
             g = end
         return out
 
-    def count(self, g0: int = 0, g1: int | None = None) -> Deltas:
-        """Every occurrence in grids [g0, g1) of the current segmentation, as deltas from nothing."""
-        g1 = self.n_grids if g1 is None else g1
-        keys = K.occurrences(self.owner, self.nxt, self.tok, self.gstart[g0:g1 + 1], self.gw[g0:g1], self.gh[g0:g1],
+    def _occurrences(self, g0: int, g1: int) -> np.ndarray:
+        return K.occurrences(self.owner, self.nxt, self.tok, self.gstart[g0:g1 + 1], self.gw[g0:g1], self.gh[g0:g1],
                              self.mark, self.buf_x, self.meta)
+
+    def count(self, g0: int = 0, g1: int | None = None, pair_filter: PairFilter | None = None) -> Deltas:
+        """Every occurrence in grids [g0, g1) of the current segmentation, as deltas from nothing
+        (without the base pairs `pair_filter` leaves out)."""
+        keys = self._occurrences(g0, self.n_grids if g1 is None else g1)
+        if pair_filter is not None:
+            keys = pair_filter.apply(keys)
         keys.sort()
         return Deltas(*K.run_counts(keys))
+
+    def count_base_pairs(self, counts: np.ndarray) -> None:
+        """Add this shard's base pairs to dense saturating counters (pair_filter.py)."""
+        for g0, g1 in self.count_chunks():
+            count_base_pairs(self._occurrences(g0, g1), self.V, counts)
 
     def _live(self, t: int) -> np.ndarray:
         """The live instances of token t, ascending (a view into the arena, valid until it changes)."""
@@ -152,7 +167,9 @@ class Shard:
         self.meta[K.M_TL_TOP] = top
         want = top + n + max(1024, top // ARENA_SLACK)
         if want > self.tl_arena.shape[0]:
-            self.tl_arena = _resized(self.tl_arena, max(want, self.tl_arena.shape[0] + self.tl_arena.shape[0] // 4))
+            size = max(want, self.tl_arena.shape[0] + self.tl_arena.shape[0] // 4)
+            self.tl_arena = None
+            self.tl_arena = self._arena.resize(size)
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         """Apply one merge to every grid of the shard; returns (deltas, instance merges done)."""
@@ -239,9 +256,16 @@ class GridShards:
         """(shard, first grid, end grid) pieces to count one at a time (never all occurrences at once)."""
         return [(i, g0, g1) for i, s in enumerate(self.shards) for g0, g1 in s.count_chunks()]
 
-    def count(self, chunk: tuple[int, int, int]) -> Deltas:
+    def count(self, chunk: tuple[int, int, int], pair_filter: PairFilter | None = None) -> Deltas:
         i, g0, g1 = chunk
-        return self.shards[i].count(g0, g1)
+        return self.shards[i].count(g0, g1, pair_filter)
+
+    def base_pair_counts(self) -> np.ndarray:
+        """Dense saturating counts of every base pair (index a * V + b) in these grids."""
+        counts = np.zeros(self.codebook_size * self.codebook_size, np.uint8)
+        for s in self.shards:
+            s.count_base_pairs(counts)
+        return counts
 
     def merge(self, a: int, b: int, new_tok: int, uy: int, ux: int) -> tuple[Deltas, int]:
         parts, total = [], 0

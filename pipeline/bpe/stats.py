@@ -11,15 +11,22 @@ starts at the pair's home slot: F, the histogram, S and the mode offset come fro
 with no per-pair record. Counts are sums of shard deltas (exact integers, so any split of the
 corpus gives the same values); an entry whose count reaches zero is deleted (backward shift), so
 memory follows the live occurrences. Capacity is any size (homes by multiply-shift), kept at 50-70%
-load. Two base codes never form a new occurrence (every new one involves the token just made),
-so a base pair below min_frequency after the first count can never merge: its entries are dropped.
+load. Every new occurrence involves the token just made, so once a step is folded in, no pair in
+the table can ever gain an occurrence again: a pair whose F is below min_frequency then can never
+merge, and all its entries are dropped (after the first count and whenever a step takes a pair
+below it). The table holds only pairs that may still merge; the (only negative) deltas that later
+arrive for a dropped pair are ignored. The first count tables no hopeless base pair at all when
+`pair_filter` can tell them beforehand.
 
 The candidate comes from a lazy max-heap of (P, F, pair) ordered by (P, F, -a, -b) that holds
-only pairs with F >= a floor T: any pair left out has P <= (T - 1) + alpha, so a top at or above
-that bound is the partition's best; below it, the heap is rebuilt with a lower floor (about half
-the largest F). The heap stays small (the frequent pairs) and is rebuilt a few dozen times per run.
-A pair is pushed whenever its histogram changes; the top entry counts only if it still equals the
-pair's current (P, F), recomputed on the spot, otherwise it is stale and dropped.
+only pairs with P >= a floor: at a rebuild, the floor is the P of the HEAP_PAIRS-th best pair and
+every pair at or above it is queued; afterwards a pair is pushed whenever its histogram changes
+and its new P is at or above the floor. A pair's P changes only with its histogram, so every pair
+left out has P below the floor and any valid entry beats them all: the top entry counts only if
+it still equals the pair's current (P, F), recomputed on the spot, otherwise it is stale and
+dropped; when no valid entry is left the heap is rebuilt. (A floor on F instead would be useless
+with a large alpha: P = F + alpha * S bounds a left-out pair only by F + alpha, so nearly every
+pair had to be queued: 0.18 GB per worker at 100K grids.)
 
 S is computed in one canonical order (offsets sorted by (dy, dx); integer sums for the mean),
 the same as the reference, so floats and therefore ties are bit-identical everywhere.
@@ -33,12 +40,14 @@ import numpy as np
 from pipeline.numba_cache import njit
 
 from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_MASK, OFF_SPAN
-from pipeline.bpe.hashtable import EMPTY, mix, new_table
+from pipeline.bpe.hashtable import EMPTY, ResizableArray, mix, new_table
 from pipeline.bpe.instances import unpack_offset
 from pipeline.bpe.shard import Deltas, _resized
 
 MAX_LOAD = 0.7  # linear probing stays fast up to ~0.7 load
 GROW_LOAD = 0.5  # load right after a resize
+HEAP_PAIRS = 1 << 16  # pairs queued by a rebuild: the best by P
+SHRINK_LOAD = 0.25  # below it, the table shrinks back to GROW_LOAD
 S_LIVE = 0  # live (pair, offset) entries
 S_NCHANGED = 1
 S_NHEAP = 2
@@ -76,9 +85,10 @@ def _delete(t, i, cap):
 
 
 @njit(cache=True)
-def _apply(keys, d, t, changed, meta, record, dropped_below_v):
-    """Add signed deltas. `record`: note each changed pair for the next refresh. `dropped_below_v`
-    (V, or -1): base pairs were dropped as hopeless, so their (only ever negative) deltas are ignored."""
+def _apply(keys, d, t, changed, meta, started):
+    """Add signed deltas. `started` (after the first count): note each changed pair for the next
+    refresh, and ignore deltas to absent entries: those are of pairs dropped as hopeless, which
+    only ever lose occurrences."""
     cap = np.int64(t.shape[0] >> 1)
     for j in range(keys.shape[0]):
         key = keys[j]
@@ -92,7 +102,7 @@ def _apply(keys, d, t, changed, meta, record, dropped_below_v):
                 break
             i = _next(i, cap)
         if t[2 * i] == EMPTY:
-            if dropped_below_v >= 0 and d[j] < 0 and (pair >> ID_BITS) < dropped_below_v and (pair & ID_MASK) < dropped_below_v:
+            if started and d[j] <= 0:
                 continue
             t[2 * i] = key
             t[2 * i + 1] = 0
@@ -105,9 +115,22 @@ def _apply(keys, d, t, changed, meta, record, dropped_below_v):
             meta[S_LIVE] -= 1
         else:
             t[2 * i + 1] = c
-        if record:
+        if started:
             changed[meta[S_NCHANGED]] = pair
             meta[S_NCHANGED] += 1
+
+
+@njit(cache=True)
+def _drop_pair(t, pair, meta):
+    """Delete every entry of a pair (its run from the home slot; a deletion shifts the next entry in)."""
+    cap = np.int64(t.shape[0] >> 1)
+    i = _home(pair, cap)
+    while t[2 * i] != EMPTY:
+        if (t[2 * i] >> OFF_BITS) == pair:
+            _delete(t, i, cap)
+            meta[S_LIVE] -= 1
+        else:
+            i = _next(i, cap)
 
 
 @njit(cache=True)
@@ -236,10 +259,13 @@ def _pop(hP, hR, meta):
 
 
 @njit(cache=True)
-def _refresh(pairs, t, alpha, sigma, floor, hP, hR, meta, offs, cnts):
+def _refresh(pairs, t, alpha, sigma, p_floor, min_frequency, hP, hR, meta, offs, cnts):
     for pair in pairs:
         f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
-        if f >= floor:
+        if f < min_frequency:
+            if f > 0:
+                _drop_pair(t, pair, meta)  # hopeless from now on (module docstring)
+        elif p >= p_floor:
             _push(hP, hR, meta, p, f, pair)
 
 
@@ -326,41 +352,111 @@ def _frequencies(t, floor):
 
 
 @njit(cache=True)
-def _fill(t, alpha, sigma, floor, hP, hR, meta, offs, cnts):
-    """Queue every pair with F >= floor (the heap must have room)."""
-    cap = np.int64(t.shape[0] >> 1)
-    for i in range(cap):
-        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= floor:
-            pair = t[2 * i] >> OFF_BITS
-            f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
-            _push(hP, hR, meta, p, f, pair)
+def _sift_down(hP, hR, i, n):
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            return
+        best = left
+        if left + 1 < n and _better(hP, hR, left + 1, left):
+            best = left + 1
+        if not _better(hP, hR, best, i):
+            return
+        _swap(hP, hR, i, best)
+        i = best
 
 
 @njit(cache=True)
-def _rehash(t, cap, drop_below_v, min_frequency):
-    """The same entries in a table of `cap` slots; with drop_below_v = V >= 0, without the base pairs
-    whose F is below min_frequency."""
-    out = np.full(2 * cap, EMPTY, np.int64)
-    old_cap = np.int64(t.shape[0] >> 1)
-    kept = 0
+def _priorities(t, alpha, sigma, min_frequency, out, offs, cnts):
+    """P of every pair with F >= min_frequency into `out` (sized by `_frequencies`); returns how many."""
+    cap = np.int64(t.shape[0] >> 1)
+    n = 0
+    for i in range(cap):
+        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= min_frequency:
+            f, s, p = _scores(t, t[2 * i] >> OFF_BITS, alpha, sigma, offs, cnts)
+            out[n] = p
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _fill(t, alpha, sigma, min_frequency, p_floor, hP, hR, meta, offs, cnts):
+    """Queue every pair with F >= min_frequency and P >= p_floor (the heap must have room): appended,
+    then heapified bottom-up (O(n))."""
+    cap = np.int64(t.shape[0] >> 1)
+    n = 0
+    for i in range(cap):
+        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= min_frequency:
+            pair = t[2 * i] >> OFF_BITS
+            f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
+            if p >= p_floor:
+                hP[n] = p
+                hR[2 * n] = f
+                hR[2 * n + 1] = pair
+                n += 1
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(hP, hR, i, n)
+    meta[S_NHEAP] = n
+
+
+@njit(cache=True)
+def _hopeless(t, s, cap, min_frequency):
+    """Whether the pair of the entry in slot s has F below min_frequency (summed from its run's start)."""
+    pair = t[2 * s] >> OFF_BITS
+    j = _home(pair, cap)
+    while (t[2 * j] >> OFF_BITS) != pair:
+        j = _next(j, cap)
+    return _frequency(t, j, cap) < min_frequency
+
+
+@njit(cache=True)
+def _mark_hopeless(t, min_frequency):
+    """Per slot, 1 where its entry's pair has F below min_frequency; and how many such entries."""
+    cap = np.int64(t.shape[0] >> 1)
+    drop = np.zeros(cap, np.uint8)
+    n = 0
+    for s in range(cap):
+        if t[2 * s] != EMPTY and _hopeless(t, s, cap, min_frequency):
+            drop[s] = 1
+            n += 1
+    return drop, n
+
+
+@njit(cache=True)
+def _rehash_in_place(t, old_cap, new_cap, drop):
+    """Re-home the entries of slots [0, old_cap) into slots [0, new_cap) of the same array (which
+    holds max(old_cap, new_cap) slots), leaving out those marked in `drop` (empty: none).
+
+    Entries are taken out in slot order and put where they belong among the entries already
+    placed; one found in the way, not placed yet, changes places with the one carried and is
+    carried on. Placed entries never move again and only placed entries lie between one's home
+    and its slot, so every probe run ends up unbroken. No second table: growing costs only the
+    new slots (the caller extends the array with realloc, which moves no data)."""
+    done = np.zeros(new_cap, np.uint8)
+    dropping = drop.shape[0] > 0
     for s in range(old_cap):
-        k = t[2 * s]
-        if k == EMPTY:
+        if t[2 * s] == EMPTY or (s < new_cap and done[s]):
             continue
-        pair = k >> OFF_BITS
-        if drop_below_v >= 0 and (pair >> ID_BITS) < drop_below_v and (pair & ID_MASK) < drop_below_v:
-            j = _home(pair, old_cap)  # the run of this pair starts at or after its home: sum it from there
-            while (t[2 * j] >> OFF_BITS) != pair:
-                j = _next(j, old_cap)
-            if _frequency(t, j, old_cap) < min_frequency:
-                continue
-        i = _home(pair, cap)
-        while out[2 * i] != EMPTY:
-            i = _next(i, cap)
-        out[2 * i] = k
-        out[2 * i + 1] = t[2 * s + 1]
-        kept += 1
-    return out, kept
+        k = t[2 * s]
+        c = t[2 * s + 1]
+        t[2 * s] = EMPTY
+        if dropping and drop[s]:
+            continue
+        while True:
+            i = _home(k >> OFF_BITS, new_cap)
+            while done[i]:
+                i = _next(i, new_cap)
+            k2 = t[2 * i]
+            c2 = t[2 * i + 1]
+            t[2 * i] = k
+            t[2 * i + 1] = c
+            done[i] = 1
+            if k2 == EMPTY:
+                break
+            if dropping and drop[i]:
+                break
+            k = k2
+            c = c2
 
 
 @dataclass
@@ -424,13 +520,14 @@ class Stats:
             raise ValueError("min_frequency must be >= 1")
         self.sigma, self.min_frequency, self.alpha = float(sigma), int(min_frequency), float(alpha)
         self.V = int(codebook_size)
-        self.t = new_table(1 << 12)
+        self._table = ResizableArray(new_table(1 << 12).shape[0])
+        self.t = self._table.array
         self.changed = np.empty(1 << 12, np.int64)
         self.hP, self.hR = np.empty(1 << 10, np.float64), np.empty(2 << 10, np.int64)
         self.offs, self.cnts = np.empty(256, np.int64), np.empty(256, np.int64)
         self.meta = np.zeros(4, np.int64)
         self.started = False  # the first refresh (after the first count) queues from the whole table
-        self.floor = self.min_frequency  # pairs with F below the floor are not queued
+        self.p_floor = -math.inf  # pairs with P below it are not queued
         self.heap_base = 0  # heap size after the last rebuild: stale entries beyond ~2x that trigger one
         self.rebuilds = 0
 
@@ -442,18 +539,29 @@ class Stats:
     def capacity(self) -> int:
         return self.t.shape[0] >> 1
 
+    def _resize(self, cap: int, drop: np.ndarray | None = None) -> None:
+        """Re-home every entry (but those marked in `drop`) in a table of `cap` slots, in place."""
+        old = self.capacity
+        if cap > old:
+            self.t = None
+            self.t = self._table.resize(2 * cap)
+        _rehash_in_place(self.t, old, cap, np.empty(0, np.uint8) if drop is None else drop)
+        if cap < old:
+            self.t = None
+            self.t = self._table.resize(2 * cap)
+
     def add(self, deltas: Deltas) -> None:
         """Accumulate deltas (call `refresh` once every part of the step is in)."""
         n = len(deltas)
         if n == 0:
             return
         if self.live_entries + n > MAX_LOAD * self.capacity:
-            self.t, _ = _rehash(self.t, int((self.live_entries + n) / GROW_LOAD) + 1, -1, 0)
+            self._resize(int((self.live_entries + n) / GROW_LOAD) + 1)
         if self.started:
             used = int(self.meta[S_NCHANGED])
             if used + n > self.changed.shape[0]:
                 self.changed = _resized(self.changed, max(2 * self.changed.shape[0], used + n))
-        _apply(deltas.keys, deltas.d, self.t, self.changed, self.meta, self.started, self.V if self.started else -1)
+        _apply(deltas.keys, deltas.d, self.t, self.changed, self.meta, self.started)
 
     def max_frequency(self) -> int:
         return int(_frequencies(self.t, 1 << 62)[0])
@@ -467,31 +575,42 @@ class Stats:
         changed.sort()
         pairs = _dedup_sorted(changed)
         self.meta[S_NCHANGED] = 0
+        if self.live_entries < SHRINK_LOAD * self.capacity and self.capacity > 1 << 16:
+            self._resize(int(self.live_entries / GROW_LOAD) + 16)  # dropped pairs left it mostly empty
         if int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 16):
             self._rebuild()  # stale entries piled up
             return
         pairs = _by_home(pairs, self.t)
         self._reserve_heap(int(self.meta[S_NHEAP]) + pairs.shape[0])
-        _refresh(pairs, self.t, self.alpha, self.sigma, self.floor, self.hP, self.hR, self.meta, self.offs, self.cnts)
+        _refresh(pairs, self.t, self.alpha, self.sigma, self.p_floor, self.min_frequency, self.hP, self.hR, self.meta,
+                 self.offs, self.cnts)
 
     def _start(self) -> None:
-        """After the first count: drop hopeless base pairs, size the table to its entries, queue."""
+        """After the first count: drop hopeless pairs, size the table to the rest, queue."""
         self.started = True
-        self.t, kept = _rehash(self.t, int(self.live_entries / ((GROW_LOAD + MAX_LOAD) / 2)) + 16, self.V,
-                               self.min_frequency)
-        self.meta[S_LIVE] = kept
+        drop, n = _mark_hopeless(self.t, self.min_frequency)
+        self.meta[S_LIVE] -= n
+        self._resize(int(self.live_entries / ((GROW_LOAD + MAX_LOAD) / 2)) + 16, drop)
+        del drop
         self._rebuild()
 
     def _rebuild(self) -> None:
-        """Queue every pair with F >= a new floor: about half the largest F, low enough that the best
-        queued pair (F = largest F) is provably the best of all: F_max >= (floor - 1) + alpha."""
-        f_max, _ = _frequencies(self.t, 1 << 62)
-        floor = max(self.min_frequency, min(f_max // 2, int(math.floor(f_max + 1 - self.alpha))))
-        _, n = _frequencies(self.t, floor)
+        """Queue the HEAP_PAIRS pairs of largest P (and any tied with the last): the floor is that P."""
+        _, n = _frequencies(self.t, self.min_frequency)
+        self.p_floor, queued = -math.inf, n
+        if n > HEAP_PAIRS:
+            ps = np.empty(n, np.float64)
+            _priorities(self.t, self.alpha, self.sigma, self.min_frequency, ps, self.offs, self.cnts)
+            self.p_floor = float(np.partition(ps, n - HEAP_PAIRS)[n - HEAP_PAIRS])
+            queued = int(np.count_nonzero(ps >= self.p_floor))
+            del ps
         self.meta[S_NHEAP] = 0
-        self.floor = floor
-        self.hP, self.hR = np.empty(max(1024, 2 * n + (1 << 16)), np.float64), np.empty(2 * max(1024, 2 * n + (1 << 16)), np.int64)
-        _fill(self.t, self.alpha, self.sigma, floor, self.hP, self.hR, self.meta, self.offs, self.cnts)
+        size = max(1024, 2 * queued + (1 << 16))
+        if not size <= self.hP.shape[0] <= 2 * size:  # else the old arrays are reused: no second heap at once
+            self.hP = self.hR = None
+            self.hP, self.hR = np.empty(size, np.float64), np.empty(2 * size, np.int64)
+        _fill(self.t, self.alpha, self.sigma, self.min_frequency, self.p_floor, self.hP, self.hR, self.meta,
+              self.offs, self.cnts)
         self.heap_base = int(self.meta[S_NHEAP])
         self.rebuilds += 1
 
@@ -507,8 +626,7 @@ class Stats:
     def best(self) -> Choice | None:
         """The eligible pair with the largest (P, F, -a, -b), or None (it stays queued)."""
         pair, f, s, p = self._peek()
-        # pairs below the floor are not queued: their P is at most (floor - 1) + alpha, in float arithmetic too
-        while self.floor > self.min_frequency and (pair < 0 or p < float(self.floor - 1) + self.alpha):
+        if pair < 0 and self.p_floor > -math.inf:  # every queued pair is gone: the best is among the rest
             self._rebuild()
             pair, f, s, p = self._peek()
         if pair < 0:
@@ -524,4 +642,8 @@ class Stats:
         return [(int(o) // OFF_SPAN, int(o) % OFF_SPAN - OFF_BIAS, int(c)) for o, c in zip(offs[:n], cnts[:n])]
 
     def memory_bytes(self) -> int:
-        return int(sum(x.nbytes for x in (self.t, self.changed, self.hP, self.hR)))
+        return int(sum(self.memory_parts().values()))
+
+    def memory_parts(self) -> dict[str, int]:
+        return {"table": int(self.t.nbytes), "heap": int(self.hP.nbytes + self.hR.nbytes),
+                "changed": int(self.changed.nbytes)}

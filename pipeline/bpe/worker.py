@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
+from pipeline.bpe.pair_filter import PairFilter, usable
 from pipeline.bpe.shard import Deltas, GridShards
 from pipeline.bpe.stats import Choice, Stats, split_deltas
 
@@ -24,6 +27,7 @@ class LearnerWorker:
         self.stats = Stats(sigma, min_frequency, shards.codebook_size)
         self.merged = 0  # instances merged by the last `merge`
         self.chunks = shards.count_chunks()
+        self.pair_filter: PairFilter | None = None  # for the first count only
         # where the time and the traffic go (the cost model in docs/learn.md is built from these)
         self.profile = {"count_s": 0.0, "merge_s": 0.0, "reduce_s": 0.0, "steps": 0, "sent_bytes": 0, "kept_bytes": 0}
 
@@ -31,12 +35,26 @@ class LearnerWorker:
     def count_rounds(self) -> int:
         return len(self.chunks)
 
+    @property
+    def filters_pairs(self) -> bool:
+        """Whether the first count should be preceded by the base pair filter (pair_filter.py)."""
+        return usable(self.shards.codebook_size, self.stats.min_frequency)
+
+    def base_pair_counts(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        counts = self.shards.base_pair_counts()
+        self.profile["count_s"] += time.perf_counter() - t0
+        return counts
+
+    def set_filter(self, pair_filter: PairFilter | None) -> None:
+        self.pair_filter = pair_filter
+
     def count(self, r: int) -> list[Deltas]:
         """Every occurrence in the r-th piece of the grids (a piece at a time bounds the memory), cut by partition."""
         if r >= len(self.chunks):
             return [Deltas.empty() for _ in range(self.partitions)]
         t0 = time.perf_counter()
-        parts = split_deltas(self.shards.count(self.chunks[r]), self.partitions)
+        parts = split_deltas(self.shards.count(self.chunks[r], self.pair_filter), self.partitions)
         self.profile["count_s"] += time.perf_counter() - t0
         return parts
 
@@ -46,10 +64,13 @@ class LearnerWorker:
             self.stats.add(d)
 
     def max_frequency(self) -> int:
-        return self.stats.max_frequency()
+        """The largest F of this partition's pairs, counting those the filter kept out of the table."""
+        left_out = self.pair_filter.max_left_out if self.pair_filter is not None else 0
+        return max(self.stats.max_frequency(), left_out)
 
     def start(self, alpha: float) -> Choice | None:
         """Fix alpha (in count units, the same on every partition) and queue every counted pair."""
+        self.pair_filter = None
         self.stats.alpha = float(alpha)
         self.stats.refresh()
         return self.stats.best()
@@ -82,6 +103,7 @@ class LearnerWorker:
 
         return {"pid": os.getpid(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "shard_bytes": self.shards.memory_bytes(), "stats_bytes": self.stats.memory_bytes(),
+                **{f"stats_{k}_bytes": v for k, v in self.stats.memory_parts().items()},
                 "cells": int(self.shards.n_cells), "live_entries": self.stats.live_entries,
                 "heap_rebuilds": self.stats.rebuilds, **{k: round(v, 4) if isinstance(v, float) else v
                                                          for k, v in self.profile.items()}}

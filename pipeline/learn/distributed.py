@@ -25,6 +25,7 @@ import uuid
 import numpy as np
 
 from pipeline.bpe.learner import fix_alpha, one_step
+from pipeline.bpe.pair_filter import PairFilter, add_saturating, usable
 from pipeline.bpe.shard import Deltas
 from pipeline.bpe.stats import Choice, best_of
 from pipeline.bpe.worker import LearnerWorker
@@ -68,6 +69,19 @@ class _WorkerActor:
         if self.refusal is not None:
             raise self.refusal
         return self.group.report, self.worker.count_rounds
+
+    def add_base_pair_counts(self, before: np.ndarray | None) -> np.ndarray:
+        """The base pair counts of the actors before this one (a ring: none reach the driver), plus its own."""
+        counts = self.worker.base_pair_counts()
+        if before is not None:
+            add_saturating(counts, before)
+        return counts
+
+    def make_filter(self, total: np.ndarray) -> PairFilter:
+        return PairFilter.from_total(total, self.worker.shards.codebook_size, self.worker.stats.min_frequency)
+
+    def set_filter(self, pair_filter: PairFilter) -> None:
+        self.worker.set_filter(pair_filter)
 
     def count(self, r: int):
         return self._out(self.worker.count(r))
@@ -183,6 +197,7 @@ class RayWorkers:
         self.batch_seconds = 1.0  # a mesh batch returns at least this often (progress, logs)
         self.step_s, self.steps, self.first_step_s = 0.0, 0, None
         self.partitions = workers
+        self.codebook_size, self.min_frequency = corpus.codebook_size, min_frequency
         actor_cls = ray.remote(_WorkerActor)
         run = uuid.uuid4().hex[:8]  # names say which run an actor belongs to (`ray list actors`, tests)
         self.actors = [
@@ -217,7 +232,16 @@ class RayWorkers:
         return [[r] if self.partitions == 1 else list(r) for r in refs]
 
     def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
-        """Count shard by shard on every actor (bounded memory), routing each part to its partition."""
+        """Count shard by shard on every actor (bounded memory), routing each part to its partition;
+        first the base pair filter (pair_filter.py): the actors' dense counts are summed along a ring
+        of actors and the filter goes from the last one to all, so the driver holds none of it."""
+        if usable(self.codebook_size, self.min_frequency):
+            total = None
+            for a in self.actors:
+                total = a.add_base_pair_counts.remote(total)
+            pair_filter = self.actors[-1].make_filter.remote(total)
+            self._get([a.set_filter.remote(pair_filter) for a in self.actors])
+            del total, pair_filter
         for r in range(self.count_rounds):
             parts = self._returns("count", r)
             self._get([a.absorb.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)])

@@ -1,0 +1,137 @@
+"""The learner's memory savers keep the statistics exact: in-place table resizing, the base pair
+filter of the first count, and dropping pairs that can no longer merge."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from pipeline.bpe.constants import OFF_BITS
+from pipeline.bpe.hashtable import EMPTY
+from pipeline.bpe.learner import learn_arrays
+from pipeline.bpe.pair_filter import combine, usable
+from pipeline.bpe.shard import Deltas, GridShards
+from pipeline.bpe.stats import Stats
+from pipeline.bpe.worker import LearnerWorker
+
+
+def _entries(stats: Stats) -> dict[int, int]:
+    t = stats.t.reshape(-1, 2)
+    t = t[t[:, 0] != EMPTY]
+    return dict(zip(t[:, 0].tolist(), t[:, 1].tolist()))
+
+
+def _frequencies(entries: dict[int, int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for key, c in entries.items():
+        out[key >> OFF_BITS] = out.get(key >> OFF_BITS, 0) + c
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), batches=st.integers(2, 6), pairs=st.integers(1, 3000))
+def test_a_table_resized_in_place_keeps_every_count(seed, batches, pairs):
+    """Counts added in batches (the table grows several times, re-homing in place) equal a plain dict,
+    and every pair's histogram is found from its home."""
+    rng = np.random.default_rng(seed)
+    stats = Stats(1.0, 1, 64)
+    want: dict[int, int] = {}
+    for _ in range(batches):
+        n = int(rng.integers(1, 4000))
+        keys = (rng.integers(0, pairs, n).astype(np.int64) << OFF_BITS) | rng.integers(0, 5, n)
+        d = rng.integers(1, 4, n).astype(np.int64)
+        stats.add(Deltas(keys, d))
+        for k, c in zip(keys.tolist(), d.tolist()):
+            want[k] = want.get(k, 0) + c
+    assert _entries(stats) == want
+    assert stats.live_entries == len(want)
+    for pair in {k >> OFF_BITS for k in want}:
+        got = {(dy, dx): c for dy, dx, c in stats.histogram(pair)}
+        assert sum(got.values()) == _frequencies(want)[pair]
+
+
+def _grids(seed: int, n: int = 40, V: int = 12):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, V, size=(int(rng.integers(1, 9)), int(rng.integers(1, 9)))).astype(np.int32)
+            for _ in range(n)], V
+
+
+def _counted_worker(grids, V, min_frequency, filtered):
+    codes = np.concatenate([g.reshape(-1) for g in grids]).astype(np.int32)
+    shards = GridShards(codes, np.array([g.shape[0] for g in grids], np.int32),
+                        np.array([g.shape[1] for g in grids], np.int32), V, shard_cells=64)
+    w = LearnerWorker(shards, 0, 1, 1.0, min_frequency)
+    if filtered:
+        w.set_filter(combine([w.base_pair_counts()], V, min_frequency))
+    for r in range(w.count_rounds):
+        w.absorb(*w.count(r))
+    return w
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), min_frequency=st.integers(2, 6))
+def test_the_filtered_first_count_tables_exactly_the_pairs_that_can_merge(seed, min_frequency):
+    grids, V = _grids(seed)
+    plain = _counted_worker(grids, V, min_frequency, filtered=False)
+    filtered = _counted_worker(grids, V, min_frequency, filtered=True)
+    everything = _entries(plain.stats)
+    f = _frequencies(everything)
+    assert _entries(filtered.stats) == {k: c for k, c in everything.items() if f[k >> OFF_BITS] >= min_frequency}
+    assert filtered.max_frequency() == plain.max_frequency() == max(f.values())  # alpha_rel sees every pair
+    plain.start(0.0)
+    filtered.start(0.0)
+    assert _entries(filtered.stats) == _entries(plain.stats)
+
+
+def test_the_filter_is_skipped_where_it_would_not_pay_or_fit():
+    assert usable(8192, 2) and usable(16384, 255)
+    assert not usable(8192, 1)  # every counted pair can merge
+    assert not usable(8192, 256)  # 8-bit counters stop at 255
+    assert not usable(16385, 2)  # V^2 bytes would exceed 256 MB
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), min_frequency=st.integers(2, 4), merges=st.integers(1, 40))
+def test_after_every_run_the_table_holds_only_pairs_that_can_still_merge(seed, min_frequency, merges):
+    grids, V = _grids(seed, n=30, V=6)
+    _, workers, _ = learn_arrays(grids, V, merges, alpha=0.5, min_frequency=min_frequency, workers=2)
+    for w in workers.workers:
+        f = _frequencies(_entries(w.stats))
+        assert all(v >= min_frequency for v in f.values()), min(f.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), merges=st.integers(3, 40), alpha=st.sampled_from([0.0, 2.0, 50.0]),
+       heap_pairs=st.integers(1, 5), workers=st.integers(1, 3))
+def test_a_heap_of_only_the_best_pairs_picks_the_reference_merges(seed, merges, alpha, heap_pairs, workers):
+    """With a tiny heap (rebuilt whenever its queued pairs are used up, P floors everywhere) the merges
+    are still the contract's, ties and large alpha included."""
+    import pipeline.bpe.stats as stats_module
+    from pipeline.bpe import reference as R
+
+    grids, V = _grids(seed, n=12, V=5)
+    ref, _, _ = R.learn(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2)
+    saved = stats_module.HEAP_PAIRS
+    stats_module.HEAP_PAIRS = heap_pairs
+    try:
+        got, workers_, _ = learn_arrays(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2, workers=workers)
+    finally:
+        stats_module.HEAP_PAIRS = saved
+    assert [(tuple(m.pair), m.frequency, m.priority, tuple(m.offset)) for m in got] == \
+        [(m.pair, m.frequency, m.priority, m.offset) for m in ref]
+    assert any(w.stats.rebuilds > 1 for w in workers_.workers) or len(got) < 3
+
+
+def test_a_resizable_array_keeps_its_data_when_it_grows_shrinks_or_must_be_copied():
+    from pipeline.bpe.hashtable import ResizableArray
+
+    a = ResizableArray(1000, np.int32, None)
+    a.array[:] = np.arange(1000)
+    grown = a.resize(5000)
+    assert grown[:1000].tolist() == list(range(1000)) and grown.shape == (5000,)
+    shrunk = a.resize(300)
+    assert shrunk.tolist() == list(range(300))
+    held = a.array[:10]  # a view still exported: the mapping cannot move, so the array is copied instead
+    copied = a.resize(700)
+    assert copied[:300].tolist() == list(range(300)) and held.tolist() == list(range(10))
+    t = ResizableArray(8)
+    assert t.resize(16).tolist() == [EMPTY] * 16
