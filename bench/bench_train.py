@@ -4,9 +4,11 @@
   gloo, DDP vs FSDP (`fully_shard`), the same steps and data;
 - preparation: records/s of `prepare` in one process (how it ran before Ray Data) vs as a Ray
   Data map over 2 actors, same records;
-- the three stages of a 1-worker run (fit seconds, tokens/s per step).
+- the three stages of a 1-worker run (fit seconds, tokens/s per step);
+- memory: a Ray Train worker's peak RSS with 1,500 and then 15,000 images of ~400 code ids (target:
+  < 25 MB growth while the data grows > 80 MB: workers stream a few micro-batches, never the file).
 
-    python -m bench.bench_train [--out DIR] [--records N] [--quick] [--only strategies,preparation,one_worker] [--gpus N]
+    python -m bench.bench_train [--out DIR] [--records N] [--quick] [--only strategies,preparation,one_worker,memory] [--gpus N]
 Prints one JSON object; per-step numbers come from the stages' metrics files. `--gpus N` runs the
 strategies part on N GPU workers (bf16 mixed precision, NCCL) instead of 2 CPU workers: untested
 here (no GPU on the machines this was built on).
@@ -128,7 +130,50 @@ def stages(out: str, images: int) -> dict:
     return result
 
 
-PARTS = ("strategies", "preparation", "one_worker")
+MEMORY_GROWTH_MAX = 25e6  # bytes of worker peak RSS
+MEMORY_DATA_GROWTH_MIN = 80e6  # bytes of input_ids + labels (int32) more in the big run
+
+
+def memory(out: str) -> dict:
+    """Peak RSS of the one Ray Train worker over 3 steps of stage 1, with 10x more sequences the second time.
+    The sizes are the target's, also with --quick: a smaller run could not tell streaming from holding the file."""
+    from pipeline.train import api, tiny
+    from schemas.layout import IdLayout
+    from schemas.train import TrainConfig
+
+    tok = tiny.build_tokenizer(os.path.join(out, "mem-tok"))
+    tiny.build_model(os.path.join(out, "mem-src"), len(tok), layers=2)
+    layout = IdLayout(text_vocab_size=len(tok), codebook_size=256, num_merges=256)
+    runs = {}
+    for n in (1500, 15000):
+        root = os.path.join(out, f"mem-{n}")
+        keys = tiny.write_corpus(os.path.join(root, "corpus", "p.parquet"), layout, n, min_len=380, max_len=420, seed=n)
+        tiny.write_conversations(os.path.join(root, "conv", "c.jsonl"), keys, ["foundation", "perception"])
+        stage = {"epochs": 2, "batch_size": 2, "grad_accum": 2}
+        cfg = TrainConfig.from_dict({
+            "model": os.path.join(root, "base"), "output": os.path.join(root, "run"),
+            "init": {"source_model": os.path.join(out, "mem-src"), "tokenizer": os.path.join(out, "mem-tok"),
+                     "layout": os.path.join(root, "corpus", "layout.yaml")},
+            "data": {"conversations": [{"path": os.path.join(root, "conv")}], "corpus": [os.path.join(root, "corpus")],
+                     "image_key": "stem", "max_length": 512, "heldout_fraction": 0.0},
+            "stage1": {**stage, "lr": 1e-2, "max_steps": 3}, "stage2": stage, "stage3": stage,
+            "workers": {"workers": 1, "max_failures": 0}, "gradient_checkpointing": False})
+        api.run(cfg, "init")
+        summary = api.run(cfg, "stage1").results["stage1"]
+        with open(os.path.join(root, "run", "data", "stats.json")) as f:
+            stats = json.load(f)
+        runs[n] = {"images": n, "sequences": stats["sequences"], "data_bytes": stats["tokens"] * 8,  # ids + labels, int32
+                   "worker_peak_rss_bytes": summary["worker_peak_rss_bytes"][0]}
+    small, big = runs[1500], runs[15000]
+    growth = big["worker_peak_rss_bytes"] - small["worker_peak_rss_bytes"]
+    data_growth = big["data_bytes"] - small["data_bytes"]
+    return {"runs": list(runs.values()), "worker_peak_rss_mib": [round(r["worker_peak_rss_bytes"] / 2**20, 1) for r in runs.values()],
+            "peak_growth_mb": round(growth / 1e6, 1), "data_growth_mb": round(data_growth / 1e6, 1),
+            "target": "< 25 MB peak growth while the data grows > 80 MB",
+            "within_target": growth < MEMORY_GROWTH_MAX and data_growth > MEMORY_DATA_GROWTH_MIN}
+
+
+PARTS = ("strategies", "preparation", "one_worker", "memory")
 
 
 def run(out: str, records: int = 20_000, quick: bool = False, only: tuple[str, ...] = PARTS, gpus: int = 0) -> dict:
@@ -143,6 +188,7 @@ def run(out: str, records: int = 20_000, quick: bool = False, only: tuple[str, .
         "strategies": lambda: strategies(out, steps=8 if quick else 24, gpus=gpus),
         "preparation": lambda: preparation(out, records=2_000 if quick else records),
         "one_worker": lambda: stages(out, images=32 if quick else 64),
+        "memory": lambda: memory(out),
     }
     return {name: parts[name]() for name in only}
 

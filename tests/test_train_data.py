@@ -11,6 +11,7 @@ import pytest
 from pipeline.configargs import load_config
 from pipeline.train import chat, curriculum, tiny
 from pipeline.train.batches import Geometry, Sequences
+from pipeline.train import stream
 from pipeline.train.stream import assign, collate, read_rows
 from pipeline.train.prepare import IGNORE, prepare
 from pipeline.train.records import Turn, read_records
@@ -263,6 +264,35 @@ def test_micro_batches_partition_the_global_batch(world, tmp_path):
     ids, mask, labels = collate(batch, world["layout"].pad_id, IGNORE)
     assert ids.shape == mask.shape == labels.shape and (labels[mask == 0] == IGNORE).all()
     assert (ids[mask == 0] == world["layout"].pad_id).all() and ids[1, : len(table[0]["input_ids"])].tolist() == table[0]["input_ids"]
+
+
+def test_a_rank_reads_its_rows_a_few_steps_at_a_time_and_only_their_row_groups(tmp_path, monkeypatch):
+    """Why a worker's memory does not grow with the data (the figure: bench_train's `memory` part): its rows come
+    in items of a few steps (at most ROWS_PER_ITEM rows, in training order), and reading an item (Ray Data's map,
+    or the local executor) reads only the Parquet row groups that hold its rows, never the whole file."""
+    import pyarrow as pa
+
+    n, group = 4000, 100
+    ids = [list(range(i, i + 3)) for i in range(n)]
+    path = str(tmp_path / "sequences.parquet")
+    pq.write_table(pa.table({"input_ids": pa.array(ids, pa.list_(pa.int32())), "labels": pa.array(ids, pa.list_(pa.int32()))}),
+                   path, row_group_size=group)
+    rng = np.random.default_rng(0)  # as the plan: shuffled blocks of one row group each
+    rows = np.concatenate([g * group + rng.integers(0, group, 400) for g in rng.permutation(n // group)[:15]])
+    read = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, **kw: read.append(list(groups)) or real(self, groups, **kw))
+    per_step, first_step = 4, 3
+    got = list(stream.items(rows, per_step, first_step))
+    assert [s for s, _ in got] == list(range(first_step, len(rows) // per_step, stream.ROWS_PER_ITEM // per_step))
+    assert np.array_equal(np.concatenate([r for _, r in got]), rows[first_step * per_step:])
+    assert len(got) > 2 and all(len(r) <= stream.ROWS_PER_ITEM and len(r) % per_step == 0 for _, r in got)
+    for first, item in got:
+        table = stream.read_item(path, first, item, per_step, None)
+        assert read.pop() == sorted(set((item // group).tolist())) and len(set((item // group).tolist())) < n // group // 4
+        assert table.column("input_ids").to_pylist() == [ids[r] for r in item]
+        assert table.column("step").to_pylist() == (first + np.arange(len(item)) // per_step).tolist()
+    assert not read
 
 
 def test_lr_schedule():

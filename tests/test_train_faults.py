@@ -1,7 +1,8 @@
 """Train faults and stale inputs as real Ray Train runs on a tiny Llama (one worker): a stage needs the
 previous one, a worker killed right after a checkpoint resumes from it, an edited conversation invalidates
-the stages trained on it, prepare on Ray Data equals prepare in process. Apart from test_train_local.py
-(the three stages, one Ray Train worker against the local executor) so the two xdist workers share the train runs."""
+the stages trained on it, and `python -m jobs.train --stage prepare` joins a named cluster and prepares
+there on Ray Data as in process. Apart from test_train_local.py (the three stages, one Ray Train worker
+against the local executor) so the two xdist workers share the train runs."""
 from __future__ import annotations
 
 import os
@@ -23,6 +24,45 @@ def test_stage_needs_previous_stage(fast_ray, inputs, tmp_path):
     run_init(cfg)
     with pytest.raises(InputError, match="stage1 has not completed"):
         run_stage(cfg, "stage2")
+
+
+def test_prepare_joins_the_named_cluster_and_ray_data_equals_prepare_here(fast_ray, inputs, tmp_path):
+    """`prepare.ray_address` names a cluster, so `auto` prepares on Ray (as every stage decides), and
+    `python -m jobs.train --stage prepare` joins that cluster (its driver is a job there), not a private one;
+    records tokenized there by a pool of Ray Data actors give the same files, in the same order, as in process.
+    (Before the module's Ray Train fit: a finished fit's resource reservation delays the next job's Ray Data.)"""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    import ray
+    from ray._private import state
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = ("sequences.parquet", "heldout.parquet", "sequences.rejects.parquet")
+    joined = config(inputs, str(tmp_path / "ray"), prepare={"ray_address": ray.get_runtime_context().gcs_address, "cpus": 0.5,
+                                                             "batch_size": 7})
+    run_init(joined)
+    (tmp_path / "train.yaml").write_text(joined.to_yaml())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", "--config", str(tmp_path / "train.yaml"), "--stage", "prepare"],
+                            cwd=repo, env={**env, "PYTHONPATH": repo}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert proc.pid in [j["DriverPid"] for j in state.jobs()]
+    stats = json.loads((tmp_path / "ray" / "data" / "stats.json").read_text())
+    actors = re.search(r"tokenizing records on (\d+) Ray Data actors", err)
+    assert stats["executor"] == "ray" and actors and int(actors[1]) >= 2, err[-3000:]  # several: their order must not matter
+
+    here = config(inputs, str(tmp_path / "local"), prepare={"executor": "local", "batch_size": 7})
+    run_init(here)
+    want = api.run(here, "prepare").results["prepare"]
+    assert want["executor"] == "local" and want["records"] == 66 == want["sequences"] + want["heldout"] + want["rejected"]
+    assert {k: v for k, v in stats.items() if k != "executor"} == {k: v for k, v in want.items() if k != "executor"}
+    for name in names:
+        assert pq.read_table(tmp_path / "ray" / "data" / name).equals(pq.read_table(tmp_path / "local" / "data" / name)), name
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +112,3 @@ def test_edited_conversation_invalidates_the_stages_trained_on_it(killed_run):
         path.write_text(text)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert run_stage(cfg, "stage1")["skipped"] and first["fingerprint"]
-
-
-def test_prepare_on_ray_data_equals_prepare_here(fast_ray, inputs, tmp_path):
-    """Records tokenized by a pool of Ray Data actors give the same files, in the same order, as in process."""
-    import pyarrow.parquet as pq
-
-    out = {}
-    for executor in ("local", "ray"):
-        cfg = config(inputs, str(tmp_path / executor), prepare={"executor": executor, "workers": 2, "cpus": 0.5, "batch_size": 7})
-        run_init(cfg)
-        stats = api.run(cfg, "prepare").results["prepare"]
-        assert stats["executor"] == executor
-        files = {name: pq.read_table(tmp_path / executor / "data" / name)
-                 for name in ("sequences.parquet", "heldout.parquet", "sequences.rejects.parquet")}
-        out[executor] = ({k: v for k, v in stats.items() if k != "executor"}, files)
-    assert out["ray"][0] == out["local"][0] and out["local"][0]["records"] == 66
-    for name, table in out["local"][1].items():
-        assert out["ray"][1][name].equals(table), name

@@ -1,9 +1,10 @@
 """Two workers over gloo on CPU, tiny tied Llama, activation checkpointing: the three stages under FSDP
 (`fully_shard`) give the losses of the same global batches trained in one process (the local executor),
 and stage 2 under DDP, started from FSDP's stage-1 model, gives FSDP's; FSDP keeps the freezing exact,
-every rank sees every sequence exactly as the schedule says (streamed through Ray Data), a killed worker
-and then a killed driver (each right after a sharded checkpoint) resume to the same final weights, and a
-worker's memory does not grow with the data."""
+every rank sees every sequence exactly as the schedule says (streamed through Ray Data), and a killed
+worker and then a killed driver (each right after a sharded checkpoint) resume to the same final weights.
+A worker's memory not growing with the data is a target, measured by bench_train's `memory` part; the
+streaming that keeps it flat is checked in test_train_data."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.train import curriculum, tiny
+from pipeline.train import curriculum
 from pipeline.train.driver import run_stage
 from pipeline.train.evaluate import mean_loss
-from schemas.layout import IdLayout
 from schemas.train import STAGES
 from tests.helpers.train_hooks import RecordBatches
 from tests.helpers.train_world import check_freezing, config, fast_ray, inputs, run_all, stage_models, weights  # noqa: F401
@@ -168,30 +168,3 @@ def test_killed_worker_resumes_a_sharded_stage_to_the_same_weights(runs, tmp_pat
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     shards = [f for f in os.listdir(os.path.join(summary["checkpoint"])) if f.endswith(".safetensors")]
     assert len(shards) == 2  # one file per rank, nothing gathered
-
-
-def test_worker_memory_does_not_grow_with_the_data(fast_ray, tmp_path):
-    """10x more sequences, same peak RSS per worker: workers hold a few micro-batches, never the file."""
-    tok = tiny.build_tokenizer(str(tmp_path / "tok"))
-    tiny.build_model(str(tmp_path / "src"), len(tok), layers=2)
-    layout = IdLayout(text_vocab_size=len(tok), codebook_size=256, num_merges=256)
-    peaks, sizes = [], []
-    for n in (1500, 15000):
-        root = tmp_path / str(n)
-        keys = tiny.write_corpus(str(root / "corpus" / "p.parquet"), layout, n, min_len=380, max_len=420, seed=n)
-        tiny.write_conversations(str(root / "conv" / "c.jsonl"), keys, ["foundation", "perception"])
-        cfg = config((tmp_path, layout), str(root / "run"),
-                     init={"source_model": str(tmp_path / "src"), "tokenizer": str(tmp_path / "tok"), "layout": str(root / "corpus" / "layout.yaml")},
-                     model=str(root / "base"),
-                     data={"conversations": [{"path": str(root / "conv")}], "corpus": [str(root / "corpus")], "max_length": 512,
-                           "heldout_fraction": 0.0},
-                     stage1={"max_steps": 3})
-        from pipeline.train.driver import run_init
-
-        run_init(cfg)
-        summary = run_stage(cfg, "stage1")
-        peaks.append(summary["worker_peak_rss_bytes"][0])
-        sizes.append(json.loads((root / "run" / "data" / "stats.json").read_text())["tokens"] * 8)  # ids + labels as int32
-    grown = peaks[1] - peaks[0]
-    assert sizes[1] - sizes[0] > 80e6  # holding the sequences would not go unnoticed
-    assert grown < 25e6, (peaks, sizes)

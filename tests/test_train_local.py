@@ -242,30 +242,3 @@ def test_executor_follows_the_shared_rule(inputs, tmp_path, monkeypatch, workers
         with pytest.raises(ConfigError) as err:
             executor(cfg)
         assert str(err.value).startswith(want) and "\n" not in str(err.value)
-
-
-@pytest.mark.ray
-def test_prepare_follows_the_shared_executor_rule_and_joins_the_named_cluster(fast_ray, inputs, tmp_path):
-    """`prepare.ray_address` names a cluster, so `auto` prepares on Ray (as every stage decides), and
-    `python -m jobs.train --stage prepare` joins that cluster (its driver is a job there), not a private one."""
-    import subprocess
-    import sys
-
-    import ray
-    from ray._private import state
-
-    from pipeline.train.driver import run_init
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = config(inputs, str(tmp_path / "run"), prepare={"ray_address": ray.get_runtime_context().gcs_address, "cpus": 0.5})
-    run_init(cfg)
-    (tmp_path / "train.yaml").write_text(cfg.to_yaml())
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", "--config", str(tmp_path / "train.yaml"), "--stage", "prepare"],
-                            cwd=repo, env={**env, "PYTHONPATH": repo}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
-    assert stats["executor"] == "ray" and stats["records"] == stats["sequences"] + stats["heldout"] + stats["rejected"]
-    drivers = [j["DriverPid"] for j in state.jobs()]
-    assert proc.pid in drivers
