@@ -31,16 +31,21 @@ def usable(codebook_size: int, min_frequency: int) -> bool:
 
 
 @njit(cache=True)
+def _base_index(key, V):
+    """a * V + b of an occurrence key's pair when both are base codes, else -1."""
+    pair = key >> OFF_BITS
+    a = pair >> ID_BITS
+    b = pair & ID_MASK
+    return a * V + b if a < V and b < V else np.int64(-1)
+
+
+@njit(cache=True)
 def count_base_pairs(keys, V, counts):
     """Add the base pairs among occurrence keys to dense saturating counters (index a * V + b)."""
     for j in range(keys.shape[0]):
-        pair = keys[j] >> OFF_BITS
-        a = pair >> ID_BITS
-        b = pair & ID_MASK
-        if a < V and b < V:
-            i = a * V + b
-            if counts[i] < SATURATED:
-                counts[i] += 1
+        i = _base_index(keys[j], V)
+        if i >= 0 and counts[i] < SATURATED:
+            counts[i] += 1
 
 
 @njit(cache=True)
@@ -56,13 +61,9 @@ def keep_keys(keys, V, keep):
     """Keys whose pair is not a base pair or is a base pair marked in `keep` (packed bits), compacted in place."""
     n = 0
     for j in range(keys.shape[0]):
-        pair = keys[j] >> OFF_BITS
-        a = pair >> ID_BITS
-        b = pair & ID_MASK
-        if a < V and b < V:
-            i = a * V + b
-            if not (keep[i >> 3] >> (i & 7)) & 1:
-                continue
+        i = _base_index(keys[j], V)
+        if i >= 0 and not (keep[i >> 3] >> (i & 7)) & 1:
+            continue
         keys[n] = keys[j]
         n += 1
     return keys[:n]

@@ -240,22 +240,26 @@ def _push(hP, hR, meta, p, f, pair):
 
 
 @njit(cache=True)
-def _pop(hP, hR, meta):
-    n = meta[S_NHEAP] - 1
-    meta[S_NHEAP] = n
-    _swap(hP, hR, 0, n)
-    i = 0
+def _sift_down(hP, hR, i, n):
     while True:
         left = 2 * i + 1
         if left >= n:
-            break
+            return
         best = left
         if left + 1 < n and _better(hP, hR, left + 1, left):
             best = left + 1
         if not _better(hP, hR, best, i):
-            break
+            return
         _swap(hP, hR, i, best)
         i = best
+
+
+@njit(cache=True)
+def _pop(hP, hR, meta):
+    n = meta[S_NHEAP] - 1
+    meta[S_NHEAP] = n
+    _swap(hP, hR, 0, n)
+    _sift_down(hP, hR, 0, n)
 
 
 @njit(cache=True)
@@ -349,21 +353,6 @@ def _frequencies(t, floor):
             if f >= floor:
                 n += 1
     return best, n
-
-
-@njit(cache=True)
-def _sift_down(hP, hR, i, n):
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            return
-        best = left
-        if left + 1 < n and _better(hP, hR, left + 1, left):
-            best = left + 1
-        if not _better(hP, hR, best, i):
-            return
-        _swap(hP, hR, i, best)
-        i = best
 
 
 @njit(cache=True)
