@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from pipeline.bpe.constants import OFF_BITS
 from pipeline.bpe.hashtable import EMPTY
 from pipeline.bpe.learner import learn_arrays
-from pipeline.bpe.pair_filter import combine, usable
+from pipeline.bpe.pair_filter import PairFilter, add_saturating, combine, join_slices, pack_keep, slice_bounds, usable
 from pipeline.bpe.shard import Deltas, GridShards
 from pipeline.bpe.stats import Stats
 from pipeline.bpe.worker import LearnerWorker
@@ -80,6 +80,30 @@ def test_the_filtered_first_count_tables_exactly_the_pairs_that_can_merge(seed, 
     plain.start(0.0)
     filtered.start(0.0)
     assert _entries(filtered.stats) == _entries(plain.stats)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), V=st.integers(1, 40), parts=st.integers(1, 5), min_frequency=st.integers(2, 255))
+def test_the_filter_built_slice_by_slice_over_the_mesh_equals_the_whole_one(seed, V, parts, min_frequency):
+    """Over the mesh each actor sums one slice of everyone's counters and filters it; the joined
+    slices must be the filter of the whole sum (bits cut on byte boundaries, left-out maximum)."""
+    rng = np.random.default_rng(seed)
+    counts = [rng.integers(0, 256, V * V, dtype=np.int64).astype(np.uint8) for _ in range(parts)]
+    whole = combine([c.copy() for c in counts], V, min_frequency)
+    cuts = slice_bounds(V, parts)
+    assert cuts[0] == 0 and cuts[-1] == V * V and all(c % 8 == 0 for c in cuts[:-1]) and (np.diff(cuts) >= 0).all()
+    keeps, left_outs = [], []
+    for j in range(parts):
+        mine = counts[j][cuts[j]:cuts[j + 1]].copy()
+        for i in range(parts):
+            if i != j:
+                add_saturating(mine, counts[i][cuts[j]:cuts[j + 1]])
+        keep, left_out = pack_keep(mine, min_frequency)
+        keeps.append(keep)
+        left_outs.append(int(left_out))
+    joined = join_slices(V, keeps, left_outs)
+    assert isinstance(joined, PairFilter) and joined.max_left_out == whole.max_left_out
+    np.testing.assert_array_equal(joined.keep, whole.keep)
 
 
 def test_the_filter_is_skipped_where_it_would_not_pay_or_fit():

@@ -90,3 +90,55 @@ def test_unreachable_cluster_is_one_clear_line(tmp_path, capsys):
     code = cli.main(["submit", "tokenize", "--config", str(tmp_path / "t.yaml"), "--address", f"http://127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Ray job API" in err and "Traceback" not in err
+
+
+class _EndedJobClient:
+    """A job that ends after its first chunk while the log stream, like Ray's, stays open a while."""
+
+    def __init__(self, stream_open_s: float, log_is_prefix: bool = True):
+        import asyncio
+
+        self.asyncio, self.stream_open_s, self.log_is_prefix = asyncio, stream_open_s, log_is_prefix
+        self.status_calls = 0
+
+    async def tail_job_logs(self, sid):
+        yield "line 1\n"
+        await self.asyncio.sleep(self.stream_open_s)
+        yield "line 2\nline 3: the end\n"
+
+    def get_job_info(self, sid):
+        from types import SimpleNamespace
+
+        self.status_calls += 1
+        return SimpleNamespace(status="SUCCEEDED")
+
+    def get_job_logs(self, sid):
+        return ("line 1\n" if self.log_is_prefix else "other 1\n") + "line 2\nline 3: the end\n"
+
+
+@pytest.mark.parametrize("log_is_prefix", [True, False])
+def test_following_a_job_returns_when_it_ends_with_all_of_its_log(log_is_prefix):
+    """Ray's log stream closes seconds after the job's end: follow must not wait for it, and must
+    still print every line (read in one piece once the job is over)."""
+    import io
+    import time
+
+    from pipeline.submit.submit import follow
+
+    client, out = _EndedJobClient(stream_open_s=30.0, log_is_prefix=log_is_prefix), io.StringIO()
+    t0 = time.monotonic()
+    info = follow(client, "job-1", out=out, poll_seconds=0.05)
+    assert str(info.status) == "SUCCEEDED" and time.monotonic() - t0 < 5
+    assert out.getvalue().endswith("line 2\nline 3: the end\n") and out.getvalue().startswith("line 1\n")
+    if log_is_prefix:
+        assert out.getvalue() == "line 1\nline 2\nline 3: the end\n"
+
+
+def test_following_a_job_whose_stream_ends_by_itself_prints_it_once():
+    import io
+
+    from pipeline.submit.submit import follow
+
+    client, out = _EndedJobClient(stream_open_s=0.0), io.StringIO()
+    follow(client, "job-1", out=out, poll_seconds=0.5)
+    assert out.getvalue() == "line 1\nline 2\nline 3: the end\n"

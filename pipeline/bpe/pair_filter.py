@@ -70,7 +70,7 @@ def keep_keys(keys, V, keep):
 
 
 @njit(cache=True)
-def _pack_keep(total, min_frequency):
+def pack_keep(total, min_frequency):
     """(bit i set where total[i] >= min_frequency, packed little-endian; the largest total below it)."""
     keep = np.zeros((total.shape[0] + 7) >> 3, np.uint8)
     max_left_out = 0
@@ -97,11 +97,25 @@ class PairFilter:
 
     @staticmethod
     def from_total(total: np.ndarray, codebook_size: int, min_frequency: int) -> "PairFilter":
-        keep, max_left_out = _pack_keep(total, min_frequency)
+        keep, max_left_out = pack_keep(total, min_frequency)
         return PairFilter(int(codebook_size), keep, int(max_left_out))
 
     def apply(self, keys: np.ndarray) -> np.ndarray:
         return keep_keys(keys, self.codebook_size, self.keep)
+
+
+def slice_bounds(codebook_size: int, parts: int) -> np.ndarray:
+    """Cuts of the V * V counters into `parts` slices, each a whole number of bytes of `keep` bits
+    (a multiple of 8 counters), so the slices' filters join by concatenation."""
+    n = codebook_size * codebook_size
+    cuts = (np.arange(parts + 1, dtype=np.int64) * n // parts) // 8 * 8
+    cuts[-1] = n
+    return cuts
+
+
+def join_slices(codebook_size: int, keeps: list[np.ndarray], left_outs: list[int]) -> PairFilter:
+    """The filter from the slices' packed bits (in slice order) and their largest left-out totals."""
+    return PairFilter(int(codebook_size), np.concatenate(keeps), int(max(left_outs, default=0)))
 
 
 def combine(parts, codebook_size: int, min_frequency: int) -> PairFilter:

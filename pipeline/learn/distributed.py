@@ -25,13 +25,13 @@ import uuid
 import numpy as np
 
 from pipeline.bpe.learner import fix_alpha, one_step
-from pipeline.bpe.pair_filter import PairFilter, add_saturating, usable
+from pipeline.bpe.pair_filter import PairFilter, add_saturating, join_slices, pack_keep, slice_bounds, usable
 from pipeline.bpe.shard import Deltas
 from pipeline.bpe.stats import Choice, best_of
 from pipeline.bpe.worker import LearnerWorker
 from pipeline.codegrids import Corpus
 from pipeline.learn.mesh import Mesh, PeerLost, deltas_frame, frame_deltas
-from pipeline.learn.shard_group import LoadReport, ShardGroup
+from pipeline.learn.shard_group import LoadReport, ShardGroup, map_large_blocks
 from schemas.base import ConfigError, InputError, RunInterrupted, StorageOptions
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class _WorkerActor:
         # A refusal (bad input, unreadable state) is kept and raised by `report`: raised here it would
         # only say "the actor died in its creation task".
         self.refusal: Exception | None = None
+        map_large_blocks()
         try:
             self.group = ShardGroup.read(corpus, start, stop, shard_cells, options, state_dir, holdout)
         except (InputError, ConfigError, OSError) as err:
@@ -116,9 +117,38 @@ class _WorkerActor:
         self.mesh = Mesh(self.worker.partition, self.worker.partitions, token, timeout_s)
         return self.mesh.listen(ray.util.get_node_ip_address())
 
-    def connect(self, addresses: list[tuple[str, int]], candidates: list[Choice | None]) -> None:
+    def connect(self, addresses: list[tuple[str, int]]) -> None:
         self.mesh.connect(addresses)
+
+    def set_candidates(self, candidates: list[Choice | None]) -> None:
         self.candidates = list(candidates)
+
+    def count_over_mesh(self, rounds: int) -> None:
+        """The base pair filter and the first count with every exchange over the mesh: through the
+        object store, each actor would keep the pages of every array it wrote or read resident
+        for the whole run (~0.15 GB per actor at 100K grids, docs/pitfalls.md)."""
+        mesh, w = self.mesh, self.worker
+        me, size, V = w.partition, w.partitions, w.shards.codebook_size
+        if w.filters_pairs:  # reduce-scatter the dense counts, filter each slice, all-gather the filters
+            counts = w.base_pair_counts()
+            cuts = slice_bounds(V, size)
+            got = mesh.exchange([memoryview(counts[cuts[j]:cuts[j + 1]]) for j in range(size)])
+            mine = counts[cuts[me]:cuts[me + 1]]
+            for j in range(size):
+                if j != me:
+                    add_saturating(mine, np.frombuffer(got[j], np.uint8))
+            del got
+            keep, left_out = pack_keep(mine, w.stats.min_frequency)
+            del counts, mine
+            got = mesh.exchange([np.append(keep, np.frombuffer(np.int64(left_out).tobytes(), np.uint8)).data] * size)
+            w.set_filter(join_slices(V, [np.frombuffer(f, np.uint8)[:-8] for f in got],
+                                     [int(np.frombuffer(f, np.int64, offset=len(f) - 8)[0]) for f in got]))
+            del got
+        for r in range(rounds):
+            parts = w.count(r)
+            got = mesh.exchange([b"" if j == me else deltas_frame(p) for j, p in enumerate(parts)])
+            w.absorb(*[parts[j] if j == me else frame_deltas(f) for j, f in enumerate(got)])
+            del parts, got
 
     def run(self, count: int, next_id: int, max_seconds: float) -> tuple[list[tuple[Choice, int]] | int, bool]:
         """Up to `count` merges without the driver: every actor picks the same best of all candidates,
@@ -234,15 +264,19 @@ class RayWorkers:
     def start(self, alpha: float | None, alpha_rel: float | None) -> tuple[float, list[Choice | None]]:
         """Count shard by shard on every actor (bounded memory), routing each part to its partition;
         first the base pair filter (pair_filter.py): the actors' dense counts are summed along a ring
-        of actors and the filter goes from the last one to all, so the driver holds none of it."""
-        if usable(self.codebook_size, self.min_frequency):
+        of actors and the filter goes from the last one to all, so the driver holds none of it.
+        Over the mesh, the actors connect first and exchange all of it among themselves."""
+        if self.transport == "mesh":
+            self._connect()
+            self._get([a.count_over_mesh.remote(self.count_rounds) for a in self.actors])
+        elif usable(self.codebook_size, self.min_frequency):
             total = None
             for a in self.actors:
                 total = a.add_base_pair_counts.remote(total)
             pair_filter = self.actors[-1].make_filter.remote(total)
             self._get([a.set_filter.remote(pair_filter) for a in self.actors])
             del total, pair_filter
-        for r in range(self.count_rounds):
+        for r in range(self.count_rounds if self.transport != "mesh" else 0):
             parts = self._returns("count", r)
             self._get([a.absorb.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)])
             del parts
@@ -251,13 +285,13 @@ class RayWorkers:
         if self.transport == "graph":
             self._compile()
         elif self.transport == "mesh":
-            self._connect(candidates)
+            self._get([a.set_candidates.remote(candidates) for a in self.actors])
         return alpha, candidates
 
-    def _connect(self, candidates: list[Choice | None]) -> None:
+    def _connect(self) -> None:
         token = secrets.token_bytes(32)
         addresses = self._get([a.listen.remote(token, self.step_timeout_s) for a in self.actors])
-        self._get([a.connect.remote(addresses, candidates) for a in self.actors], timeout=self.step_timeout_s)
+        self._get([a.connect.remote(addresses) for a in self.actors], timeout=self.step_timeout_s)
 
     def _compile(self) -> None:
         from ray.dag import InputNode, MultiOutputNode

@@ -131,10 +131,41 @@ def _job_info(client: Any, submission_id: str) -> Any | None:
         raise
 
 
-async def _tail(client: Any, submission_id: str, out: TextIO) -> None:
-    async for chunk in client.tail_job_logs(submission_id):
-        out.write(chunk)
-        out.flush()
+async def _tail(client: Any, submission_id: str, out: TextIO, poll_seconds: float) -> None:
+    """Stream the logs while watching the status: Ray's stream closes only a few seconds after the
+    job has ended (it sleeps between polls of its own), so once the job is over the stream gets
+    one more poll to finish and the rest of the log is then read in one piece."""
+    printed: list[str] = []
+
+    async def stream() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            out.write(chunk)
+            out.flush()
+            printed.append(chunk)
+
+    task = asyncio.ensure_future(stream())
+    while not task.done():
+        await asyncio.wait({task}, timeout=poll_seconds)
+        if task.done() or str(client.get_job_info(submission_id).status) not in TERMINAL:
+            continue
+        await asyncio.wait({task}, timeout=poll_seconds)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            out.write(_rest_of_log(client, submission_id, "".join(printed)))
+            out.flush()
+            return
+    task.result()  # a stream that broke raises here (follow falls back to polling)
+
+
+def _rest_of_log(client: Any, submission_id: str, printed: str) -> str:
+    try:
+        logs = client.get_job_logs(submission_id)
+    except Exception as err:  # noqa: BLE001 - the status, not the log, is the outcome
+        return f"(the rest of the job's log could not be read: {err})\n"
+    if logs.startswith(printed):
+        return logs[len(printed):]
+    return "\n(the job's log, in full)\n" + logs  # not what was streamed: nothing is left out
 
 
 def follow(client: Any, submission_id: str, out: TextIO | None = None, poll_seconds: float = 0.5,
@@ -142,7 +173,7 @@ def follow(client: Any, submission_id: str, out: TextIO | None = None, poll_seco
     """Stream the job's logs until it ends; return its final info."""
     started = time.monotonic()
     try:
-        asyncio.run(_tail(client, submission_id, out or sys.stdout))
+        asyncio.run(_tail(client, submission_id, out or sys.stdout, poll_seconds))
     except RuntimeError as err:  # the log stream can close early (e.g. a dashboard restart): fall back to polling
         log.warning("log stream ended: %s; polling the job status", err)
     while True:
