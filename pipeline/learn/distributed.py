@@ -140,15 +140,12 @@ class _WorkerActor:
             del got
             keep, left_out = pack_keep(mine, w.stats.min_frequency)
             del counts, mine
-            got = mesh.exchange([np.append(keep, np.frombuffer(np.int64(left_out).tobytes(), np.uint8)).data] * size)
-            w.set_filter(join_slices(V, [np.frombuffer(f, np.uint8)[:-8] for f in got],
-                                     [int(np.frombuffer(f, np.int64, offset=len(f) - 8)[0]) for f in got]))
+            frame = np.concatenate([keep, np.array([left_out], np.int64).view(np.uint8)])  # bits, then the int64
+            got = [np.frombuffer(f, np.uint8) for f in mesh.exchange([frame.data] * size)]
+            w.set_filter(join_slices(V, [f[:-8] for f in got], [int(f[-8:].view(np.int64)[0]) for f in got]))
             del got
         for r in range(rounds):
-            parts = w.count(r)
-            got = mesh.exchange([b"" if j == me else deltas_frame(p) for j, p in enumerate(parts)])
-            w.absorb(*[parts[j] if j == me else frame_deltas(f) for j, f in enumerate(got)])
-            del parts, got
+            w.absorb(*_exchange_deltas(mesh, me, w.count(r)))
 
     def run(self, count: int, next_id: int, max_seconds: float) -> tuple[list[tuple[Choice, int]] | int, bool]:
         """Up to `count` merges without the driver: every actor picks the same best of all candidates,
@@ -163,10 +160,7 @@ class _WorkerActor:
             if choice is None:
                 break
             parts = w.merge(choice.a, choice.b, next_id + len(done), *choice.offset)
-            frames = [b"" if j == w.partition else deltas_frame(p) for j, p in enumerate(parts)]
-            got = mesh.exchange(frames)
-            mine = [parts[j] if j == w.partition else frame_deltas(f) for j, f in enumerate(got)]
-            best, merged = w.reduce(*mine)
+            best, merged = w.reduce(*_exchange_deltas(mesh, w.partition, parts))
             stop = w.partition == 0 and time.perf_counter() > t_end
             replies = [_read_candidate(f) for f in mesh.exchange([_candidate_frame(best, merged, stop)] * w.partitions)]
             self.candidates = [c for c, _, _ in replies]
@@ -190,6 +184,12 @@ class _WorkerActor:
         if self.mesh is not None:
             out["mesh_sent_bytes"] = self.mesh.sent_bytes
         return out
+
+
+def _exchange_deltas(mesh: Mesh, me: int, parts: list[Deltas]) -> list[Deltas]:
+    """Send each partition its part of this actor's deltas; returns every actor's part for partition `me`."""
+    got = mesh.exchange([b"" if j == me else deltas_frame(p) for j, p in enumerate(parts)])
+    return [parts[j] if j == me else frame_deltas(f) for j, f in enumerate(got)]
 
 
 def _candidate_frame(best: Choice | None, merged: int, stop: bool) -> bytes:
@@ -269,17 +269,8 @@ class RayWorkers:
         if self.transport == "mesh":
             self._connect()
             self._get([a.count_over_mesh.remote(self.count_rounds) for a in self.actors])
-        elif usable(self.codebook_size, self.min_frequency):
-            total = None
-            for a in self.actors:
-                total = a.add_base_pair_counts.remote(total)
-            pair_filter = self.actors[-1].make_filter.remote(total)
-            self._get([a.set_filter.remote(pair_filter) for a in self.actors])
-            del total, pair_filter
-        for r in range(self.count_rounds if self.transport != "mesh" else 0):
-            parts = self._returns("count", r)
-            self._get([a.absorb.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)])
-            del parts
+        else:
+            self._count_through_the_object_store()
         alpha = fix_alpha(alpha, alpha_rel, max(self._get([a.max_frequency.remote() for a in self.actors])))
         candidates = self._get([a.start.remote(alpha) for a in self.actors])
         if self.transport == "graph":
@@ -287,6 +278,19 @@ class RayWorkers:
         elif self.transport == "mesh":
             self._get([a.set_candidates.remote(candidates) for a in self.actors])
         return alpha, candidates
+
+    def _count_through_the_object_store(self) -> None:
+        if usable(self.codebook_size, self.min_frequency):
+            total = None
+            for a in self.actors:
+                total = a.add_base_pair_counts.remote(total)
+            pair_filter = self.actors[-1].make_filter.remote(total)
+            self._get([a.set_filter.remote(pair_filter) for a in self.actors])
+            del total, pair_filter
+        for r in range(self.count_rounds):
+            parts = self._returns("count", r)
+            self._get([a.absorb.remote(*[p[j] for p in parts]) for j, a in enumerate(self.actors)])
+            del parts
 
     def _connect(self) -> None:
         token = secrets.token_bytes(32)

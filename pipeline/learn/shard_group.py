@@ -101,15 +101,23 @@ def return_freed_memory() -> None:
     """Give the memory freed after reading back to the system: Arrow's allocator and glibc keep freed
     blocks for reuse (~0.3 GB per 50K grids here), which the learner never reuses but a process's
     peak, and the host, would still carry for the whole run."""
-    import ctypes
-
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    """glibc through ctypes, or None where the C library is another one."""
+    import ctypes
+
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -123,14 +131,10 @@ def map_large_blocks() -> None:
     merge loop's per-step arrays of a few MB then come from the heap, where freed blocks stay
     resident: ~0.2 GB per learner actor at 100K grids (docs/pitfalls.md). Call it once, early,
     in a process that holds a learner's structures."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
         libc.mallopt(M_TRIM_THRESHOLD, 4 * LARGE_BLOCK)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _key_hashes(keys: list[str]) -> np.ndarray:
