@@ -3,6 +3,7 @@ filter of the first count, and dropping pairs that can no longer merge."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from pipeline.bpe.constants import OFF_BITS
@@ -15,9 +16,7 @@ from pipeline.bpe.worker import LearnerWorker
 
 
 def _entries(stats: Stats) -> dict[int, int]:
-    t = stats.t.reshape(-1, 2)
-    t = t[t[:, 0] != EMPTY]
-    return dict(zip(t[:, 0].tolist(), t[:, 1].tolist()))
+    return stats.entries()
 
 
 def _frequencies(entries: dict[int, int]) -> dict[int, int]:
@@ -159,3 +158,81 @@ def test_a_resizable_array_keeps_its_data_when_it_grows_shrinks_or_must_be_copie
     assert copied[:300].tolist() == list(range(300)) and held.tolist() == list(range(10))
     t = ResizableArray(8)
     assert t.resize(16).tolist() == [EMPTY] * 16
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), id_bits=st.sampled_from([2, 9, 19]), rows=st.sampled_from([1, 3, 40, 1024]),
+       count_bits=st.sampled_from([4, 7, 63]), batches=st.integers(1, 6))
+def test_packed_words_keep_every_count_through_widening_overflow_and_resizing(seed, id_bits, rows, count_bits,
+                                                                              batches):
+    """Entries packed by the run's own widths (widened as larger ids and offsets arrive, counts past
+    the field in the overflow table, entries deleted at zero, the table resized) equal a plain dict."""
+    import pipeline.bpe.pair_table as PT
+    from pipeline.bpe.constants import OFF_BIAS, OFF_SPAN
+
+    saved = PT.MAX_COUNT_BITS
+    PT.MAX_COUNT_BITS = count_bits
+    try:
+        rng = np.random.default_rng(seed)
+        stats = Stats(1.0, 1, 3)
+        want: dict[int, int] = {}
+        for _ in range(batches):
+            n = int(rng.integers(1, 3000))
+            a = rng.integers(0, 1 << id_bits, n)
+            b = rng.integers(0, 1 << id_bits, n)
+            dy = rng.integers(0, rows, n)
+            dx = rng.integers(-(rows - 1), rows, n) if rows > 1 else rng.integers(0, 2, n)
+            keys = (((a << 21) | b) << OFF_BITS) | (dy * OFF_SPAN + dx + OFF_BIAS)
+            keys = np.unique(keys.astype(np.int64))
+            big = rng.random(keys.shape[0]) < 0.2
+            d = np.where(big, rng.integers(1, 1 << 22, keys.shape[0]), rng.integers(1, 40, keys.shape[0]))
+            old = np.array([want.get(k, 0) for k in keys.tolist()], np.int64)
+            shrink = (old > 0) & (rng.random(keys.shape[0]) < 0.4)  # some lose occurrences, some down to zero
+            d = np.where(shrink, -rng.integers(0, old + 1), d).astype(np.int64)
+            d = np.where(shrink & (rng.random(keys.shape[0]) < 0.5), -old, d)
+            stats.add(Deltas(keys, d))
+            for k, c in zip(keys.tolist(), d.tolist()):
+                want[k] = want.get(k, 0) + c
+                if want[k] == 0:
+                    del want[k]
+        assert _entries(stats) == want
+        assert stats.live_entries == len(want)
+        assert stats.table.lay[2] <= count_bits
+        f = _frequencies(want)
+        assert stats.max_frequency() == max(f.values(), default=0)
+        for pair in list(f)[:50]:
+            assert sum(c for _, _, c in stats.histogram(pair)) == f[pair]
+        stats.table.resize(2 * stats.capacity)  # re-homed in place, the overflow table rebuilt
+        assert _entries(stats) == want
+    finally:
+        PT.MAX_COUNT_BITS = saved
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), merges=st.integers(3, 40), alpha=st.sampled_from([0.0, 2.0]),
+       workers=st.integers(1, 3))
+def test_counts_mostly_in_the_overflow_table_still_give_the_reference_merges(seed, merges, alpha, workers):
+    """A 4-bit count field sends nearly every count past 15 to the overflow table: same merges."""
+    import pipeline.bpe.pair_table as PT
+    from pipeline.bpe import reference as R
+
+    grids, V = _grids(seed, n=40, V=5)
+    ref, _, _ = R.learn(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2)
+    saved = PT.MAX_COUNT_BITS
+    PT.MAX_COUNT_BITS = 4
+    try:
+        got, workers_, _ = learn_arrays(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2, workers=workers)
+    finally:
+        PT.MAX_COUNT_BITS = saved
+    assert [(tuple(m.pair), m.frequency, m.priority, tuple(m.offset)) for m in got] == \
+        [(m.pair, m.frequency, m.priority, m.offset) for m in ref]
+    assert ref[0].frequency >= 32  # a base pair has two offsets: one count of the first merge passed 15
+
+
+def test_ids_and_grids_too_wide_for_a_word_are_refused_up_front():
+    import pipeline.bpe.pair_table as PT
+
+    assert PT.fits(2**19 - 1, 1024) and PT.fits(2**21 - 1, 64)
+    assert not PT.fits(2**19, 1024) and not PT.fits(2**21 - 1, 65)
+    with pytest.raises(ValueError, match="bits for a count"):
+        PT.layout(21, 21)

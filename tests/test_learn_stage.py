@@ -81,6 +81,18 @@ def test_no_valid_grid_is_a_clear_error(tmp_path):
         run(_cfg(tmp_path))
 
 
+def test_more_token_ids_than_the_pair_table_packs_for_these_grids_is_a_clear_error(tmp_path):
+    """2^20 ids fit a word with the offsets of grids up to 256 rows, not 257 (pair_table.py)."""
+    (tmp_path / "grids").mkdir()
+    write_raw(tmp_path / "grids" / "tall.parquet", [{"key": "t", "height": 257, "width": 1, "codes": [1] * 257}],
+              codebook_size=16)
+    with pytest.raises(InputError, match="do not fit the pair table"):
+        run(_cfg(tmp_path, merges=2**20 - 16))
+    write_raw(tmp_path / "grids" / "tall.parquet", [{"key": "t", "height": 256, "width": 1, "codes": [1] * 256}],
+              codebook_size=16)
+    assert len(run(_cfg(tmp_path, merges=2**20 - 16)).merges) > 0
+
+
 def test_vocabulary_refuses_other_codebooks_and_tampering(tmp_path, grids_dir):
     vocab = run(_cfg(tmp_path, merges=10))
     with pytest.raises(InputError, match="codebook of 256"):

@@ -5,18 +5,17 @@ The pairs are partitioned by a hash of the pair (`split_deltas`): a partition ho
 in one place, and its best eligible pair is a candidate; the next merge is the best of all
 partitions' candidates (`best_of`). One process may hold the only partition.
 
-One hash multimap holds the count of every live (pair, offset): entries are keyed by both but
-homed by the pair alone, so with linear probing all offsets of a pair lie in the probe run that
-starts at the pair's home slot: F, the histogram, S and the mode offset come from one short scan,
-with no per-pair record. Counts are sums of shard deltas (exact integers, so any split of the
-corpus gives the same values); an entry whose count reaches zero is deleted (backward shift), so
-memory follows the live occurrences. Capacity is any size (homes by multiply-shift), kept at 50-70%
-load. Every new occurrence involves the token just made, so once a step is folded in, no pair in
-the table can ever gain an occurrence again: a pair whose F is below min_frequency then can never
-merge, and all its entries are dropped (after the first count and whenever a step takes a pair
-below it). The table holds only pairs that may still merge; the (only negative) deltas that later
-arrive for a dropped pair are ignored. The first count tables no hopeless base pair at all when
-`pair_filter` can tell them beforehand.
+The counts of every live (pair, offset) are in a `PairTable` (pair_table.py: one packed word per
+entry, all offsets of a pair in one short probe run, so F, the histogram, S and the mode offset
+come from one scan, with no per-pair record). Counts are sums of shard deltas (exact integers, so
+any split of the corpus gives the same values); an entry whose count reaches zero is deleted, so
+memory follows the live occurrences; the table is kept at 50-70% load. Every new occurrence
+involves the token just made, so once a step is folded in, no pair in the table can ever gain an
+occurrence again: a pair whose F is below min_frequency then can never merge, and all its entries
+are dropped (after the first count and whenever a step takes a pair below it). The table holds
+only pairs that may still merge; the (only negative) deltas that later arrive for a dropped pair
+are ignored. The first count tables no hopeless base pair at all when `pair_filter` can tell them
+beforehand.
 
 The candidate comes from a lazy max-heap of (P, F, pair) ordered by (P, F, -a, -b) that holds
 only pairs with P >= a floor: at a rebuild, the floor is the P of the HEAP_PAIRS-th best pair and
@@ -39,138 +38,18 @@ from dataclasses import dataclass
 import numpy as np
 from pipeline.numba_cache import njit
 
-from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_MASK, OFF_SPAN
-from pipeline.bpe.hashtable import EMPTY, ResizableArray, mix, new_table
+from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_SPAN
+from pipeline.bpe.hashtable import EMPTY, mix
 from pipeline.bpe.instances import unpack_offset
+from pipeline.bpe.pair_table import (T_CHANGED, T_LIVE, PairTable, drop_pair, first_slot, frequencies, frequency, home,
+                                     histogram_capacity, mark_hopeless, pair_histogram, word_pair)
 from pipeline.bpe.shard import Deltas, _resized
 
 MAX_LOAD = 0.7  # linear probing stays fast up to ~0.7 load
 GROW_LOAD = 0.5  # load right after a resize
 HEAP_PAIRS = 1 << 16  # pairs queued by a rebuild: the best by P
 SHRINK_LOAD = 0.25  # below it, the table shrinks back to GROW_LOAD
-S_LIVE = 0  # live (pair, offset) entries
-S_NCHANGED = 1
-S_NHEAP = 2
-
-
-@njit(cache=True)
-def _home(pair, cap):
-    """Home slot of a pair: multiply-shift of the hash's high half (partitions use the low half)."""
-    return np.int64(((mix(pair) >> np.uint64(32)) * np.uint64(cap)) >> np.uint64(32))
-
-
-@njit(cache=True)
-def _next(i, cap):
-    return i + 1 if i + 1 < cap else 0
-
-
-@njit(cache=True)
-def _delete(t, i, cap):
-    """Backward-shift deletion: later entries of the run move up so every run stays unbroken."""
-    j = i
-    while True:
-        t[2 * i] = EMPTY
-        while True:
-            j = _next(j, cap)
-            k = t[2 * j]
-            if k == EMPTY:
-                return
-            h = _home(k >> OFF_BITS, cap)
-            stays = (i < h <= j) if i <= j else (h > i or h <= j)
-            if not stays:
-                break
-        t[2 * i] = t[2 * j]
-        t[2 * i + 1] = t[2 * j + 1]
-        i = j
-
-
-@njit(cache=True)
-def _apply(keys, d, t, changed, meta, started):
-    """Add signed deltas. `started` (after the first count): note each changed pair for the next
-    refresh, and ignore deltas to absent entries: those are of pairs dropped as hopeless, which
-    only ever lose occurrences."""
-    cap = np.int64(t.shape[0] >> 1)
-    for j in range(keys.shape[0]):
-        key = keys[j]
-        pair = key >> OFF_BITS
-        i = _home(pair, cap)
-        while True:
-            k = t[2 * i]
-            if k == key:
-                break
-            if k == EMPTY:
-                break
-            i = _next(i, cap)
-        if t[2 * i] == EMPTY:
-            if started and d[j] <= 0:
-                continue
-            t[2 * i] = key
-            t[2 * i + 1] = 0
-            meta[S_LIVE] += 1
-        c = t[2 * i + 1] + d[j]
-        if c < 0:
-            raise ValueError("negative occurrence count: shards and statistics disagree")
-        if c == 0:
-            _delete(t, i, cap)
-            meta[S_LIVE] -= 1
-        else:
-            t[2 * i + 1] = c
-        if started:
-            changed[meta[S_NCHANGED]] = pair
-            meta[S_NCHANGED] += 1
-
-
-@njit(cache=True)
-def _drop_pair(t, pair, meta):
-    """Delete every entry of a pair (its run from the home slot; a deletion shifts the next entry in)."""
-    cap = np.int64(t.shape[0] >> 1)
-    i = _home(pair, cap)
-    while t[2 * i] != EMPTY:
-        if (t[2 * i] >> OFF_BITS) == pair:
-            _delete(t, i, cap)
-            meta[S_LIVE] -= 1
-        else:
-            i = _next(i, cap)
-
-
-@njit(cache=True)
-def pair_histogram(t, pair, offs, cnts):
-    """(packed offset, count) of a pair into offs/cnts sorted by offset, i.e. by (dy, dx); returns n.
-
-    Grows nothing: offs/cnts must hold the pair's distinct offsets (callers pass generous buffers
-    and `histogram_capacity` tells when they are not).
-    """
-    cap = np.int64(t.shape[0] >> 1)
-    i = _home(pair, cap)
-    n = 0
-    while True:
-        k = t[2 * i]
-        if k == EMPTY:
-            return n
-        if (k >> OFF_BITS) == pair:
-            o = k & OFF_MASK
-            c = t[2 * i + 1]
-            m = n
-            while m > 0 and offs[m - 1] > o:
-                offs[m] = offs[m - 1]
-                cnts[m] = cnts[m - 1]
-                m -= 1
-            offs[m] = o
-            cnts[m] = c
-            n += 1
-        i = _next(i, cap)
-
-
-@njit(cache=True)
-def histogram_capacity(t, pair):
-    cap = np.int64(t.shape[0] >> 1)
-    i = _home(pair, cap)
-    n = 0
-    while t[2 * i] != EMPTY:
-        if (t[2 * i] >> OFF_BITS) == pair:
-            n += 1
-        i = _next(i, cap)
-    return n
+S_NHEAP = 0  # heap meta: queued entries
 
 
 @njit(cache=True)
@@ -193,12 +72,13 @@ def consistency(offs, cnts, n, f, sigma):
 
 
 @njit(cache=True)
-def _scores(t, pair, alpha, sigma, offs, cnts):
+def _scores(t, lay, ov, pair, alpha, sigma, offs, cnts):
     """(F, S, P) of a pair now; buffers grow when a pair has more offsets than they hold."""
-    if histogram_capacity(t, pair) > offs.shape[0]:
-        offs = np.empty(2 * histogram_capacity(t, pair), np.int64)
+    n = pair_histogram(t, lay, ov, pair, offs, cnts)
+    if n > offs.shape[0]:
+        offs = np.empty(2 * n, np.int64)
         cnts = np.empty(offs.shape[0], np.int64)
-    n = pair_histogram(t, pair, offs, cnts)
+        n = pair_histogram(t, lay, ov, pair, offs, cnts)
     f = np.int64(0)
     for i in range(n):
         f += cnts[i]
@@ -263,25 +143,25 @@ def _pop(hP, hR, meta):
 
 
 @njit(cache=True)
-def _refresh(pairs, t, alpha, sigma, p_floor, min_frequency, hP, hR, meta, offs, cnts):
+def _refresh(pairs, t, lay, ov, tmeta, alpha, sigma, p_floor, min_frequency, hP, hR, meta, offs, cnts):
     for pair in pairs:
-        f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
+        f, s, p = _scores(t, lay, ov, pair, alpha, sigma, offs, cnts)
         if f < min_frequency:
             if f > 0:
-                _drop_pair(t, pair, meta)  # hopeless from now on (module docstring)
+                drop_pair(t, lay, pair, tmeta)  # hopeless from now on (module docstring)
         elif p >= p_floor:
             _push(hP, hR, meta, p, f, pair)
 
 
 @njit(cache=True)
-def _peek_best(t, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
+def _peek_best(t, lay, ov, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
     """Drop stale entries until the top equals its pair's current (P, F); returns (pair, F, S, P) or pair -1.
 
     The valid top stays queued: once merged, the pair's statistics change and it goes stale itself.
     """
     while meta[S_NHEAP] > 0:
         pair = hR[1]
-        f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
+        f, s, p = _scores(t, lay, ov, pair, alpha, sigma, offs, cnts)
         if f == hR[0] and p == hP[0] and f >= min_frequency:
             return pair, f, s, p
         _pop(hP, hR, meta)
@@ -290,10 +170,10 @@ def _peek_best(t, alpha, sigma, min_frequency, hP, hR, meta, offs, cnts):
 
 @njit(cache=True)
 def _home_keys(pairs, t):
-    cap = np.int64(t.shape[0] >> 1)
+    cap = np.int64(t.shape[0])
     out = np.empty(pairs.shape[0], np.int64)
     for i in range(pairs.shape[0]):
-        out[i] = (_home(pairs[i], cap) << 32) | i
+        out[i] = (home(pairs[i], cap) << 32) | i
     return out
 
 
@@ -318,66 +198,28 @@ def _dedup_sorted(v):
 
 
 @njit(cache=True)
-def _first_slot(t, i, cap):
-    """Whether slot i holds the first entry of its pair's probe run (each pair is then seen once)."""
-    pair = t[2 * i] >> OFF_BITS
-    j = _home(pair, cap)
-    while (t[2 * j] >> OFF_BITS) != pair:
-        j = _next(j, cap)
-    return j == i
-
-
-@njit(cache=True)
-def _frequency(t, i, cap):
-    """F of the pair whose run starts at slot i (its entries lie between i and the run's end)."""
-    pair = t[2 * i] >> OFF_BITS
-    f = np.int64(0)
-    j = i
-    while t[2 * j] != EMPTY:
-        if (t[2 * j] >> OFF_BITS) == pair:
-            f += t[2 * j + 1]
-        j = _next(j, cap)
-    return f
-
-
-@njit(cache=True)
-def _frequencies(t, floor):
-    """(largest F, number of pairs with F >= floor), in one front-to-back pass."""
-    cap = np.int64(t.shape[0] >> 1)
-    best = np.int64(0)
+def _priorities(t, lay, ov, alpha, sigma, min_frequency, out, offs, cnts):
+    """P of every pair with F >= min_frequency into `out` (sized by `frequencies`); returns how many."""
+    cap = np.int64(t.shape[0])
     n = 0
     for i in range(cap):
-        if t[2 * i] != EMPTY and _first_slot(t, i, cap):
-            f = _frequency(t, i, cap)
-            best = max(best, f)
-            if f >= floor:
-                n += 1
-    return best, n
-
-
-@njit(cache=True)
-def _priorities(t, alpha, sigma, min_frequency, out, offs, cnts):
-    """P of every pair with F >= min_frequency into `out` (sized by `_frequencies`); returns how many."""
-    cap = np.int64(t.shape[0] >> 1)
-    n = 0
-    for i in range(cap):
-        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= min_frequency:
-            f, s, p = _scores(t, t[2 * i] >> OFF_BITS, alpha, sigma, offs, cnts)
+        if t[i] != EMPTY and first_slot(t, lay, i, cap) and frequency(t, lay, ov, i, cap) >= min_frequency:
+            f, s, p = _scores(t, lay, ov, word_pair(t[i], lay), alpha, sigma, offs, cnts)
             out[n] = p
             n += 1
     return n
 
 
 @njit(cache=True)
-def _fill(t, alpha, sigma, min_frequency, p_floor, hP, hR, meta, offs, cnts):
+def _fill(t, lay, ov, alpha, sigma, min_frequency, p_floor, hP, hR, meta, offs, cnts):
     """Queue every pair with F >= min_frequency and P >= p_floor (the heap must have room): appended,
     then heapified bottom-up (O(n))."""
-    cap = np.int64(t.shape[0] >> 1)
+    cap = np.int64(t.shape[0])
     n = 0
     for i in range(cap):
-        if t[2 * i] != EMPTY and _first_slot(t, i, cap) and _frequency(t, i, cap) >= min_frequency:
-            pair = t[2 * i] >> OFF_BITS
-            f, s, p = _scores(t, pair, alpha, sigma, offs, cnts)
+        if t[i] != EMPTY and first_slot(t, lay, i, cap) and frequency(t, lay, ov, i, cap) >= min_frequency:
+            pair = word_pair(t[i], lay)
+            f, s, p = _scores(t, lay, ov, pair, alpha, sigma, offs, cnts)
             if p >= p_floor:
                 hP[n] = p
                 hR[2 * n] = f
@@ -386,66 +228,6 @@ def _fill(t, alpha, sigma, min_frequency, p_floor, hP, hR, meta, offs, cnts):
     for i in range(n // 2 - 1, -1, -1):
         _sift_down(hP, hR, i, n)
     meta[S_NHEAP] = n
-
-
-@njit(cache=True)
-def _hopeless(t, s, cap, min_frequency):
-    """Whether the pair of the entry in slot s has F below min_frequency (summed from its run's start)."""
-    pair = t[2 * s] >> OFF_BITS
-    j = _home(pair, cap)
-    while (t[2 * j] >> OFF_BITS) != pair:
-        j = _next(j, cap)
-    return _frequency(t, j, cap) < min_frequency
-
-
-@njit(cache=True)
-def _mark_hopeless(t, min_frequency):
-    """Per slot, 1 where its entry's pair has F below min_frequency; and how many such entries."""
-    cap = np.int64(t.shape[0] >> 1)
-    drop = np.zeros(cap, np.uint8)
-    n = 0
-    for s in range(cap):
-        if t[2 * s] != EMPTY and _hopeless(t, s, cap, min_frequency):
-            drop[s] = 1
-            n += 1
-    return drop, n
-
-
-@njit(cache=True)
-def _rehash_in_place(t, old_cap, new_cap, drop):
-    """Re-home the entries of slots [0, old_cap) into slots [0, new_cap) of the same array (which
-    holds max(old_cap, new_cap) slots), leaving out those marked in `drop` (empty: none).
-
-    Entries are taken out in slot order and put where they belong among the entries already
-    placed; one found in the way, not placed yet, changes places with the one carried and is
-    carried on. Placed entries never move again and only placed entries lie between one's home
-    and its slot, so every probe run ends up unbroken. No second table: growing costs only the
-    new slots (the caller extends the array with realloc, which moves no data)."""
-    done = np.zeros(new_cap, np.uint8)
-    dropping = drop.shape[0] > 0
-    for s in range(old_cap):
-        if t[2 * s] == EMPTY or (s < new_cap and done[s]):
-            continue
-        k = t[2 * s]
-        c = t[2 * s + 1]
-        t[2 * s] = EMPTY
-        if dropping and drop[s]:
-            continue
-        while True:
-            i = _home(k >> OFF_BITS, new_cap)
-            while done[i]:
-                i = _next(i, new_cap)
-            k2 = t[2 * i]
-            c2 = t[2 * i + 1]
-            t[2 * i] = k
-            t[2 * i + 1] = c
-            done[i] = 1
-            if k2 == EMPTY:
-                break
-            if dropping and drop[i]:
-                break
-            k = k2
-            c = c2
 
 
 @dataclass
@@ -509,12 +291,11 @@ class Stats:
             raise ValueError("min_frequency must be >= 1")
         self.sigma, self.min_frequency, self.alpha = float(sigma), int(min_frequency), float(alpha)
         self.V = int(codebook_size)
-        self._table = ResizableArray(new_table(1 << 12).shape[0])
-        self.t = self._table.array
+        self.table = PairTable(self.V)
         self.changed = np.empty(1 << 12, np.int64)
         self.hP, self.hR = np.empty(1 << 10, np.float64), np.empty(2 << 10, np.int64)
         self.offs, self.cnts = np.empty(256, np.int64), np.empty(256, np.int64)
-        self.meta = np.zeros(4, np.int64)
+        self.meta = np.zeros(1, np.int64)  # the heap's size
         self.started = False  # the first refresh (after the first count) queues from the whole table
         self.p_floor = -math.inf  # pairs with P below it are not queued
         self.heap_base = 0  # heap size after the last rebuild: stale entries beyond ~2x that trigger one
@@ -522,22 +303,15 @@ class Stats:
 
     @property
     def live_entries(self) -> int:
-        return int(self.meta[S_LIVE])
+        return self.table.live
 
     @property
     def capacity(self) -> int:
-        return self.t.shape[0] >> 1
+        return self.table.capacity
 
-    def _resize(self, cap: int, drop: np.ndarray | None = None) -> None:
-        """Re-home every entry (but those marked in `drop`) in a table of `cap` slots, in place."""
-        old = self.capacity
-        if cap > old:
-            self.t = None
-            self.t = self._table.resize(2 * cap)
-        _rehash_in_place(self.t, old, cap, np.empty(0, np.uint8) if drop is None else drop)
-        if cap < old:
-            self.t = None
-            self.t = self._table.resize(2 * cap)
+    def entries(self) -> dict[int, int]:
+        """Every live (occurrence key, count): for tests and checks, not the hot path."""
+        return self.table.entries()
 
     def add(self, deltas: Deltas) -> None:
         """Accumulate deltas (call `refresh` once every part of the step is in)."""
@@ -545,51 +319,55 @@ class Stats:
         if n == 0:
             return
         if self.live_entries + n > MAX_LOAD * self.capacity:
-            self._resize(int((self.live_entries + n) / GROW_LOAD) + 1)
+            self.table.resize(int((self.live_entries + n) / GROW_LOAD) + 1)
         if self.started:
-            used = int(self.meta[S_NCHANGED])
+            used = int(self.table.meta[T_CHANGED])
             if used + n > self.changed.shape[0]:
                 self.changed = _resized(self.changed, max(2 * self.changed.shape[0], used + n))
-        _apply(deltas.keys, deltas.d, self.t, self.changed, self.meta, self.started)
+        self.table.add(deltas.keys, deltas.d, self.changed, self.started)
 
     def max_frequency(self) -> int:
-        return int(_frequencies(self.t, 1 << 62)[0])
+        tb = self.table
+        return int(frequencies(tb.t, tb.lay, tb.ov, 1 << 62)[0])
 
     def refresh(self) -> None:
         """Recompute (F, S, P) of every pair changed since the last refresh and queue those above the floor."""
         if not self.started:
             self._start()
             return
-        changed = self.changed[: int(self.meta[S_NCHANGED])]
+        tb = self.table
+        changed = self.changed[: int(tb.meta[T_CHANGED])]
         changed.sort()
         pairs = _dedup_sorted(changed)
-        self.meta[S_NCHANGED] = 0
+        tb.meta[T_CHANGED] = 0
         if self.live_entries < SHRINK_LOAD * self.capacity and self.capacity > 1 << 16:
-            self._resize(int(self.live_entries / GROW_LOAD) + 16)  # dropped pairs left it mostly empty
+            tb.resize(int(self.live_entries / GROW_LOAD) + 16)  # dropped pairs left it mostly empty
         if int(self.meta[S_NHEAP]) + pairs.shape[0] > 2 * self.heap_base + (1 << 16):
             self._rebuild()  # stale entries piled up
             return
-        pairs = _by_home(pairs, self.t)
+        pairs = _by_home(pairs, tb.t)
         self._reserve_heap(int(self.meta[S_NHEAP]) + pairs.shape[0])
-        _refresh(pairs, self.t, self.alpha, self.sigma, self.p_floor, self.min_frequency, self.hP, self.hR, self.meta,
-                 self.offs, self.cnts)
+        _refresh(pairs, tb.t, tb.lay, tb.ov, tb.meta, self.alpha, self.sigma, self.p_floor, self.min_frequency,
+                 self.hP, self.hR, self.meta, self.offs, self.cnts)
 
     def _start(self) -> None:
         """After the first count: drop hopeless pairs, size the table to the rest, queue."""
         self.started = True
-        drop, n = _mark_hopeless(self.t, self.min_frequency)
-        self.meta[S_LIVE] -= n
-        self._resize(int(self.live_entries / ((GROW_LOAD + MAX_LOAD) / 2)) + 16, drop)
+        tb = self.table
+        drop, n = mark_hopeless(tb.t, tb.lay, tb.ov, self.min_frequency)
+        tb.meta[T_LIVE] -= n
+        tb.resize(int(self.live_entries / ((GROW_LOAD + MAX_LOAD) / 2)) + 16, drop)
         del drop
         self._rebuild()
 
     def _rebuild(self) -> None:
         """Queue the HEAP_PAIRS pairs of largest P (and any tied with the last): the floor is that P."""
-        _, n = _frequencies(self.t, self.min_frequency)
+        tb = self.table
+        _, n = frequencies(tb.t, tb.lay, tb.ov, self.min_frequency)
         self.p_floor, queued = -math.inf, n
         if n > HEAP_PAIRS:
             ps = np.empty(n, np.float64)
-            _priorities(self.t, self.alpha, self.sigma, self.min_frequency, ps, self.offs, self.cnts)
+            _priorities(tb.t, tb.lay, tb.ov, self.alpha, self.sigma, self.min_frequency, ps, self.offs, self.cnts)
             self.p_floor = float(np.partition(ps, n - HEAP_PAIRS)[n - HEAP_PAIRS])
             queued = int(np.count_nonzero(ps >= self.p_floor))
             del ps
@@ -598,8 +376,8 @@ class Stats:
         if not size <= self.hP.shape[0] <= 2 * size:  # else the old arrays are reused: no second heap at once
             self.hP = self.hR = None
             self.hP, self.hR = np.empty(size, np.float64), np.empty(2 * size, np.int64)
-        _fill(self.t, self.alpha, self.sigma, self.min_frequency, self.p_floor, self.hP, self.hR, self.meta,
-              self.offs, self.cnts)
+        _fill(tb.t, tb.lay, tb.ov, self.alpha, self.sigma, self.min_frequency, self.p_floor, self.hP, self.hR,
+              self.meta, self.offs, self.cnts)
         self.heap_base = int(self.meta[S_NHEAP])
         self.rebuilds += 1
 
@@ -609,8 +387,9 @@ class Stats:
             self.hP, self.hR = _resized(self.hP, cap), _resized(self.hR, 2 * cap)
 
     def _peek(self):
-        return _peek_best(self.t, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR, self.meta,
-                          self.offs, self.cnts)
+        tb = self.table
+        return _peek_best(tb.t, tb.lay, tb.ov, self.alpha, self.sigma, self.min_frequency, self.hP, self.hR,
+                          self.meta, self.offs, self.cnts)
 
     def best(self) -> Choice | None:
         """The eligible pair with the largest (P, F, -a, -b), or None (it stays queued)."""
@@ -625,14 +404,15 @@ class Stats:
         return Choice(int(pair) >> ID_BITS, int(pair) & ID_MASK, int(f), float(s), float(p), (mode[0], mode[1]), hist)
 
     def histogram(self, pair: int) -> list[tuple[int, int, int]]:
-        size = int(histogram_capacity(self.t, pair))
+        tb = self.table
+        size = int(histogram_capacity(tb.t, tb.lay, pair))
         offs, cnts = np.empty(size, np.int64), np.empty(size, np.int64)
-        n = pair_histogram(self.t, pair, offs, cnts)
+        n = pair_histogram(tb.t, tb.lay, tb.ov, pair, offs, cnts)
         return [(int(o) // OFF_SPAN, int(o) % OFF_SPAN - OFF_BIAS, int(c)) for o, c in zip(offs[:n], cnts[:n])]
 
     def memory_bytes(self) -> int:
         return int(sum(self.memory_parts().values()))
 
     def memory_parts(self) -> dict[str, int]:
-        return {"table": int(self.t.nbytes), "heap": int(self.hP.nbytes + self.hR.nbytes),
+        return {**self.table.memory_parts(), "heap": int(self.hP.nbytes + self.hR.nbytes),
                 "changed": int(self.changed.nbytes)}

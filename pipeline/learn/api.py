@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline import execution, storage
 from pipeline import metrics as run_metrics
+from pipeline.bpe import pair_table
 from pipeline.bpe.constants import MAX_ID
 from pipeline.bpe.learner import LocalWorkers, merge_loop
 from pipeline.bpe.worker import LearnerWorker
@@ -201,6 +202,11 @@ def _learn(cfg, corpus, group, saved, checkpoint, settings, t_start, metrics) ->
     if report.grids == 0:
         _count_rows(metrics, report)
         raise InputError(f"no valid grids among {report.rows} rows (rejects: {cfg.rejects_path})")
+    tallest = max(h for h, _ in report.shapes)
+    if not pair_table.fits(V + cfg.merges - 1, tallest):
+        _count_rows(metrics, report)
+        raise InputError(f"V + merges = {V + cfg.merges} token ids do not fit the pair table's words with grids of "
+                         f"{tallest} rows: ask for fewer merges (ids below {2 ** 19} always fit)")
     duplicates = report.duplicate_keys
     metrics.set(duplicate_keys=duplicates)
     if duplicates:
