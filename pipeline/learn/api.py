@@ -77,12 +77,13 @@ def _warn_about_inputs(corpus: Corpus) -> None:
 
 
 def _software() -> dict[str, str]:
-    import numba
+    from importlib.metadata import version
+
     import numpy
 
     from pipeline import __name__ as pkg
 
-    return {"package": pkg, "numpy": numpy.__version__, "numba": numba.__version__, "python": sys.version.split()[0]}
+    return {"package": pkg, "numpy": numpy.__version__, "numba": version("numba"), "python": sys.version.split()[0]}
 
 
 def _build_group(cfg: LearnConfig, corpus: Corpus, state_dir: str | None):
