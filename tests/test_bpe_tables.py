@@ -1,5 +1,6 @@
-"""The learner's memory savers keep the statistics exact: in-place table resizing, the base pair
-filter of the first count, and dropping pairs that can no longer merge."""
+"""The learner's memory savers keep the statistics exact: in-place table resizing, packed words
+(widened as ids and offsets grow, large counts in the overflow table), the base pair filter of the
+first count, and dropping pairs that can no longer merge."""
 from __future__ import annotations
 
 import numpy as np

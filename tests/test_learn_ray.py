@@ -128,3 +128,20 @@ def test_a_killed_worker_without_restarts_stops_with_one_line_and_resume_finishe
                               actor_cpus=0.5, workers=2, merges=KILL_MERGES, checkpoint_every=EVERY, alpha_rel=0.02,
                               resume=True))
     assert resumed.merges == straight.merges and resumed.fingerprint() == straight.fingerprint()
+
+
+def test_the_driver_of_a_run_on_ray_never_loads_numba(tmp_path):
+    """The actors run every kernel; the driver only imports their modules, which must not load
+    numba and LLVM (~65 MB of the driver's RSS, numba_cache.Kernel)."""
+    import subprocess
+    import sys
+
+    write_synthetic(tmp_path / "grids", 40, parts=1, side=8, codebook_size=16)
+    script = ("import sys\nfrom pipeline.cli import main\n"
+              f"code = main(['learn', {str(tmp_path / 'grids')!r}, '--out', {str(tmp_path / 'v.json')!r}, "
+              "'--merges', '20', '--workers', '2', '--actor-cpus', '0.5', '--no-progress', '--checkpoint-every', '0'])\n"
+              "print('numba loaded' if 'numba' in sys.modules else 'numba not loaded', code)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "numba not loaded 0", out.stdout[-2000:]
