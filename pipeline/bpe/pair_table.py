@@ -407,7 +407,7 @@ class PairTable:
             if why == 1:
                 self._widen(keys[j:])
             else:
-                self._rebuild_overflow(2 * int(self.meta[T_OVERFLOW]) + 16)
+                self._relayout(self.lay, 2 * int(self.meta[T_OVERFLOW]) + 16)
 
     def _widen(self, keys: np.ndarray) -> None:
         """Widen ids and offsets to fit every key of `keys` (the rest of a batch: once, not per key)."""
@@ -415,20 +415,15 @@ class PairTable:
         ids = max(int((pairs >> ID_BITS).max()), int((pairs & ID_MASK).max()))
         offs = int((keys & OFF_MASK).max())
         new = layout(max(self.lay[0], ids.bit_length()), max(self.lay[1], offs.bit_length()))
-        self._relayout(new)
+        self._relayout(new, 16 + int(self.meta[T_OVERFLOW]))
 
-    def _relayout(self, new: tuple[int, int, int]) -> None:
+    def _relayout(self, new: tuple[int, int, int], room: int = 16) -> None:
+        """Rewrite the words in layout `new` with a fresh overflow table: the entries whose counts
+        do not fit the new field, and room for `room` more (stale entries are left behind)."""
         sat = (1 << new[2]) - 1
-        ov = _overflow_table(2 * _saturated(self.t, self.lay, self.ov, sat) + 16)
+        ov = _overflow_table(_saturated(self.t, self.lay, self.ov, sat) + room)
         repack(self.t, self.lay, new, self.ov, ov, self.meta)
         self.lay, self.ov = new, ov
-
-    def _rebuild_overflow(self, room: int) -> None:
-        """A fresh overflow table with the entries whose words hold SAT, and room for `room` more."""
-        sat = (1 << self.lay[2]) - 1
-        ov = _overflow_table(_saturated(self.t, self.lay, self.ov, sat) + room)
-        repack(self.t, self.lay, self.lay, self.ov, ov, self.meta)
-        self.ov = ov
 
     def resize(self, cap: int, drop: np.ndarray | None = None) -> None:
         """Re-home every entry (but those marked in `drop`) in a table of `cap` slots, in place."""
@@ -440,7 +435,7 @@ class PairTable:
         if cap < old:
             self.t = None
             self.t = self._words.resize(cap)
-        self._rebuild_overflow(16)
+        self._relayout(self.lay)
 
     def entries(self) -> dict[int, int]:
         keys, counts = entries(self.t, self.lay, self.ov)
