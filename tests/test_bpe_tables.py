@@ -4,6 +4,8 @@ first count, and dropping pairs that can no longer merge."""
 from __future__ import annotations
 
 import numpy as np
+from unittest import mock
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -18,6 +20,14 @@ from pipeline.bpe.worker import LearnerWorker
 
 def _entries(stats: Stats) -> dict[int, int]:
     return stats.entries()
+
+
+def _as_reference(merges) -> list:
+    return [(tuple(m.pair), m.frequency, m.priority, tuple(m.offset)) for m in merges]
+
+
+def _reference_merges(ref) -> list:
+    return [(m.pair, m.frequency, m.priority, m.offset) for m in ref]
 
 
 def _frequencies(entries: dict[int, int]) -> dict[int, int]:
@@ -134,14 +144,9 @@ def test_a_heap_of_only_the_best_pairs_picks_the_reference_merges(seed, merges, 
 
     grids, V = _grids(seed, n=12, V=5)
     ref, _, _ = R.learn(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2)
-    saved = stats_module.HEAP_PAIRS
-    stats_module.HEAP_PAIRS = heap_pairs
-    try:
+    with mock.patch.object(stats_module, "HEAP_PAIRS", heap_pairs):
         got, workers_, _ = learn_arrays(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2, workers=workers)
-    finally:
-        stats_module.HEAP_PAIRS = saved
-    assert [(tuple(m.pair), m.frequency, m.priority, tuple(m.offset)) for m in got] == \
-        [(m.pair, m.frequency, m.priority, m.offset) for m in ref]
+    assert _as_reference(got) == _reference_merges(ref)
     assert any(w.stats.rebuilds > 1 for w in workers_.workers) or len(got) < 3
 
 
@@ -171,9 +176,7 @@ def test_packed_words_keep_every_count_through_widening_overflow_and_resizing(se
     import pipeline.bpe.pair_table as PT
     from pipeline.bpe.constants import OFF_BIAS, OFF_SPAN
 
-    saved = PT.MAX_COUNT_BITS
-    PT.MAX_COUNT_BITS = count_bits
-    try:
+    with mock.patch.object(PT, "MAX_COUNT_BITS", count_bits):
         rng = np.random.default_rng(seed)
         stats = Stats(1.0, 1, 3)
         want: dict[int, int] = {}
@@ -205,8 +208,6 @@ def test_packed_words_keep_every_count_through_widening_overflow_and_resizing(se
             assert sum(c for _, _, c in stats.histogram(pair)) == f[pair]
         stats.table.resize(2 * stats.capacity)  # re-homed in place, the overflow table rebuilt
         assert _entries(stats) == want
-    finally:
-        PT.MAX_COUNT_BITS = saved
 
 
 @settings(max_examples=25, deadline=None)
@@ -219,14 +220,9 @@ def test_counts_mostly_in_the_overflow_table_still_give_the_reference_merges(see
 
     grids, V = _grids(seed, n=40, V=5)
     ref, _, _ = R.learn(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2)
-    saved = PT.MAX_COUNT_BITS
-    PT.MAX_COUNT_BITS = 4
-    try:
-        got, workers_, _ = learn_arrays(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2, workers=workers)
-    finally:
-        PT.MAX_COUNT_BITS = saved
-    assert [(tuple(m.pair), m.frequency, m.priority, tuple(m.offset)) for m in got] == \
-        [(m.pair, m.frequency, m.priority, m.offset) for m in ref]
+    with mock.patch.object(PT, "MAX_COUNT_BITS", 4):
+        got, _, _ = learn_arrays(grids, V, merges, alpha=alpha, sigma=1.0, min_frequency=2, workers=workers)
+    assert _as_reference(got) == _reference_merges(ref)
     assert ref[0].frequency >= 32  # a base pair has two offsets: one count of the first merge passed 15
 
 

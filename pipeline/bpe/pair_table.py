@@ -33,9 +33,13 @@ T_OVERFLOW = 1  # meta: used slots of the overflow table
 T_CHANGED = 2  # meta: pairs noted in `changed` since the last refresh
 
 
+def _count_bits(id_bits: int, off_bits: int) -> int:
+    return WORD_BITS - 2 * id_bits - off_bits
+
+
 def layout(id_bits: int, off_bits: int) -> tuple[int, int, int]:
     """(ib, ob, cb) of words for ids < 2^id_bits and packed offsets < 2^off_bits."""
-    cb = WORD_BITS - 2 * id_bits - off_bits
+    cb = _count_bits(id_bits, off_bits)
     if cb < MIN_COUNT_BITS:
         raise ValueError(f"token ids of {id_bits} bits and offsets of {off_bits} bits leave {cb} bits for a count "
                          f"in the pair table (at least {MIN_COUNT_BITS}): fewer merges or smaller grids")
@@ -50,7 +54,7 @@ def offset_bits(max_height: int) -> int:
 def fits(max_id: int, max_height: int) -> bool:
     """Whether ids up to `max_id` in grids of up to `max_height` rows leave a count field (the
     learner checks this before it starts: ids < 2^19 always fit, ids < 2^21 in grids of up to 64 rows)."""
-    return WORD_BITS - 2 * int(max_id).bit_length() - offset_bits(max_height) >= MIN_COUNT_BITS
+    return _count_bits(int(max_id).bit_length(), offset_bits(max_height)) >= MIN_COUNT_BITS
 
 
 @njit(cache=True)
@@ -230,19 +234,6 @@ def pair_histogram(t, lay, ov, pair, offs, cnts):
                 cnts[m] = c
             n += 1
         i = step(i, cap)
-
-
-@njit(cache=True)
-def histogram_capacity(t, lay, pair):
-    cap = np.int64(t.shape[0])
-    pp = packed_pair(pair, lay)
-    i = home(pair, cap)
-    n = 0
-    while t[i] != EMPTY:
-        if word_packed_pair(t[i], lay) == pp:
-            n += 1
-        i = step(i, cap)
-    return n
 
 
 @njit(cache=True)

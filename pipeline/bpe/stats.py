@@ -42,7 +42,7 @@ from pipeline.bpe.constants import ID_BITS, ID_MASK, OFF_BIAS, OFF_BITS, OFF_SPA
 from pipeline.bpe.hashtable import EMPTY, mix
 from pipeline.bpe.instances import unpack_offset
 from pipeline.bpe.pair_table import (T_CHANGED, T_LIVE, PairTable, drop_pair, first_slot, frequencies, frequency, home,
-                                     histogram_capacity, mark_hopeless, pair_histogram, word_pair)
+                                     mark_hopeless, pair_histogram, word_pair)
 from pipeline.bpe.shard import Deltas, _resized
 
 MAX_LOAD = 0.7  # linear probing stays fast up to ~0.7 load
@@ -405,9 +405,11 @@ class Stats:
 
     def histogram(self, pair: int) -> list[tuple[int, int, int]]:
         tb = self.table
-        size = int(histogram_capacity(tb.t, tb.lay, pair))
-        offs, cnts = np.empty(size, np.int64), np.empty(size, np.int64)
+        offs, cnts = self.offs, self.cnts
         n = pair_histogram(tb.t, tb.lay, tb.ov, pair, offs, cnts)
+        if n > offs.shape[0]:  # more offsets than the buffers hold: read again into buffers that fit
+            offs, cnts = np.empty(n, np.int64), np.empty(n, np.int64)
+            n = pair_histogram(tb.t, tb.lay, tb.ov, pair, offs, cnts)
         return [(int(o) // OFF_SPAN, int(o) % OFF_SPAN - OFF_BIAS, int(c)) for o, c in zip(offs[:n], cnts[:n])]
 
     def memory_bytes(self) -> int:
